@@ -1,0 +1,1 @@
+"""Datasets: one reader per source (the synthetic shapes world, LayoutSAM, COCO-MIG)."""

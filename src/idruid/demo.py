@@ -1,0 +1,37 @@
+"""The report that ``idruid demo`` writes: tables of both benchmarks beside the clean-render
+ceiling, the image grids with target boxes, the loss curves and the timings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .evaluate import render_ground_truth, score_images, select_layouts, tables_markdown
+from .report import plot_isr_by_level
+
+
+def write_demo_report(
+    out: Path, results: dict[str, dict], train_seconds: float, total_seconds: float, per_level: int | None = None
+) -> Path:
+    sections = [
+        "# idruid demo report\n",
+        f"Stage-1 training took {train_seconds / 60:.1f} min; the whole demo {total_seconds / 60:.1f} min.\n",
+        "![loss curves](loss.png)\n",
+    ]
+    for benchmark, metrics in results.items():
+        layouts = select_layouts(benchmark, per_level)
+        truth = score_images(render_ground_truth(layouts), layouts)
+        rows = {"I-DRUID stage 1 (this run)": metrics, "ground-truth renders (ceiling)": truth}
+        settings = metrics.get("settings", {})
+        sections += [
+            f"## {benchmark}\n",
+            f"{settings.get('layouts')} layouts, {settings.get('steps')} Euler steps, "
+            f"CFG {settings.get('cfg')}, "
+            f"layout branch on for the first {settings.get('layout_fraction')} of the steps.\n",
+            tables_markdown(rows),
+            f"![{benchmark} samples](eval-{benchmark}/grid.png)\n",
+        ]
+        plot_isr_by_level({name: m["mig"] for name, m in rows.items()}, out / f"isr-{benchmark}.png")
+        sections.append(f"![ISR by level](isr-{benchmark}.png)\n")
+    path = out / "report.md"
+    path.write_text("\n".join(sections))
+    return path

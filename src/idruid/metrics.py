@@ -1,0 +1,446 @@
+"""Evaluation metrics of the paper's section 4.1 (Tables 1-3).
+
+- Box geometry: IoU, pairwise IoU and greedy NMS (torchvision's rule).
+- COCO-MIG (Table 1): per-instance position and colour checks of MIG_Bench's
+  ``eval_mig.py`` (see ``shared/data/coco-mig/README.md``), aggregated into instance success
+  rate (ISR) and mIoU per level L2-L6 and their average, the paper's "Avg" column.
+- Attribute leakage: the failure I-DRUID targets (section 1, 4.3): an instance box painted
+  mostly in a colour that another instance of the same layout asked for.
+- LayoutSAM-eval (Table 2): spatial / colour / texture / shape judgements, micro-averaged.
+- Markdown tables shaped like Tables 1 and 2.
+
+Boxes are normalised ``[x0, y0, x1, y1]`` throughout; IoU does not depend on the image size.
+Rates are fractions in [0, 1]; the tables print percentages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from idruid.colors import COLOR_NAMES, color_membership
+from idruid.layout import Layout
+
+if TYPE_CHECKING:
+    from idruid.detectors import Detector, Judge, RegionJudgement, Segmenter
+
+SAM_ATTRIBUTES = ("spatial", "color", "texture", "shape")
+_ARTICLES = {"a", "an", "the"}
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of broadcastable xyxy boxes (..., 4) -> (...); 0 where the union is empty."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0, None)
+    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0, None)
+    inter = width * height
+    area_a = np.clip(a[..., 2] - a[..., 0], 0.0, None) * np.clip(a[..., 3] - a[..., 1], 0.0, None)
+    area_b = np.clip(b[..., 2] - b[..., 0], 0.0, None) * np.clip(b[..., 3] - b[..., 1], 0.0, None)
+    union = area_a + area_b - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (n, 4) with every box in b (m, 4) -> (n, m)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    return box_iou(a[:, None, :], b[None, :, :])
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression, as torchvision.ops.nms.
+
+    Visits boxes by decreasing score (ties keep input order) and drops every later box whose
+    IoU with a kept box is strictly greater than ``iou_threshold``. Returns the kept indices
+    (int64), best score first.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(boxes) != len(scores):
+        raise ValueError(f"nms: {len(boxes)} boxes but {len(scores)} scores")
+    order = np.argsort(-scores, kind="stable")
+    overlaps = pairwise_iou(boxes[order], boxes[order]) > iou_threshold  # (k, k)
+    suppressed = np.zeros(len(order), dtype=bool)
+    kept = []
+    for rank in range(len(order)):
+        if suppressed[rank]:
+            continue
+        kept.append(order[rank])
+        suppressed |= overlaps[rank]
+    return np.asarray(kept, dtype=np.int64)
+
+
+def box_pixel_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bool (n, height, width): the pixels whose centres lie inside each normalised box.
+
+    The rule is half-open, ``x0 <= (j + 0.5) / width < x1``, so adjacent boxes share no pixel.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    xs = (np.arange(width) + 0.5) / width
+    ys = (np.arange(height) + 0.5) / height
+    inside_x = (xs >= boxes[:, 0, None]) & (xs < boxes[:, 2, None])  # (n, W)
+    inside_y = (ys >= boxes[:, 1, None]) & (ys < boxes[:, 3, None])  # (n, H)
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def _words(caption: str) -> list[str]:
+    return caption.strip().split()
+
+
+def _bare(word: str) -> str:
+    return re.sub(r"[^\w-]", "", word.lower())
+
+
+def caption_color(caption: str) -> str | None:
+    """The first COCO-MIG colour word of a caption ("a blue fork" -> "blue"), or None."""
+    for word in _words(caption):
+        if _bare(word) in COLOR_NAMES:
+            return _bare(word)
+    return None
+
+
+def object_name(caption: str) -> str:
+    """What COCO-MIG asks the detector for: the words after the colour word.
+
+    "a blue fork" -> "fork". Without a colour word (or with nothing after it): the caption
+    minus a leading article and the colour word ("a fork" -> "fork").
+    """
+    words = _words(caption)
+    bare = [_bare(w) for w in words]
+    for k, word in enumerate(bare):
+        if word in COLOR_NAMES and k + 1 < len(words):
+            return " ".join(words[k + 1 :])
+    kept = [w for w, b in zip(words, bare, strict=True) if b not in COLOR_NAMES]
+    if kept and _bare(kept[0]) in _ARTICLES:
+        kept = kept[1:]
+    return " ".join(kept)
+
+
+# ----------------------------------------------------------------------------- COCO-MIG
+
+
+@dataclass(frozen=True)
+class InstanceScore:
+    """One instance's COCO-MIG checks."""
+
+    iou: float  # max IoU between the target box and the kept detections (0 when none)
+    position_ok: bool  # iou >= 0.5
+    color_ok: bool  # >= 20% of the segmented target box in the caption colour's range
+    detected: bool  # at least one detection survived the score threshold
+
+    @property
+    def success(self) -> bool:
+        """COCO-MIG instance success: position and colour both pass."""
+        return self.position_ok and self.color_ok
+
+    @property
+    def miou_value(self) -> float:
+        """The instance's mIoU term: IoU if both pass, the (< 0.5) IoU if position fails, else 0."""
+        if not self.detected:
+            return 0.0
+        if not self.position_ok:
+            return self.iou
+        return self.iou if self.color_ok else 0.0
+
+
+def _as_batch(images) -> np.ndarray:
+    batch = np.stack([np.asarray(im) for im in images]) if not isinstance(images, np.ndarray) else images
+    if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (B, H, W, 3), got {batch.dtype} {batch.shape}")
+    return batch
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a uint8 batch (B, H, W, 3) to (B, size, size, 3)."""
+    resized = [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
+    return np.stack(resized)
+
+
+def _layout_boxes(layout: Layout) -> np.ndarray:
+    return np.asarray(layout.boxes, dtype=np.float32).reshape(-1, 4)
+
+
+def _check_lengths(images: np.ndarray, layouts: Sequence[Layout]) -> None:
+    if len(images) != len(layouts):
+        raise ValueError(f"{len(images)} images but {len(layouts)} layouts")
+
+
+def score_coco_mig(
+    images,
+    layouts: Sequence[Layout],
+    detector: Detector,
+    segmenter: Segmenter,
+    box_threshold: float = 0.25,
+    nms_threshold: float = 0.8,
+    iou_threshold: float = 0.5,
+    color_threshold: float = 0.2,
+    resize_to: int | None = None,
+) -> list[list[InstanceScore]]:
+    """COCO-MIG's per-instance checks for a batch: one InstanceScore per layout instance.
+
+    images: uint8 (B, H, W, 3) (or a sequence of (H, W, 3)). The detector is asked for each
+    instance's ``object_name``; detections scoring >= ``box_threshold`` go through NMS, and the
+    instance's IoU is the best IoU with its target box (position passes at >= ``iou_threshold``).
+    The segmenter segments the target box, and colour passes when >= ``color_threshold`` of the
+    mask's pixels are in the caption colour's HSV range; captions naming no colour pass.
+    ``resize_to`` resizes first (the official scorer uses 512; None keeps the size).
+    """
+    batch = _as_batch(images)
+    _check_lengths(batch, layouts)
+    if resize_to is not None:
+        batch = _resize(batch, resize_to)
+    names = [[object_name(c) for c in layout.captions] for layout in layouts]
+    targets = [_layout_boxes(layout) for layout in layouts]
+    detections = detector.detect(batch, names)
+    masks = segmenter.segment(batch, targets)
+    scores = []
+    for image, layout, target, found, mask in zip(batch, layouts, targets, detections, masks, strict=True):
+        if len(found) != len(target) or len(mask) != len(target):
+            raise ValueError(
+                f"detector/segmenter answered for {len(found)}/{len(mask)} of {len(target)} instances"
+            )
+        membership = color_membership(image)  # (H, W, 7), once per image
+        row = []
+        for caption, box, dets, inst_mask in zip(layout.captions, target, found, mask, strict=True):
+            best = _best_iou(box, dets.boxes, dets.scores, box_threshold, nms_threshold)
+            color = caption_color(caption)
+            color_ok = color is None or _mask_fraction(membership, inst_mask, color) >= color_threshold
+            row.append(
+                InstanceScore(
+                    iou=0.0 if best is None else best,
+                    position_ok=best is not None and best >= iou_threshold,
+                    color_ok=bool(color_ok),
+                    detected=best is not None,
+                )
+            )
+        scores.append(row)
+    return scores
+
+
+def _best_iou(
+    target: np.ndarray, boxes: np.ndarray, scores: np.ndarray, box_threshold: float, nms_threshold: float
+) -> float | None:
+    """Max IoU of the target with the detections kept by the threshold and NMS; None if none."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    confident = scores >= box_threshold
+    boxes, scores = boxes[confident], scores[confident]
+    if len(boxes) == 0:
+        return None
+    kept = boxes[nms(boxes, scores, nms_threshold)]
+    return float(box_iou(np.asarray(target, dtype=np.float64), kept).max())
+
+
+def _mask_fraction(membership: np.ndarray, mask: np.ndarray, color: str) -> float:
+    """colors.color_fraction from a precomputed membership (H, W, 7); 0.0 for an empty mask."""
+    mask = np.asarray(mask, dtype=bool)
+    count = int(mask.sum())
+    if count == 0:
+        return 0.0
+    return float(membership[..., COLOR_NAMES.index(color)][mask].sum()) / count
+
+
+def _level_key(level: int) -> str:
+    return f"L{level}"
+
+
+def _group_by_level(items: Sequence, levels: Sequence[int]) -> dict[str, list]:
+    if len(items) != len(levels):
+        raise ValueError(f"{len(items)} images scored but {len(levels)} levels given")
+    groups: dict[str, list] = {}
+    for level in sorted(set(levels)):
+        groups[_level_key(level)] = [item for item, lv in zip(items, levels, strict=True) if lv == level]
+    return groups
+
+
+def _mean_over_levels(per_level: dict[str, dict], keys: Sequence[str]) -> dict[str, float]:
+    return {k: float(np.mean([v[k] for v in per_level.values()])) if per_level else 0.0 for k in keys}
+
+
+def _mig_summary(rows: list[list[InstanceScore]]) -> dict:
+    flat = [s for row in rows for s in row]
+    n = len(flat)
+    return {
+        "isr": sum(s.success for s in flat) / n if n else 0.0,
+        "miou": sum(s.miou_value for s in flat) / n if n else 0.0,
+        "success_ratio": sum(all(s.success for s in row) for row in rows) / len(rows) if rows else 0.0,
+        "instances": n,
+        "images": len(rows),
+    }
+
+
+def aggregate_mig(scores: list[list[InstanceScore]], levels: list[int]) -> dict:
+    """ISR, mIoU and image success ratio per level ("L2".."L6"), over all instances, and "avg".
+
+    ISR and mIoU average over instances; success_ratio is the share of images whose instances
+    all succeed. "avg" is the mean of the per-level values (Table 1's "Avg").
+    """
+    per_level = {key: _mig_summary(rows) for key, rows in _group_by_level(scores, levels).items()}
+    return {
+        **per_level,
+        "all": _mig_summary(scores),
+        "avg": _mean_over_levels(per_level, ("isr", "miou", "success_ratio")),
+    }
+
+
+# ----------------------------------------------------------------------------- leakage
+
+
+def _leak_flags(
+    membership: np.ndarray, boxes: np.ndarray, own: np.ndarray, others: np.ndarray, dominance: float
+) -> np.ndarray:
+    """Bool (n,): whether each instance's box is dominated by another instance's colour.
+
+    membership (H, W, 7) bool; boxes (n, 4); own (n,) colour index (-1 for none); others (n, 7)
+    bool, the colours named by the other instances of the layout.
+    """
+    height, width = membership.shape[:2]
+    pixels = box_pixel_masks(boxes, height, width)  # (n, H, W)
+    counts = np.einsum("nhw,hwc->nc", pixels.astype(np.int64), membership.astype(np.int64))  # (n, 7)
+    coloured = (pixels & membership.any(axis=-1)).sum(axis=(1, 2))  # (n,)
+    top = counts.max(axis=1)  # (n,)
+    rows = np.arange(len(own))
+    own_count = np.where(own >= 0, counts[rows, np.maximum(own, 0)], -1)
+    is_top = counts == top[:, None]  # (n, 7)
+    foreign_top = (is_top & others).any(axis=1)
+    dominant = top >= dominance * np.maximum(coloured, 1)
+    return (coloured > 0) & (own_count < top) & foreign_top & dominant
+
+
+def leakage(images, layouts: Sequence[Layout], dominance: float = 0.5) -> dict:
+    """Attribute-leakage rate: how often an instance shows another instance's colour.
+
+    For each instance whose caption names a colour, take the pixels of its target box that lie
+    in any of the 7 COCO-MIG colour ranges. It leaks when the most frequent colour there is named
+    by another instance of the layout, is not its own (a tie with its own colour does not leak),
+    and covers >= ``dominance`` of those coloured pixels. Returns ``{"rate", "leaked",
+    "instances"}``, the same per level ("L2", ...), and "avg", the mean of the per-level rates.
+    """
+    batch = _as_batch(images)
+    _check_lengths(batch, layouts)
+    per_image = []  # (leaked, instances with a colour)
+    for image, layout in zip(batch, layouts, strict=True):
+        named = [caption_color(c) for c in layout.captions]
+        own = np.asarray([COLOR_NAMES.index(c) if c else -1 for c in named], dtype=np.int64)
+        has_color = own >= 0
+        if not has_color.any():
+            per_image.append((0, 0))
+            continue
+        one_hot = np.zeros((len(own), len(COLOR_NAMES)), dtype=bool)
+        one_hot[has_color, own[has_color]] = True
+        others = one_hot.sum(axis=0)[None, :] - one_hot > 0  # (n, 7): named by another instance
+        flags = _leak_flags(color_membership(image), _layout_boxes(layout), own, others, dominance)
+        per_image.append((int((flags & has_color).sum()), int(has_color.sum())))
+    summary = _leak_summary(per_image)
+    per_level = {
+        key: _leak_summary(rows)
+        for key, rows in _group_by_level(per_image, [lay.level for lay in layouts]).items()
+    }
+    return {**summary, **per_level, "avg": _mean_over_levels(per_level, ("rate",))["rate"]}
+
+
+def _leak_summary(rows: list[tuple[int, int]]) -> dict:
+    leaked = sum(r[0] for r in rows)
+    total = sum(r[1] for r in rows)
+    return {"rate": leaked / total if total else 0.0, "leaked": leaked, "instances": total}
+
+
+# ----------------------------------------------------------------------------- LayoutSAM-eval
+
+
+def score_layoutsam(images, layouts: Sequence[Layout], judge: Judge) -> list[list[RegionJudgement]]:
+    """LayoutSAM-eval: the judge's spatial / colour / texture / shape verdict for every box."""
+    batch = _as_batch(images)
+    _check_lengths(batch, layouts)
+    judgements = judge.judge(
+        batch, [_layout_boxes(lay) for lay in layouts], [lay.captions for lay in layouts]
+    )
+    for layout, row in zip(layouts, judgements, strict=True):
+        if len(row) != len(layout.instances):
+            raise ValueError(f"judge answered for {len(row)} of {len(layout.instances)} boxes")
+    return judgements
+
+
+def _sam_summary(rows: list[list[RegionJudgement]]) -> dict:
+    flat = [j for row in rows for j in row]
+    n = len(flat)
+    out: dict = {a: sum(bool(getattr(j, a)) for j in flat) / n if n else 0.0 for a in SAM_ATTRIBUTES}
+    return {**out, "instances": n, "images": len(rows)}
+
+
+def aggregate_sam(judgements: list[list[RegionJudgement]], levels: list[int]) -> dict:
+    """Spatial / colour / texture / shape pass rates over all boxes ("all"), per level, and "avg"."""
+    per_level = {key: _sam_summary(rows) for key, rows in _group_by_level(judgements, levels).items()}
+    return {**per_level, "all": _sam_summary(judgements), "avg": _mean_over_levels(per_level, SAM_ATTRIBUTES)}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _level_keys(metrics_by_name: dict[str, dict]) -> list[str]:
+    keys = {k for m in metrics_by_name.values() for k in m if re.fullmatch(r"L\d+", k)}
+    return sorted(keys, key=lambda k: int(k[1:]))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.2f}"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _table(
+    metrics_by_name: dict[str, dict], columns: list[tuple[str, Callable[[dict], float | None]]]
+) -> str:
+    rows = [[name] + [_pct(get(m)) for _, get in columns] for name, m in metrics_by_name.items()]
+    return _markdown(["Method"] + [title for title, _ in columns], rows)
+
+
+def _at(*path: str) -> Callable[[dict], float | None]:
+    def get(metrics: dict) -> float | None:
+        value = metrics
+        for key in path:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return value
+
+    return get
+
+
+def format_table_mig(metrics_by_name: dict[str, dict]) -> str:
+    """Markdown like Table 1: ISR per level and Avg, then mIoU per level and Avg, in percent."""
+    levels = _level_keys(metrics_by_name)
+    columns = []
+    for metric, title in (("isr", "ISR"), ("miou", "mIoU")):
+        columns += [(f"{title} {lv}", _at(lv, metric)) for lv in levels] + [
+            (f"{title} Avg", _at("avg", metric))
+        ]
+    return _table(metrics_by_name, columns)
+
+
+def format_table_sam(metrics_by_name: dict[str, dict]) -> str:
+    """Markdown like Table 2: Spatial, Color, Texture, Shape over all boxes, in percent."""
+    return _table(metrics_by_name, [(a.capitalize(), _at("all", a)) for a in SAM_ATTRIBUTES])
+
+
+def format_table_leakage(metrics_by_name: dict[str, dict]) -> str:
+    """Markdown of leakage rates per level, their Avg and over all instances, in percent."""
+    levels = _level_keys(metrics_by_name)
+    columns = [(f"Leak {lv}", _at(lv, "rate")) for lv in levels]
+    columns += [("Leak Avg", _at("avg")), ("Leak All", _at("rate"))]
+    return _table(metrics_by_name, columns)

@@ -1,0 +1,1 @@
+"""Model components: text encoders, layout adapter, attention processors, backbones."""

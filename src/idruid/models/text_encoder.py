@@ -1,0 +1,212 @@
+"""The frozen CLIP text encoder that conditions the layout-to-image model (paper 3.1).
+
+The global prompt gives a token sequence (``hidden``) and a pooled vector (``pooled``, the
+EOS token's state, or the projected one for a ``CLIPTextModelWithProjection`` such as SD3's);
+each instance caption is read the same way. The encoder is frozen, so ``encode`` caches one
+row per distinct string: the same captions recur millions of times in training.
+
+Two folder layouts load with ``FrozenTextEncoder.from_pretrained``:
+
+- diffusers: ``<dir>/text_encoder/`` (config.json + weights) and ``<dir>/tokenizer/``
+  (vocab.json + merges.txt), as in a real SD1.5 or SD3 folder;
+- flat: config.json, model.safetensors, vocab.json and merges.txt in ``<dir>`` itself.
+
+The embedded encoder (``EMBEDDED_TEXT_ENCODER``, written by scripts/pretrain_text_encoder.py)
+uses the flat layout: it holds a copy of the tokenizer files of ``EMBEDDED_TOKENIZER``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+EMBEDDED_TOKENIZER = ASSETS / "tokenizer"  # written by scripts/build_tokenizer.py
+EMBEDDED_TEXT_ENCODER = ASSETS / "text_encoder"  # written by scripts/pretrain_text_encoder.py
+
+CACHE_BYTES = 256 * 2**20  # default memory for cached embeddings (float32)
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+@dataclass
+class TextEmbeddings:
+    hidden: Tensor  # (B, L, D) last hidden states, padded to max_length
+    pooled: Tensor  # (B, D) EOS state (or its projection)
+    mask: Tensor  # (B, L) bool, True on real tokens (BOS, words, EOS)
+
+
+def load_tokenizer(path: str | Path = EMBEDDED_TOKENIZER) -> CLIPTokenizer:
+    """A CLIPTokenizer from a folder with vocab.json + merges.txt (or tokenizer.json)."""
+    path = Path(path)
+    missing = _missing_tokenizer_files(path)
+    if missing:
+        raise FileNotFoundError(f"no CLIP tokenizer in {path}: missing {missing}")
+    return CLIPTokenizer.from_pretrained(str(path))
+
+
+def _missing_tokenizer_files(path: Path) -> str | None:
+    if (path / "tokenizer.json").is_file():
+        return None
+    missing = [name for name in ("vocab.json", "merges.txt") if not (path / name).is_file()]
+    return " and ".join(missing) or None
+
+
+def _missing_model_files(path: Path) -> str | None:
+    if not (path / "config.json").is_file():
+        return "config.json"
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        return "weights (" + " or ".join(_WEIGHT_FILES) + ")"
+    return None
+
+
+class FrozenTextEncoder(nn.Module):
+    """A frozen CLIP text model plus its tokenizer; ``encode(texts) -> TextEmbeddings``."""
+
+    def __init__(
+        self,
+        model: CLIPTextModel | CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        max_length: int | None = None,
+        cache_size: int | None = None,
+    ):
+        """max_length: tokens per text incl. BOS/EOS (pad and truncate to it); default: the
+        smaller of the model's max_position_embeddings and the tokenizer's model_max_length.
+        cache_size: distinct texts kept (least recently used dropped first); 0 disables; None:
+        as many as fit in CACHE_BYTES (25k texts for the tiny encoder, 1k for SD's CLIP-L)."""
+        super().__init__()
+        config = model.config
+        if len(tokenizer) > config.vocab_size:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}")
+        limit = config.max_position_embeddings
+        self.max_length = max_length or min(limit, tokenizer.model_max_length)
+        if self.max_length > limit:
+            raise ValueError(f"max_length {self.max_length} exceeds max_position_embeddings {limit}")
+        self.model = model
+        self.tokenizer = tokenizer
+        if cache_size is None:
+            row_bytes = 4 * (self.max_length * (config.hidden_size + 1) + config.hidden_size)
+            cache_size = CACHE_BYTES // row_bytes
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        subfolder: str = "text_encoder",
+        tokenizer_subfolder: str = "tokenizer",
+        **kwargs,
+    ) -> FrozenTextEncoder:
+        """Load from a diffusers folder (``<path>/text_encoder`` + ``<path>/tokenizer``; pass
+        ``subfolder="text_encoder_2", tokenizer_subfolder="tokenizer_2"`` for SD3's second
+        CLIP) or from a flat folder with config, weights and tokenizer files together."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"text encoder folder not found: {path}")
+        if (path / subfolder).is_dir() or (path / tokenizer_subfolder).is_dir():
+            model_dir, tok_dir = path / subfolder, path / tokenizer_subfolder
+        else:
+            model_dir = tok_dir = path
+        missing = [f"{model_dir}/{m}" for m in [_missing_model_files(model_dir)] if m]
+        missing += [f"{tok_dir}/{m}" for m in [_missing_tokenizer_files(tok_dir)] if m]
+        if missing:
+            raise FileNotFoundError(
+                f"{path} is not a text encoder folder: missing {'; '.join(missing)}. Expected either "
+                f"{subfolder}/ + {tokenizer_subfolder}/ subfolders (diffusers layout) or config.json, "
+                "model.safetensors, vocab.json and merges.txt in one folder."
+            )
+        architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+        model_cls = (
+            CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
+        )
+        model = model_cls.from_pretrained(str(model_dir))
+        tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+        return cls(model, tokenizer, **kwargs)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def pooled_size(self) -> int:
+        """Width of ``pooled``: the projection's for a model with one, else hidden_size."""
+        if isinstance(self.model, CLIPTextModelWithProjection):
+            return self.model.config.projection_dim
+        return self.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def train(self, mode: bool = True) -> FrozenTextEncoder:
+        """Always eval mode (frozen): ``train()`` is a no-op."""
+        return super().train(False)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """input_ids and attention_mask (B, max_length), padded with EOS and truncated."""
+        return self.tokenizer(
+            list(texts),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], use_cache: bool = True) -> TextEmbeddings:
+        """Embed ``texts``; with the cache, only texts not seen before go through the model."""
+        if isinstance(texts, str):
+            raise TypeError("encode takes a sequence of strings; wrap a single text in a list")
+        texts = list(texts)
+        if not use_cache or self.cache_size <= 0:
+            return self._encode_batch(texts)
+        misses = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        fresh: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        if misses:
+            out = self._encode_batch(misses)
+            fresh = {t: (out.hidden[i], out.pooled[i], out.mask[i]) for i, t in enumerate(misses)}
+        rows = [fresh[t] if t in fresh else self._cache[t] for t in texts]
+        for t in texts:
+            if t in fresh:
+                self._cache[t] = fresh[t]
+            self._cache.move_to_end(t)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        device = self.device
+        hidden, pooled, mask = (torch.stack(parts).to(device) for parts in zip(*rows, strict=True))
+        return TextEmbeddings(hidden=hidden, pooled=pooled, mask=mask)
+
+    def _encode_batch(self, texts: list[str]) -> TextEmbeddings:
+        tokens = self.tokenize(texts)
+        input_ids = tokens["input_ids"].to(self.device)
+        # No attention mask, as in SD: CLIP's causal attention keeps real tokens off the padding.
+        out = self.model(input_ids=input_ids)
+        pooled = out.text_embeds if isinstance(self.model, CLIPTextModelWithProjection) else out.pooler_output
+        return TextEmbeddings(
+            hidden=out.last_hidden_state, pooled=pooled, mask=tokens["attention_mask"].to(self.device).bool()
+        )
+
+    def forward(self, texts: Sequence[str]) -> TextEmbeddings:
+        return self.encode(texts)
+
+
+def load_embedded_text_encoder(**kwargs) -> FrozenTextEncoder:
+    """The tiny text encoder shipped in idruid/assets/text_encoder (contrastively pretrained)."""
+    if not EMBEDDED_TEXT_ENCODER.is_dir():
+        raise FileNotFoundError(
+            f"embedded text encoder not found at {EMBEDDED_TEXT_ENCODER}; "
+            "build it with `python scripts/pretrain_text_encoder.py`"
+        )
+    return FrozenTextEncoder.from_pretrained(EMBEDDED_TEXT_ENCODER, **kwargs)

@@ -1,0 +1,239 @@
+"""Stage-1 training on accelerate: L = L_ldm + lambda_dis * L_dis (Eq. 11-12 without RL yet).
+
+Reads top to bottom: LOAD (config, model, data), then per step SAMPLE NOISE, PREDICT, LOSS,
+UPDATE, EMA, LOG and CHECKPOINT. A run folder holds ``config.yaml``, ``log.jsonl``,
+``checkpoints/step-*`` (accelerate state: weights, optimiser, scheduler, RNG, EMA; the newest
+two are kept and a rerun of the same command resumes from the newest) and, at the end,
+``model/`` (the EMA weights as an idruid checkpoint) and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint
+from .config import TrainConfig, save_config
+from .data.shapes import ShapesPairedDataset
+from .layout import box_masks
+from .losses import add_noise, disentangle_loss, flow_matching_loss, sample_sigmas
+from .models.sd3 import LayoutToImageModel
+
+
+def collate(items: list[dict]) -> dict:
+    return {"image": torch.stack([it["image"] for it in items]), "layouts": [it["layout"] for it in items]}
+
+
+class EMA:
+    """Exponential moving average of the trainable weights (what gets exported)."""
+
+    def __init__(self, parameters, decay: float):
+        self.decay = decay
+        self.parameters = list(parameters)
+        self.shadow = [p.detach().clone() for p in self.parameters]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # warm start, as in diffusers' EMAModel
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.parameters], 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, parameters) -> None:
+        for shadow, param in zip(self.shadow, parameters, strict=True):
+            param.copy_(shadow)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        for shadow, saved in zip(self.shadow, state["shadow"], strict=True):
+            shadow.copy_(saved)
+
+
+def idc_loss(
+    attention_maps: list, boxes: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """L_dis averaged over the IDM blocks (each block's maps are (B, N, heads, HW)).
+
+    The model drops instance slots that no sample uses, so N may be below the padded 10.
+    """
+    num = attention_maps[0][0].shape[1]
+    boxes, valid = boxes[:, :num], valid[:, :num]
+    masks = box_masks(boxes, *grid) * valid.unsqueeze(-1).to(boxes.dtype)
+    losses = [disentangle_loss(pos, neg, masks, valid) for pos, neg in attention_maps]
+    return torch.stack(losses).mean()
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
+    """Run (or resume) stage-1 training; returns the exported model folder."""
+    # ---------------------------------------------------------------- LOAD
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    if accelerator.is_main_process:
+        save_config(config, out / "config.yaml")
+    model = LayoutToImageModel(config.model)
+    use_idc = config.model.use_idm and config.lambda_dis > 0
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = max(1, config.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    dataset = ShapesPairedDataset(
+        size=config.data_size,
+        seed=config.data_seed,
+        resolution=config.model.resolution,
+        min_shapes=config.min_instances,
+        max_shapes=config.max_instances,
+    )
+    loader = DataLoader(
+        dataset, batch_size=config.batch_size, collate_fn=collate, num_workers=config.num_workers
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    ema = EMA(params, config.ema_decay)
+    accelerator.register_for_checkpointing(ema)
+
+    ckpt_dir = out / "checkpoints"
+    step = 0
+    latest = _latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        step = json.loads((latest / "progress.json").read_text())["step"]
+        accelerator.print(f"resuming from {latest} at step {step}")
+    raw_model: LayoutToImageModel = accelerator.unwrap_model(model)
+    grid = raw_model.token_grid
+
+    batches_per_epoch = len(loader)
+    data = accelerator.skip_first_batches(loader, step % batches_per_epoch) if step else loader
+    log_file = open(out / "log.jsonl", "a")  # noqa: SIM115 (kept open for the whole run)
+    bar = tqdm(
+        total=config.steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process)
+    )
+    started, last_log = time.time(), step
+    model.train()
+    while step < config.steps:
+        for batch in data:
+            if step >= config.steps:
+                break
+            # ---------------------------------------------------- SAMPLE NOISE
+            x0 = batch["image"]
+            layouts = batch["layouts"]
+            b = x0.shape[0]
+            drop_prompt = torch.rand(b) < config.drop_prompt
+            drop_layout = torch.rand(b) < config.drop_layout
+            cond = raw_model.encode_text(layouts, drop_prompt, drop_layout).to(x0.device)
+            noise = torch.randn_like(x0)
+            sigma = sample_sigmas(b, config.sigma_sampling, device=x0.device)
+            x_t = add_noise(x0, noise, sigma)
+            # ---------------------------------------------------- PREDICT + LOSS
+            with accelerator.autocast():
+                v_pred, maps = model(x_t, sigma, cond, record_attention=use_idc)
+            l_ldm = flow_matching_loss(v_pred, x0, noise)
+            l_dis = (
+                idc_loss(maps, cond.boxes, cond.valid & cond.enabled.bool()[:, None], grid)
+                if use_idc
+                else None
+            )
+            loss = l_ldm + config.lambda_dis * l_dis if l_dis is not None else l_ldm
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {step}: loss is {loss.item()} (lower learning_rate?)")
+            # ---------------------------------------------------- UPDATE + EMA
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if config.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            ema.update(step)
+            step += 1
+            bar.update(1)
+            # ---------------------------------------------------- LOG
+            if step % config.log_every == 0 or step == config.steps:
+                rate = (step - last_log) / max(time.time() - started, 1e-9)
+                started, last_log = time.time(), step
+                record = {
+                    "step": step,
+                    "loss": loss.item(),
+                    "l_ldm": l_ldm.item(),
+                    "l_dis": l_dis.item() if l_dis is not None else None,
+                    "lr": scheduler.get_last_lr()[0],
+                    "steps_per_s": rate,
+                }
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}", l_dis=record["l_dis"] and f"{record['l_dis']:.4f}"
+                )
+                if accelerator.is_main_process:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+            # ---------------------------------------------------- CHECKPOINT
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _save_state(accelerator, ckpt_dir, step, config.keep_checkpoints)
+        data = loader
+    bar.close()
+    log_file.close()
+
+    accelerator.wait_for_everyone()
+    export = out / "model"
+    if accelerator.is_main_process:
+        ema.copy_to(params)
+        sampling = {
+            "steps": config.eval_steps,
+            "cfg": config.eval_cfg,
+            "layout_fraction": config.layout_fraction,
+        }
+        save_checkpoint(
+            raw_model, export, {"train_steps": step, "sampling": {**sampling, "shift": config.shift}}
+        )
+        plot_losses(out / "log.jsonl", out / "loss.png")
+    accelerator.end_training()
+    return export
+
+
+def _save_state(accelerator: Accelerator, folder: Path, step: int, keep: int) -> None:
+    target = folder / f"step-{step:07d}"
+    accelerator.save_state(str(target))
+    if accelerator.is_main_process:
+        (target / "progress.json").write_text(json.dumps({"step": step}))
+        done = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in done[: max(0, len(done) - keep)]:
+            shutil.rmtree(old)
+
+
+def plot_losses(log_path: Path, out_path: Path) -> None:
+    """Loss curves (L_ldm and L_dis) of a run, for people who would rather look than read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].plot(steps, [r["l_ldm"] for r in rows])
+    axes[0].set(title="L_ldm (flow matching)", xlabel="step", yscale="log")
+    dis = [r["l_dis"] if r["l_dis"] is not None else math.nan for r in rows]
+    axes[1].plot(steps, dis, color="tab:orange")
+    axes[1].axhline(math.log(2), ls="--", color="grey", lw=0.8)
+    axes[1].set(title="L_dis (softplus(CAS+ - CAS-)); dashed: ln 2", xlabel="step")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,131 @@
+"""End to end on a tiny model: encode, predict, sample, train 2 steps, resume, save/load."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from idruid.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from idruid.config import ConfigError, ModelConfig, load_config
+from idruid.layout import Instance, Layout
+from idruid.models.sd3 import LayoutToImageModel
+from idruid.sampling import euler_step, flow_sigmas, generate, layout_steps, sample
+from idruid.train import train
+
+TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return LayoutToImageModel(TINY).eval()
+
+
+def layouts(n=3):
+    out = []
+    for k in range(n):
+        inst = tuple(
+            Instance(f"a {c} {s}", (0.1 + 0.4 * j, 0.1, 0.4 + 0.4 * j, 0.5))
+            for j, (c, s) in enumerate([("red", "circle"), ("blue", "square")][: 1 + k % 2])
+        )
+        out.append(Layout("a photo of shapes", inst, seed=k))
+    return out
+
+
+def test_forward_shapes_and_contract(model):
+    cond = model.encode_text(layouts())
+    assert cond.caption_hidden.shape[:2] == (3, 10) and cond.valid.sum() == 4
+    x = torch.randn(3, 3, 32, 32)
+    v, maps = model(x, torch.tensor([0.9, 0.5, 0.1]), cond, record_attention=True)
+    assert model.prediction_type == "flow" and v.shape == x.shape
+    assert len(maps) == TINY.num_layers and maps[0][0].shape == (3, 2, 2, 64)  # trimmed to 2 instances
+    with pytest.raises(ValueError, match=r"expected \(B, 3, H, W\)"):
+        model(torch.randn(3, 4, 32, 32), torch.rand(3), cond)
+
+
+def test_padding_to_ten_does_not_change_predictions(model):
+    """Trimming padded slots is an optimisation only: compare against the untrimmed branch."""
+    cond = model.encode_text(layouts())
+    x, sigma = torch.randn(3, 3, 32, 32), torch.tensor([0.9, 0.5, 0.1])
+    for proc in model.transformer.attn_processors.values():
+        torch.nn.init.normal_(proc.to_out.weight, std=0.1)
+    trimmed, _ = model(x, sigma, cond)
+    cond.trimmed = lambda: cond  # bypass the trimming
+    full, _ = model(x, sigma, cond)
+    for proc in model.transformer.attn_processors.values():
+        torch.nn.init.zeros_(proc.to_out.weight)
+    assert torch.allclose(trimmed, full, atol=1e-5)
+
+
+def test_sampling_schedule_and_determinism(model):
+    sigmas = flow_sigmas(10)
+    assert (
+        sigmas.shape == (11,)
+        and sigmas[0] == 1.0
+        and sigmas[-1] == 0.0
+        and torch.all(sigmas[1:] < sigmas[:-1])
+    )
+    assert layout_steps(10, 0.3) == 3 and layout_steps(10, 0.0) == 0 and layout_steps(10, 1.0) == 10
+    x = torch.ones(2, 1, 1, 1)
+    assert torch.allclose(
+        euler_step(torch.full_like(x, 2.0), x, torch.tensor([1.0, 0.5]), torch.tensor([0.9, 0.25])),
+        torch.tensor([0.8, 0.5]).view(2, 1, 1, 1),
+    )
+    a = sample(model, layouts(2), steps=3, cfg=2.0)
+    b = sample(model, layouts(2), steps=3, cfg=2.0)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
+    images = generate(model, layouts(3), batch_size=2, steps=2, progress=False)
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_two_step_training_resume_and_round_trip(tmp_path):
+    config = load_config("tiny", ["steps=2", "checkpoint_every=1"])
+    export = train(config, tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+    assert log[0]["l_dis"] is not None  # IDM on: L_dis is part of the loss
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "loss.png").is_file()
+    assert len(list((tmp_path / "run" / "checkpoints").glob("step-*"))) == 2
+    # resume: two more steps start from step 2
+    config.steps = 4
+    train(config, tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    # save / load round trip gives identical predictions
+    loaded = load_checkpoint(export)
+    again = tmp_path / "again"
+    save_checkpoint(loaded, again)
+    reloaded = load_checkpoint(again)
+    cond = loaded.encode_text(layouts(2))
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.7, 0.2])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, sigma, cond)[0], reloaded(x, sigma, cond)[0])
+    assert read_checkpoint_meta(again)["model"]["num_layers"] == 2
+
+
+def test_baseline_config_trains_without_idc(tmp_path):
+    config = load_config("tiny", ["model.use_idm=false", "steps=1"])
+    train(config, tmp_path, progress=False)
+    record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert record["l_dis"] is None
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="not an idruid checkpoint"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "idruid.json").write_text('{"format": "other"}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="format 'other'"):
+        load_checkpoint(tmp_path)
+
+
+def test_config_overrides_and_errors():
+    config = load_config("shapes", ["steps=7", "model.use_idm=false", "lambda_dis=0.5"])
+    assert config.steps == 7 and config.model.use_idm is False and config.lambda_dis == 0.5
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config("shapes", ["model.nope=1"])
+    with pytest.raises(ConfigError, match="no such file or preset"):
+        load_config("does-not-exist")
