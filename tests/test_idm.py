@@ -58,7 +58,8 @@ def condition(batch=2, num=3, length=4, valid_counts=(3, 2), seed=0, record=Fals
 def install(model, use_idm=True, zero_out=True, seed=1):
     torch.manual_seed(seed)
     procs = {
-        n: LayoutJointAttnProcessor(DIM, HEADS, DIM, use_idm, idm_hidden=16, patch=4) for n in model.attn_processors
+        n: LayoutJointAttnProcessor(DIM, HEADS, DIM, use_idm, idm_hidden=16, patch=4)
+        for n in model.attn_processors
     }
     model.set_attn_processor(dict(procs))  # diffusers pops from the dict it is given
     if not zero_out:
@@ -111,7 +112,9 @@ def naive_branch(proc, hidden, global_features, layout):
         m = torch.cat([masks[b], torch.ones(1, masks.shape[-1])])
         valid = torch.cat([layout.valid[b], torch.ones(1, dtype=torch.bool)])
         heads_view = features[:num].view(num, -1, heads, d).permute(0, 2, 1, 3).unsqueeze(0)
-        alpha = proc.idm(heads_view, global_features[b : b + 1], m[:num].unsqueeze(0), valid[:num].unsqueeze(0))[0]
+        alpha = proc.idm(
+            heads_view, global_features[b : b + 1], m[:num].unsqueeze(0), valid[:num].unsqueeze(0)
+        )[0]
         refined = alpha.unsqueeze(1) * features  # R+
         total = refined[num].clone()
         for i in range(num):
@@ -261,7 +264,9 @@ def test_patch_masks_hand_worked_and_coverage():
     assert masks.shape == (4, 16)
     # top-left cell: columns 2-3 of its 4x4 pixels, all rows; top-right: columns 0-1
     expected_left = torch.tensor([[0, 0, 1, 1]] * 4, dtype=torch.float32).flatten()
-    assert torch.equal(masks[0], expected_left) and torch.equal(masks[1], expected_left.view(4, 4).flip(1).flatten())
+    assert torch.equal(masks[0], expected_left) and torch.equal(
+        masks[1], expected_left.view(4, 4).flip(1).flatten()
+    )
     assert masks[2:].sum() == 0
     assert torch.allclose(masks.mean(-1), torch.tensor([0.5, 0.5, 0.0, 0.0]))
     # the pixel masks agree with the cell masks: a cell with any pixel inside overlaps the box

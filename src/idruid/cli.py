@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train the embedded model, evaluate it and write a report")
     demo.add_argument("--config", default="shapes", help="preset or YAML file (default shapes)")
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    demo.add_argument("--per-level", type=int, default=None, help="evaluate only N layouts per level (quick look)")
+    demo.add_argument(
+        "--per-level", type=int, default=None, help="evaluate only N layouts per level (quick look)"
+    )
     demo.add_argument("overrides", nargs="*", help="key=value overrides")
     return parser
 

@@ -10,7 +10,11 @@ from .report import plot_isr_by_level
 
 
 def write_demo_report(
-    out: Path, results: dict[str, dict], train_seconds: float, total_seconds: float, per_level: int | None = None
+    out: Path,
+    results: dict[str, dict],
+    train_seconds: float,
+    total_seconds: float,
+    per_level: int | None = None,
 ) -> Path:
     sections = [
         "# idruid demo report\n",

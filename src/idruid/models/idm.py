@@ -109,7 +109,8 @@ class InstanceDisentanglementModule(nn.Module):
         global_mean = global_features.mean(dim=1, keepdim=True)  # (B, 1, C)
         inside = torch.cat([_masked_mean(enhanced, masks), global_mean], dim=1)  # feature k inside its region
         outside = torch.cat([_masked_mean(enhanced, 1.0 - masks), torch.zeros_like(global_mean)], dim=1)
-        global_inside = torch.cat([(masks @ global_features) / denom, global_mean], dim=1)  # e_{n+1} in region k
+        # e_{n+1} inside region k
+        global_inside = torch.cat([(masks @ global_features) / denom, global_mean], dim=1)
         desc = self.describe(torch.cat([inside, outside, global_inside], dim=-1))
         all_valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
         mixed, _ = self.interact(desc, desc, desc, key_padding_mask=~all_valid, need_weights=False)
@@ -192,7 +193,13 @@ class LayoutJointAttnProcessor(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int, token_dim: int, use_idm: bool = True, idm_hidden: int = 128, patch: int = 1
+        self,
+        dim: int,
+        heads: int,
+        token_dim: int,
+        use_idm: bool = True,
+        idm_hidden: int = 128,
+        patch: int = 1,
     ):
         super().__init__()
         self.heads = heads
