@@ -94,7 +94,7 @@ def naive_branch(proc, hidden, global_features, layout):
     batch, num = layout.valid.shape
     heads, dim = proc.heads, hidden.shape[-1]
     d = dim // heads
-    geo = patch_geometry(layout.boxes, 16, 16, 4) * layout.valid[..., None, None, None]  # (B, N, P, 16, 3)
+    geo = patch_geometry(layout.boxes, 16, 16, 4) * layout.valid[..., None, None, None]  # (B, N, P, 16, 6)
     masks = geo[..., 0].mean(-1)  # soft masks: the share of each cell inside the box
     out = torch.zeros_like(hidden)
     for b in range(batch):
@@ -279,7 +279,7 @@ def test_patch_masks_hand_worked_and_coverage():
 
 def test_patch_geometry_relative_coordinates():
     # 8x8 image, one 4x4 cell grid cell; box x in [0.25, 0.75): pixel centres 2.5/8 .. 5.5/8
-    geo = patch_geometry(torch.tensor([[0.25, 0.0, 0.75, 1.0]]), 8, 8, 4)[0]  # (4, 16, 3)
+    geo = patch_geometry(torch.tensor([[0.25, 0.0, 0.75, 1.0]]), 8, 8, 4)[0]  # (4, 16, 6)
     assert torch.equal(geo[..., 0], patch_masks(torch.tensor([[0.25, 0.0, 0.75, 1.0]]), 8, 8, 4)[0])
     u = geo[0, :4, 1]  # first pixel row of the top-left cell: columns 0..3
     assert torch.allclose(u, torch.tensor([0.0, 0.0, 0.125, 0.375]))  # (x - 0.25) / 0.5, zero outside
@@ -287,3 +287,6 @@ def test_patch_geometry_relative_coordinates():
     assert torch.all(v == 0)
     v_inside = geo[0, 2::4, 2]  # column 2 is inside: v = (y + 0.5) / 8
     assert torch.allclose(v_inside, (torch.arange(4) + 0.5) / 8)
+    # the quadratic terms are products of the linear ones
+    assert torch.allclose(geo[..., 3], geo[..., 1] ** 2) and torch.allclose(geo[..., 4], geo[..., 2] ** 2)
+    assert torch.allclose(geo[..., 5], geo[..., 1] * geo[..., 2])

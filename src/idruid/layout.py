@@ -207,11 +207,13 @@ def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def patch_geometry(boxes: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
-    """Each box seen from the pixels of each token cell: (..., 4) -> (..., cells, patch * patch, 3).
+    """Each box seen from the pixels of each token cell: (..., 4) -> (..., cells, patch * patch, 6).
 
-    Per pixel: [inside, u, v] with (u, v) the pixel centre's position relative to the box
-    (0 at x0 / y0, 1 at x1 / y1), zeroed outside the box. Shapes that fill their box are
-    functions of (u, v), so this is what a small backbone needs to draw them at sub-cell precision.
+    Per pixel: [inside, u, v, u^2, v^2, u v] with (u, v) the pixel centre's position relative
+    to the box (0 at x0 / y0, 1 at x1 / y1), all zeroed outside the box. A degree-2 polynomial
+    basis of the in-box position: an object's silhouette inside its box (a disc, a body, a
+    wheel) is then close to a linear threshold of these features, which a small backbone can
+    learn quickly at sub-cell precision.
     """
     inside = patch_masks(boxes, height, width, patch)
     ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) / height
@@ -219,8 +221,8 @@ def patch_geometry(boxes: torch.Tensor, height: int, width: int, patch: int) -> 
     x0, y0, x1, y1 = (boxes[..., k, None] for k in range(4))
     u = ((xs - x0) / (x1 - x0).clamp(min=1e-6))[..., None, :].expand(*x0.shape[:-1], height, width)
     v = ((ys - y0) / (y1 - y0).clamp(min=1e-6))[..., :, None].expand(*y0.shape[:-1], height, width)
-    cells = [_to_cells(c, height, width, patch) for c in (u, v)]
-    return torch.stack([inside, cells[0] * inside, cells[1] * inside], dim=-1)
+    u, v = (_to_cells(c, height, width, patch) for c in (u, v))
+    return torch.stack([inside, u, v, u * u, v * v, u * v], dim=-1) * inside.unsqueeze(-1)
 
 
 def _to_cells(pixels: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:

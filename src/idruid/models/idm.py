@@ -58,7 +58,7 @@ class LayoutCondition:
 
     @property
     def geometry(self) -> torch.Tensor:
-        """(B, N, HW, patch * patch, 3): per pixel of each token cell, [inside, u, v] of each box."""
+        """(B, N, HW, patch * patch, 6): per pixel of each token cell, [inside, u, v, u^2, v^2, uv]."""
         if self._geometry is None:
             h, w = self.grid
             geometry = patch_geometry(self.boxes, h * self.patch, w * self.patch, self.patch)
@@ -211,7 +211,7 @@ class LayoutJointAttnProcessor(nn.Module):
             self.idm = InstanceDisentanglementModule(dim, idm_hidden)
             # the mask branch at pixel precision: where each box runs inside a token cell and
             # where each pixel sits in the box, gated by the instance's layout token
-            self.to_geometry = nn.Linear(3 * patch * patch, dim)
+            self.to_geometry = nn.Linear(6 * patch * patch, dim)
             self.geometry_gate = nn.Linear(token_dim, dim)
         self.to_out = nn.Linear(dim, dim)
         nn.init.zeros_(self.to_out.weight)  # zero-initialised residual
