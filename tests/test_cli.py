@@ -118,3 +118,12 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
     assert "## shapes-sam" in report and "## shapes-mig" in report and "ground-truth renders" in report
     for name in ("loss.png", "isr-shapes-mig.png", "eval-shapes-sam/grid.png", "model/idruid.json"):
         assert (out / name).is_file()
+
+
+def test_embedded_default_model_generates(tmp_path):
+    """Without --checkpoint, generate uses the shipped model; its sampling settings come along."""
+    path = tmp_path / "l.json"
+    path.write_text(json.dumps(LAYOUT))
+    out = tmp_path / "default.png"
+    assert main(["generate", str(path), "--out", str(out), "--steps", "2"]) == 0
+    assert Image.open(out).size == (32, 32)
