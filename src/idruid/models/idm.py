@@ -11,9 +11,11 @@ the backbone's own joint attention unchanged, then an instance branch:
    each feature that interact across instances through one self-attention layer;
 4. R+ = alpha * E and R- = (1 - alpha) * E (Eq. 2); R+_i (and R-_i when the constraint is on)
    attend again to instance i's tokens, giving the attention maps of Eq. 3-4;
-5. the refined features are composed with the masks, sum_i m_i CA(R+_i) + R+_{n+1}, divided by
-   sum_i m_i + 1, and added through a zero-initialised projection, so an untrained adapter leaves
-   the backbone's behaviour intact.
+5. the refined features are composed with the soft masks (the share of each token cell inside
+   each box), sum_i m_i CA(R+_i) + R+_{n+1}, divided by sum_i m_i + 1, plus a geometry term
+   (where each pixel of a cell sits in each box, gated by the instance's layout token: the mask
+   branch at pixel precision, docs/method.md point 11), and added through a zero-initialised
+   projection, so an untrained adapter leaves the backbone's behaviour intact.
 
 With ``use_idm=False`` (the adapter-only baseline, ablation row 1) the branch is one plain
 cross-attention from the image to the tokens of all instances, with no masks and no weights.
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layout import box_masks, patch_geometry
+from ..layout import patch_geometry
 
 
 @dataclass
@@ -43,7 +45,6 @@ class LayoutCondition:
     patch: int = 1  # pixels per token side (the backbone's patch size)
     record_attention: bool = False  # store R+/R- attention maps for L_dis
     attention_maps: list = field(default_factory=list)  # per block: (attn_pos, attn_neg)
-    _masks: torch.Tensor | None = None
     _geometry: torch.Tensor | None = None
     _bias: torch.Tensor | None = None
 
@@ -69,14 +70,6 @@ class LayoutCondition:
     def coverage(self) -> torch.Tensor:
         """(B, N, HW) share of each token cell inside each box: the soft masks M of the IDM."""
         return self.geometry[..., 0].mean(-1)
-
-    @property
-    def box_mask(self) -> torch.Tensor:
-        """(B, N, HW) masks on the token grid; padded instances are empty."""
-        if self._masks is None:
-            masks = box_masks(self.boxes, *self.grid)
-            self._masks = masks * self.valid.unsqueeze(-1).to(masks.dtype)
-        return self._masks
 
 
 def _masked_mean(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
