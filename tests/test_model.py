@@ -129,3 +129,17 @@ def test_config_overrides_and_errors():
         load_config("shapes", ["model.nope=1"])
     with pytest.raises(ConfigError, match="no such file or preset"):
         load_config("does-not-exist")
+
+
+def test_learning_rate_schedules():
+    from idruid.train import lr_factor
+
+    config = load_config("tiny", ["warmup_steps=10", "steps=110", "lr_schedule=cosine"])
+    assert lr_factor(0, config) == pytest.approx(0.1) and lr_factor(9, config) == pytest.approx(1.0)
+    assert lr_factor(10, config) == pytest.approx(1.0) and lr_factor(60, config) == pytest.approx(0.5)
+    assert lr_factor(110, config) == pytest.approx(0.0, abs=1e-9)
+    config.lr_schedule = "constant"
+    assert lr_factor(100, config) == 1.0
+    config.lr_schedule = "step"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(50, config)

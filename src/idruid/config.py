@@ -49,6 +49,7 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 200
+    lr_schedule: str = "constant"  # "constant" after warm-up, or "cosine" decay to zero at `steps`
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     lambda_dis: float = 1.0  # weight of L_dis (Eq. 12); ignored without IDM

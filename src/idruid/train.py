@@ -74,6 +74,19 @@ def idc_loss(
     return torch.stack(losses).mean()
 
 
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then constant or cosine decay to zero at the last step."""
+    warmup = max(1, config.warmup_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return 1.0
+    if config.lr_schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"lr_schedule '{config.lr_schedule}': expected 'constant' or 'cosine'")
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
     found = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     return found[-1] if found else None
@@ -94,8 +107,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     use_idc = config.model.use_idm and config.lambda_dis > 0
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup = max(1, config.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     dataset = ShapesPairedDataset(
         size=config.data_size,
         seed=config.data_seed,
