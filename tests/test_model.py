@@ -143,3 +143,10 @@ def test_learning_rate_schedules():
     config.lr_schedule = "step"
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_factor(50, config)
+
+
+def test_unknown_lr_schedule_fails_before_training(tmp_path):
+    config = load_config("tiny", ["lr_schedule=step", "steps=1"])
+    with pytest.raises(ValueError, match="lr_schedule 'step'"):
+        train(config, tmp_path, progress=False)
+    assert not (tmp_path / "log.jsonl").exists()

@@ -107,6 +107,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     use_idc = config.model.use_idm and config.lambda_dis > 0
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    lr_factor(config.warmup_steps, config)  # an unknown lr_schedule fails now, not after warm-up
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     dataset = ShapesPairedDataset(
         size=config.data_size,
