@@ -123,12 +123,12 @@ def naive_branch(proc, hidden, global_features, layout):
             logits = torch.einsum("phd,lhd->hpl", r, ki2) / math.sqrt(d)
             ca = torch.einsum("hpl,lhd->phd", logits.softmax(-1), vi).reshape(-1, dim)
             total = total + m[i].unsqueeze(-1) * ca
-        geometry = torch.zeros(hidden.shape[1], dim)
+        geometry = torch.zeros(hidden.shape[1], proc.geometry_gate.out_features)
         for i in range(num):
             gate = proc.geometry_gate(layout.tokens[b, i, 1])
             for p in range(hidden.shape[1]):
                 geometry[p] += m[i, p] * proc.to_geometry(geo[b, i, p].flatten()) * gate
-        out[b] = proc.to_out(total / (m[:num].sum(0).unsqueeze(-1) + 1.0) + geometry)
+        out[b] = proc.to_out(total / (m[:num].sum(0).unsqueeze(-1) + 1.0) + proc.geometry_out(geometry))
     return out
 
 

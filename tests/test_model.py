@@ -150,3 +150,45 @@ def test_unknown_lr_schedule_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="lr_schedule 'step'"):
         train(config, tmp_path, progress=False)
     assert not (tmp_path / "log.jsonl").exists()
+
+
+def test_init_from_loads_weights_and_refuses_another_config(tmp_path, model):
+    from idruid.checkpoint import load_trained_weights
+
+    save_checkpoint(model, tmp_path / "ckpt")
+    fresh = LayoutToImageModel(TINY).eval()
+    load_trained_weights(fresh, tmp_path / "ckpt")
+    cond = model.encode_text(layouts(2))
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.5, 0.9])
+    with torch.no_grad():
+        assert torch.equal(fresh(x, sigma, cond)[0], model(x, sigma, cond)[0])
+    other = LayoutToImageModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=16))
+    with pytest.raises(CheckpointError, match="idm_hidden: 32 vs 16"):
+        load_trained_weights(other, tmp_path / "ckpt")
+
+
+def test_x0_output_is_turned_into_the_velocity():
+    """With model.output = "x0" the backbone predicts the clean image; the model returns
+    v = (x_t - x0_hat) / max(sigma, 0.05), which is noise - x0 when x0_hat is exact."""
+    from idruid.models.sd3 import SIGMA_FLOOR
+
+    torch.manual_seed(0)
+    net = LayoutToImageModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32, output="x0"))
+    x0, noise = torch.rand(3, 3, 32, 32) * 2 - 1, torch.randn(3, 3, 32, 32)
+    sigma = torch.tensor([0.9, 0.3, 0.01])
+    x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
+    v = net._velocity(x0, x_t, sigma)
+    torch.testing.assert_close(v[:2], (noise - x0)[:2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(v[2], (x_t[2] - x0[2]) / SIGMA_FLOOR)  # floored, stays finite
+    cond = net.encode_text(layouts(3))
+    with torch.no_grad():
+        raw = net.transformer(
+            hidden_states=x_t,
+            encoder_hidden_states=cond.prompt_hidden,
+            pooled_projections=cond.prompt_pooled,
+            timestep=sigma * 1000.0,
+            return_dict=False,
+        )[0]
+        torch.testing.assert_close(net(x_t, sigma, cond, layout_on=False)[0], net._velocity(raw, x_t, sigma))
+    with pytest.raises(ValueError, match="model.output"):
+        LayoutToImageModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, output="eps"))

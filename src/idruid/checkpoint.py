@@ -65,6 +65,24 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
     meta = read_checkpoint_meta(path)
     config: ModelConfig = model_config_from_dict(meta["model"])
     model = LayoutToImageModel(config)
+    _load_weights(model, path)
+    return model.to(device).eval()
+
+
+def load_trained_weights(model, path: str | Path) -> None:
+    """Start ``model`` from a checkpoint's weights (``init_from``: e.g. RL fine-tuning of a
+    stage-1 model); its model config must be the same as ``model.config``."""
+    path = Path(path)
+    saved = read_checkpoint_meta(path)["model"]
+    wanted = dataclasses.asdict(model.config)
+    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if differ:
+        details = ", ".join(f"{k}: {saved.get(k)!r} vs {wanted.get(k)!r}" for k in differ)
+        raise CheckpointError(f"checkpoint '{path}': its model config differs from this run's ({details})")
+    _load_weights(model, path)
+
+
+def _load_weights(model, path: Path) -> None:
     state = load_file(str(path / "model.safetensors"))
     expected = model.trainable_state_dict()
     missing = sorted(set(expected) - set(state))
@@ -76,4 +94,3 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
             f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
         )
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    return model.to(device).eval()

@@ -1,4 +1,4 @@
-"""Typed configs for the model and for stage-1 training, named presets and ``key=value`` overrides.
+"""Typed configs for the model, training and its RL stage, named presets and ``key=value`` overrides.
 
 Presets are YAML files in ``idruid/configs/`` (``configs/`` at the repository root points there).
 Every run saves the resolved config next to its outputs, so a run can be reproduced from it.
@@ -39,11 +39,69 @@ class ModelConfig:
     fourier_freqs: int = 8  # Fourier embedding of the box: 4 coords x 2 x freqs
     use_idm: bool = True  # False: adapter-only baseline (ablation row 1)
     idm_hidden: int = 128  # width of the IDM descriptor network
+    geometry_rank: int = 32  # width of the per-instance pixel-geometry features (IDM mask branch)
+    # What the backbone's raw output is; the model always returns a velocity. "velocity": SD3's
+    # own parameterisation (real weights). "x0": the clean image, turned into v = (x_t - x0) / sigma,
+    # for pixel space with big patches (4x4x3 = 48 values per token into a 128-wide network), where
+    # a velocity output has to copy the noise through the network (Li & He 2025, "JiT")
+    output: str = "velocity"
+
+
+RL_ALGORITHMS = ("none", "ppo", "grpo", "sft")
+
+
+@dataclass
+class RLConfig:
+    """The RL stage (paper 3.3, Algorithm 1) and its Table 3 ablations, inside the same trainer."""
+
+    # "none": stage 1 only; "ppo": I-DRUID (critic + PPO + action pool); "grpo": group-normalised
+    # advantages, no critic (Table 3 row 4); "sft": the prompt-only set's rendered images as extra
+    # paired data instead of RL (Table 3 row 3, which breaks the unpaired setting on purpose)
+    algorithm: str = "none"
+    start_fraction: float = 0.5  # RL joins for the last half of training (epochs 10-20 of 20)
+    lambda_rl: float = 1.0  # weight of L_rl (or of the SFT loss) in Eq. 12
+    every: int = 1  # one RL iteration every `every` training steps
+    batch_size: int = 8  # prompt-only layouts per RL iteration (PPO, SFT)
+    group_size: int = 4  # GRPO: trajectories per prompt (batch_size / group_size prompts)
+    steps: int = 10  # sampling steps of a rollout
+    rl_fraction: float = 0.2  # leading share of the steps that explore and are trained; 1 = full
+    noise_level: float = 0.7  # a of Eq. 5
+    cfg: float = 3.0  # guidance of the rollout policy
+    clip_range: float = 1e-4  # zeta of Eq. 10
+    kl_weight: float = 1.0  # weight of the KL term of Eq. 10
+    reward: str = "iou_conf"  # "iou", "iou_conf" or "false" (idruid.rl.rewards.REWARDS)
+    confidence_weight: float = 1.0  # k in IoU + k * confidence (Table 4)
+    detector: str = "analytic"  # a registered detector name or a local GroundingDINO folder
+    critic_lr: float = 1e-3
+    critic_hidden: int = 256
+    critic_warmup: int = 5  # critic updates before it joins the actor (paper 4.1)
+    pool_size: int = 4  # rollouts kept in the action pool
+    prompt_seed: int = 1  # seed of the prompt-only set (idruid.data.shapes.prompt_only_layout)
+
+    def check(self) -> None:
+        """Refuse settings the RL stage cannot run, before any training starts."""
+        if self.algorithm not in RL_ALGORITHMS:
+            raise ConfigError(f"rl.algorithm '{self.algorithm}': expected one of {', '.join(RL_ALGORITHMS)}")
+        if not 0.0 <= self.start_fraction < 1.0:
+            raise ConfigError(f"rl.start_fraction must be in [0, 1), got {self.start_fraction}")
+        if not 0.0 < self.rl_fraction <= 1.0:
+            raise ConfigError(f"rl.rl_fraction must be in (0, 1], got {self.rl_fraction}")
+        if self.steps < 2:
+            raise ConfigError(f"rl.steps must be at least 2, got {self.steps}")
+        if self.every < 1 or self.batch_size < 1 or self.pool_size < 1:
+            raise ConfigError("rl.every, rl.batch_size and rl.pool_size must be at least 1")
+        if self.algorithm == "grpo" and (self.group_size < 2 or self.batch_size % self.group_size):
+            raise ConfigError(
+                f"rl.group_size={self.group_size} must be >= 2 and divide rl.batch_size={self.batch_size}"
+            )
 
 
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    # start from an idruid checkpoint folder ("embedded": the shipped model); same model config
+    init_from: str | None = None
     seed: int = 0
     steps: int = 3000  # optimiser steps
     batch_size: int = 32
@@ -84,6 +142,8 @@ def _from_dict(cls, data: dict[str, Any], where: str):
             raise ConfigError(f"{where}.{key}: unknown key (allowed: {', '.join(sorted(names))})")
         if key == "model" and cls is TrainConfig:
             value = _from_dict(ModelConfig, value, f"{where}.model")
+        if key == "rl" and cls is TrainConfig:
+            value = _from_dict(RLConfig, value, f"{where}.rl")
         kwargs[key] = value
     return cls(**kwargs)
 

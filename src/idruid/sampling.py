@@ -1,16 +1,17 @@
-"""One sampling loop for inference, evaluation and (later) RL rollouts.
+"""One sampling loop for inference, evaluation and RL rollouts.
 
 Euler integration of the flow-matching ODE on the schedule of diffusers'
 ``FlowMatchEulerDiscreteScheduler``, with classifier-free guidance and the layout branch
 (adapter + IDM) active for the first ``layout_fraction`` of the steps only, vanilla joint
 attention after (paper 4.1, after CreatiLayout). Step functions are plain functions on
-tensors so that RL can swap in one that also returns a log-probability.
+tensors so that RL swaps in one that also records log-probabilities (idruid.rl.rollout).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
 from .layout import Layout
+
+if TYPE_CHECKING:
+    from .models.sd3 import TextConditioning
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,6 +62,24 @@ def initial_noise(layouts: Sequence[Layout], shape: tuple[int, ...], seed: int =
     return torch.stack(noise)
 
 
+def guidance_conditioning(model, layouts: Sequence[Layout], cfg: float, device) -> TextConditioning:
+    """The text conditioning of a batch; with guidance, its unconditional partner stacked below."""
+    cond = model.encode_text(layouts).to(device)
+    return type(cond).cat([cond, model.unconditional(cond)]) if cfg != 1.0 else cond
+
+
+def guided_velocity(
+    model, x_t: torch.Tensor, sigma: torch.Tensor, cond, cfg: float, layout_on: bool
+) -> torch.Tensor:
+    """v for x_t (B, ...) at sigma (B,) with classifier-free guidance at scale ``cfg``; ``cond``
+    comes from guidance_conditioning (2B rows when cfg != 1)."""
+    if cfg == 1.0:
+        return model(x_t, sigma, cond, layout_on=layout_on)[0]
+    v, _ = model(torch.cat([x_t, x_t]), sigma.repeat(2), cond, layout_on=layout_on)
+    v_cond, v_uncond = v.chunk(2)
+    return v_uncond + cfg * (v_cond - v_uncond)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -76,20 +98,13 @@ def sample(
     config = model.config
     shape = (config.in_channels, config.resolution, config.resolution)
     x = (initial_noise(layouts, shape, seed) if x_init is None else x_init).to(device)
-    cond = model.encode_text(layouts).to(device)
-    guided = cfg != 1.0
-    if guided:
-        cond = type(cond).cat([cond, model.unconditional(cond)])
+    cond = guidance_conditioning(model, layouts, cfg, device)
     sigmas = flow_sigmas(steps, shift).to(device)
     with_layout = layout_steps(steps, layout_fraction)
     batch = len(layouts)
     for i in range(steps):
         sigma = sigmas[i].expand(batch)
-        model_in = torch.cat([x, x]) if guided else x
-        v, _ = model(model_in, sigma.repeat(2) if guided else sigma, cond, layout_on=i < with_layout)
-        if guided:
-            v_cond, v_uncond = v.chunk(2)
-            v = v_uncond + cfg * (v_cond - v_uncond)
+        v = guided_velocity(model, x, sigma, cond, cfg, layout_on=i < with_layout)
         x = step_fn(v, x, sigma, sigmas[i + 1].expand(batch))
     return x.clamp(-1.0, 1.0)
 

@@ -1,14 +1,17 @@
-"""Stage-1 training on accelerate: L = L_ldm + lambda_dis * L_dis (Eq. 11-12 without RL yet).
+"""Training on accelerate: L_act = L_ldm + lambda_dis * L_dis + lambda_rl * L_rl (Eq. 11-12).
 
-Reads top to bottom: LOAD (config, model, data), then per step SAMPLE NOISE, PREDICT, LOSS,
-UPDATE, EMA, LOG and CHECKPOINT. A run folder holds ``config.yaml``, ``log.jsonl``,
-``checkpoints/step-*`` (accelerate state: weights, optimiser, scheduler, RNG, EMA; the newest
-two are kept and a rerun of the same command resumes from the newest) and, at the end,
-``model/`` (the EMA weights as an idruid checkpoint) and ``loss.png``.
+Reads top to bottom: LOAD (config, model, data, RL stage), then per step PAIRED LOSSES (sample
+noise, predict, L_ldm and L_dis), RL (from ``rl.start_fraction`` of the steps on, Algorithm 1:
+idruid.rl.stage), UPDATE, EMA, LOG and CHECKPOINT. A run folder holds ``config.yaml``,
+``log.jsonl``, ``checkpoints/step-*`` (accelerate state: weights, optimiser, scheduler, RNG, EMA
+and the RL stage's critic and action pool; the newest two are kept and a rerun of the same
+command resumes from the newest) and, at the end, ``model/`` (the EMA weights as an idruid
+checkpoint) and ``loss.png``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -21,12 +24,13 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import EMBEDDED_CHECKPOINT, load_trained_weights, save_checkpoint
 from .config import TrainConfig, save_config
 from .data.shapes import ShapesPairedDataset
 from .layout import box_masks
 from .losses import add_noise, disentangle_loss, flow_matching_loss, sample_sigmas
 from .models.sd3 import LayoutToImageModel
+from .rl.stage import RLStage
 
 
 def collate(items: list[dict]) -> dict:
@@ -74,6 +78,28 @@ def idc_loss(
     return torch.stack(losses).mean()
 
 
+def paired_losses(
+    model, raw_model: LayoutToImageModel, x0: torch.Tensor, layouts: list, config: TrainConfig, accelerator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """L_ldm + lambda_dis * L_dis, L_ldm (Eq. 11) and L_dis (Eq. 4, None without IDC) on a batch
+    of paired images (B, C, H, W)."""
+    b = x0.shape[0]
+    drop_prompt = torch.rand(b) < config.drop_prompt
+    drop_layout = torch.rand(b) < config.drop_layout
+    cond = raw_model.encode_text(layouts, drop_prompt, drop_layout).to(x0.device)
+    noise = torch.randn_like(x0)
+    sigma = sample_sigmas(b, config.sigma_sampling, device=x0.device)
+    x_t = add_noise(x0, noise, sigma)
+    use_idc = config.model.use_idm and config.lambda_dis > 0
+    with accelerator.autocast():
+        v_pred, maps = model(x_t, sigma, cond, record_attention=use_idc)
+    l_ldm = flow_matching_loss(v_pred, x0, noise)
+    if not use_idc:
+        return l_ldm, l_ldm, None
+    l_dis = idc_loss(maps, cond.boxes, cond.valid & cond.enabled.bool()[:, None], raw_model.token_grid)
+    return l_ldm + config.lambda_dis * l_dis, l_ldm, l_dis
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warm-up, then constant or cosine decay to zero at the last step."""
     warmup = max(1, config.warmup_steps)
@@ -103,8 +129,12 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     set_seed(config.seed)
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
+    config.rl.check()
     model = LayoutToImageModel(config.model)
-    use_idc = config.model.use_idm and config.lambda_dis > 0
+    if config.init_from is not None:
+        load_trained_weights(
+            model, EMBEDDED_CHECKPOINT if config.init_from == "embedded" else config.init_from
+        )
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     lr_factor(config.warmup_steps, config)  # an unknown lr_schedule fails now, not after warm-up
@@ -122,6 +152,12 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     ema = EMA(params, config.ema_decay)
     accelerator.register_for_checkpointing(ema)
+    raw_model: LayoutToImageModel = accelerator.unwrap_model(model)
+    rl = config.rl
+    stage = RLStage(config, raw_model, accelerator.device) if rl.algorithm != "none" else None
+    if stage is not None:
+        accelerator.register_for_checkpointing(stage)
+    rl_start = int(rl.start_fraction * config.steps)
 
     ckpt_dir = out / "checkpoints"
     step = 0
@@ -130,8 +166,6 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
         accelerator.load_state(str(latest))
         step = json.loads((latest / "progress.json").read_text())["step"]
         accelerator.print(f"resuming from {latest} at step {step}")
-    raw_model: LayoutToImageModel = accelerator.unwrap_model(model)
-    grid = raw_model.token_grid
 
     batches_per_epoch = len(loader)
     data = accelerator.skip_first_batches(loader, step % batches_per_epoch) if step else loader
@@ -145,26 +179,20 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
         for batch in data:
             if step >= config.steps:
                 break
-            # ---------------------------------------------------- SAMPLE NOISE
-            x0 = batch["image"]
-            layouts = batch["layouts"]
-            b = x0.shape[0]
-            drop_prompt = torch.rand(b) < config.drop_prompt
-            drop_layout = torch.rand(b) < config.drop_layout
-            cond = raw_model.encode_text(layouts, drop_prompt, drop_layout).to(x0.device)
-            noise = torch.randn_like(x0)
-            sigma = sample_sigmas(b, config.sigma_sampling, device=x0.device)
-            x_t = add_noise(x0, noise, sigma)
-            # ---------------------------------------------------- PREDICT + LOSS
-            with accelerator.autocast():
-                v_pred, maps = model(x_t, sigma, cond, record_attention=use_idc)
-            l_ldm = flow_matching_loss(v_pred, x0, noise)
-            l_dis = (
-                idc_loss(maps, cond.boxes, cond.valid & cond.enabled.bool()[:, None], grid)
-                if use_idc
-                else None
+            # ---------------------------------------------------- PAIRED LOSSES
+            loss, l_ldm, l_dis = paired_losses(
+                model, raw_model, batch["image"], batch["layouts"], config, accelerator
             )
-            loss = l_ldm + config.lambda_dis * l_dis if l_dis is not None else l_ldm
+            # ---------------------------------------------------- RL (Algorithm 1, lines 9-18)
+            rl_stats, l_rl = None, None
+            if stage is not None and step >= rl_start and (step - rl_start) % rl.every == 0:
+                if rl.algorithm == "sft":
+                    images, layouts = stage.sft_batch()
+                    l_rl = paired_losses(model, raw_model, images, layouts, config, accelerator)[0]
+                else:
+                    l_rl, rl_stats = stage.loss(raw_model, model)
+                if l_rl is not None:
+                    loss = loss + rl.lambda_rl * l_rl
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {step}: loss is {loss.item()} (lower learning_rate?)")
             # ---------------------------------------------------- UPDATE + EMA
@@ -186,9 +214,12 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                     "loss": loss.item(),
                     "l_ldm": l_ldm.item(),
                     "l_dis": l_dis.item() if l_dis is not None else None,
+                    "l_rl": l_rl.item() if l_rl is not None else None,
                     "lr": scheduler.get_last_lr()[0],
                     "steps_per_s": rate,
                 }
+                if rl_stats is not None:
+                    record.update({f"rl_{k}": v for k, v in dataclasses.asdict(rl_stats).items()})
                 bar.set_postfix(
                     loss=f"{record['loss']:.4f}", l_dis=record["l_dis"] and f"{record['l_dis']:.4f}"
                 )
@@ -230,7 +261,8 @@ def _save_state(accelerator: Accelerator, folder: Path, step: int, keep: int) ->
 
 
 def plot_losses(log_path: Path, out_path: Path) -> None:
-    """Loss curves (L_ldm and L_dis) of a run, for people who would rather look than read."""
+    """Loss curves (L_ldm, L_dis) of a run and, with RL, the mean reward of the rollouts (paper
+    Fig. 6, reward stability), for people who would rather look than read."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,13 +272,17 @@ def plot_losses(log_path: Path, out_path: Path) -> None:
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    rewards = [(r["step"], r["rl_reward"]) for r in rows if r.get("rl_reward") is not None]
+    fig, axes = plt.subplots(1, 3 if rewards else 2, figsize=(13.5 if rewards else 9, 3.2))
     axes[0].plot(steps, [r["l_ldm"] for r in rows])
     axes[0].set(title="L_ldm (flow matching)", xlabel="step", yscale="log")
     dis = [r["l_dis"] if r["l_dis"] is not None else math.nan for r in rows]
     axes[1].plot(steps, dis, color="tab:orange")
     axes[1].axhline(math.log(2), ls="--", color="grey", lw=0.8)
     axes[1].set(title="L_dis (softplus(CAS+ - CAS-)); dashed: ln 2", xlabel="step")
+    if rewards:
+        axes[2].plot([s for s, _ in rewards], [r for _, r in rewards], color="tab:green")
+        axes[2].set(title="RL: mean rollout reward (Eq. 6)", xlabel="step")
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

@@ -429,18 +429,21 @@ class ShapesPairedDataset(torch.utils.data.Dataset):
         return {"image": image_to_tensor(render(scene, self.resolution)), "layout": layout}
 
 
+def prompt_only_layout(
+    index: int, seed: int = 1, min_shapes: int = 2, max_shapes: int = 6, resolution: int = RESOLUTION
+) -> Layout:
+    """Item ``index`` of the prompt-only set: a short-caption layout for the RL stage (its scene,
+    kept in ``meta``, is used only by the SFT ablation); layout.seed is the index."""
+    rng = np.random.default_rng([seed, index, _PROMPT_ONLY_TAG])
+    num_shapes = int(rng.integers(min_shapes, max_shapes + 1))
+    return scene_to_layout(sample_scene(rng, num_shapes, grid=resolution), "short", rng, seed=index)
+
+
 def prompt_only_layouts(
     n: int, seed: int = 1, min_shapes: int = 2, max_shapes: int = 6, resolution: int = RESOLUTION
 ) -> list[Layout]:
-    """Short-caption layouts without images, for the RL stage; layout.seed is the index."""
-    layouts = []
-    for index in range(n):
-        rng = np.random.default_rng([seed, index, _PROMPT_ONLY_TAG])
-        num_shapes = int(rng.integers(min_shapes, max_shapes + 1))
-        layouts.append(
-            scene_to_layout(sample_scene(rng, num_shapes, grid=resolution), "short", rng, seed=index)
-        )
-    return layouts
+    """The first ``n`` layouts of the prompt-only set (see prompt_only_layout)."""
+    return [prompt_only_layout(index, seed, min_shapes, max_shapes, resolution) for index in range(n)]
 
 
 @dataclass(frozen=True)

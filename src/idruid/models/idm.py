@@ -193,6 +193,7 @@ class LayoutJointAttnProcessor(nn.Module):
         use_idm: bool = True,
         idm_hidden: int = 128,
         patch: int = 1,
+        geometry_rank: int = 32,
     ):
         super().__init__()
         self.heads = heads
@@ -203,9 +204,12 @@ class LayoutJointAttnProcessor(nn.Module):
         if use_idm:
             self.idm = InstanceDisentanglementModule(dim, idm_hidden)
             # the mask branch at pixel precision: where each box runs inside a token cell and
-            # where each pixel sits in the box, gated by the instance's layout token
-            self.to_geometry = nn.Linear(6 * patch * patch, dim)
-            self.geometry_gate = nn.Linear(token_dim, dim)
+            # where each pixel sits in the box, gated by the instance's layout token. Per-instance
+            # work stays in a narrow space (geometry_rank wide) and is widened once per pixel,
+            # after the sum over instances: this term costs N x P x rank, not N x P x dim.
+            self.to_geometry = nn.Linear(6 * patch * patch, geometry_rank)
+            self.geometry_gate = nn.Linear(token_dim, geometry_rank)
+            self.geometry_out = nn.Linear(geometry_rank, dim, bias=False)
         self.to_out = nn.Linear(dim, dim)
         nn.init.zeros_(self.to_out.weight)  # zero-initialised residual
         nn.init.zeros_(self.to_out.bias)
@@ -259,10 +263,10 @@ class LayoutJointAttnProcessor(nn.Module):
         instance_out = probs_pos @ values  # (B, N, h, P, d)
         composed = (masks[:, :, None, :, None] * instance_out).sum(1) + refined_global
         composed = composed / (masks.sum(1) + 1.0)[:, None, :, None]
-        gate = self.geometry_gate(layout.tokens[:, :, 1])  # (B, N, C) from each layout token
-        pixels = self.to_geometry(layout.geometry.flatten(-2).to(masks.dtype))  # (B, N, P, C)
-        geometry = (masks.unsqueeze(-1) * pixels * gate.unsqueeze(2)).sum(1)  # (B, P, C)
-        return self.to_out(composed.transpose(1, 2).flatten(-2) + geometry)
+        gate = self.geometry_gate(layout.tokens[:, :, 1])  # (B, N, rank) from each layout token
+        pixels = self.to_geometry(layout.geometry.flatten(-2).to(masks.dtype))  # (B, N, P, rank)
+        geometry = (pixels * (masks.unsqueeze(-1) * gate.unsqueeze(2))).sum(1)  # (B, P, rank)
+        return self.to_out(composed.transpose(1, 2).flatten(-2) + self.geometry_out(geometry))
 
     def _adapter_only(self, query, keys, values, layout: LayoutCondition) -> torch.Tensor:
         """One cross-attention over the tokens of all instances (no masks, no IDM)."""

@@ -95,11 +95,17 @@ def build_transformer(config: ModelConfig, text_dim: int, pooled_dim: int) -> SD
     )
 
 
+SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by
+OUTPUTS = ("velocity", "x0")
+
+
 class LayoutToImageModel(nn.Module):
     prediction_type = "flow"
 
     def __init__(self, config: ModelConfig, text_encoder: FrozenTextEncoder | None = None):
         super().__init__()
+        if config.output not in OUTPUTS:
+            raise ValueError(f"model.output '{config.output}': expected one of {', '.join(OUTPUTS)}")
         self.config = config
         if text_encoder is None:
             text_encoder = (
@@ -121,6 +127,7 @@ class LayoutToImageModel(nn.Module):
                     config.use_idm,
                     config.idm_hidden,
                     self.transformer.config.patch_size,
+                    config.geometry_rank,
                 )
                 for name in self.transformer.attn_processors
             }
@@ -234,7 +241,7 @@ class LayoutToImageModel(nn.Module):
                 record_attention=record_attention,
             )
             kwargs = {"layout": layout}
-        v_pred = self.transformer(
+        out = self.transformer(
             hidden_states=x_t,
             encoder_hidden_states=cond.prompt_hidden,
             pooled_projections=cond.prompt_pooled,
@@ -242,7 +249,14 @@ class LayoutToImageModel(nn.Module):
             joint_attention_kwargs=kwargs,
             return_dict=False,
         )[0]
-        return v_pred, (layout.attention_maps if layout is not None else [])
+        return self._velocity(out, x_t, sigma), (layout.attention_maps if layout is not None else [])
+
+    def _velocity(self, out: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The backbone output as a velocity: as is, or v = (x_t - x0) / sigma for an x0 output
+        (sigma floored at SIGMA_FLOOR so that the last steps stay finite)."""
+        if self.config.output == "velocity":
+            return out
+        return (x_t - out) / sigma.clamp(min=SIGMA_FLOOR).view(-1, *([1] * (x_t.ndim - 1))).to(out.dtype)
 
     # ------------------------------------------------------------------ parameters
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,80 @@
+"""The flow-matching ODE step turned into an SDE policy with log-probabilities (paper Eq. 5).
+
+Time runs from sigma = 1 (pure noise) to sigma = 0 (data), as in SD3; dt = sigma_next - sigma < 0.
+The step keeps the ODE's marginals while injecting noise of std ``std * sqrt(-dt)``, with
+``std = noise_level * sqrt(sigma / (1 - sigma))`` (the paper's sigma_t = a sqrt(t / (1 - t)),
+a = 0.7). At sigma = 1 that ratio is infinite, so the appendix's pseudo-code puts the
+schedule's largest sigma below 1 (``sigma_max``) in the denominator there; we do the same.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _per_sample(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) to broadcast against ``like``."""
+    return value.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def sde_std(sigma: torch.Tensor, sigma_max: float, noise_level: float) -> torch.Tensor:
+    """Eq. 5's diffusion coefficient: noise_level * sqrt(sigma / (1 - s)), s = sigma_max at sigma == 1."""
+    denominator = 1.0 - torch.where(sigma == 1.0, torch.as_tensor(sigma_max, dtype=sigma.dtype), sigma)
+    return noise_level * torch.sqrt(sigma / denominator)
+
+
+def sde_step_with_logprob(
+    v_pred: torch.Tensor,
+    x_t: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    sigma_max: float,
+    noise_level: float = 0.7,
+    x_next: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One policy step pi(x_next | x_t) (Eq. 5): returns (x_next, log_prob, mean, std).
+
+    v_pred, x_t: (B, ...); sigma, sigma_next: (B,). The mean is
+    x_t (1 + std^2 dt / (2 sigma)) + v_pred (1 + std^2 (1 - sigma) / (2 sigma)) dt, the sample
+    is mean + std sqrt(-dt) noise (unless ``x_next`` is given, as when PPO re-scores a stored
+    action), and log_prob (B,) is the Gaussian log-density of x_next averaged over the non-batch
+    dimensions, in float32. std is (B, 1, ..., 1). With noise_level = 0 the step is the Euler
+    ODE step, a deterministic map with no density: its log_prob is returned as zeros.
+    """
+    if not 0.0 < float(sigma_max) < 1.0:
+        raise ValueError(f"sigma_max must be in (0, 1): the largest noise level below 1, got {sigma_max}")
+    if sigma.shape != (x_t.shape[0],) or sigma_next.shape != (x_t.shape[0],):
+        raise ValueError(
+            f"sigma and sigma_next must have shape ({x_t.shape[0]},), got {tuple(sigma.shape)} and "
+            f"{tuple(sigma_next.shape)}"
+        )
+    x_t, v_pred = x_t.float(), v_pred.float()
+    sigma_b = _per_sample(sigma.float(), x_t)
+    dt = _per_sample((sigma_next - sigma).float(), x_t)
+    std = sde_std(sigma_b, sigma_max, noise_level)
+    mean = (
+        x_t * (1.0 + std**2 / (2.0 * sigma_b) * dt)
+        + v_pred * (1.0 + std**2 * (1.0 - sigma_b) / (2.0 * sigma_b)) * dt
+    )
+    scale = std * torch.sqrt(-dt)  # the step's standard deviation
+    if x_next is None:
+        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        x_next = mean + scale * noise
+    x_next = x_next.float()
+    if noise_level == 0.0:
+        return x_next, torch.zeros(x_t.shape[0], device=x_t.device), mean, std
+    log_density = (
+        -((x_next.detach() - mean) ** 2) / (2.0 * scale**2) - torch.log(scale) - 0.5 * math.log(2.0 * math.pi)
+    )
+    return x_next, log_density.mean(dim=tuple(range(1, x_t.ndim))), mean, std
+
+
+def gaussian_kl(mean: torch.Tensor, mean_old: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, scale^2) || N(mean_old, scale^2)) per sample (B,), averaged over the non-batch
+    dimensions like the log-probabilities. Both policies share the step's std, so the KL is the
+    squared distance of the means in units of that std (Eq. 10's KL term)."""
+    per_dim = (mean.float() - mean_old.float()) ** 2 / (2.0 * scale.float() ** 2)
+    return per_dim.mean(dim=tuple(range(1, mean.ndim)))

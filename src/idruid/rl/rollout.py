@@ -1,0 +1,172 @@
+"""Policy rollouts through the one sampling loop, and their log-probabilities under a model.
+
+A rollout samples a batch of layouts with ``idruid.sampling.sample`` where the step function is
+the SDE policy of Eq. 5 (idruid.rl.logprob) for the first ``rl_steps`` steps and the Euler ODE
+step after ("RL speed-up", paper 3.3: only the first 20% of the steps explore and are trained;
+``rl_steps = steps`` is full-trajectory RL, appendix E). The states x_t, the actions x_{t-1},
+their log-probabilities and the policy means are recorded for those steps: what the action
+pool keeps of an old policy. ``policy_log_probs`` re-scores recorded actions under the current
+weights, with gradients, for the PPO ratio (Eq. 9) and the KL term (Eq. 10).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from ..layout import Layout
+from ..sampling import euler_step, flow_sigmas, guidance_conditioning, guided_velocity, layout_steps, sample
+from .logprob import sde_step_with_logprob
+
+
+def rl_step_count(steps: int, rl_fraction: float) -> int:
+    """How many leading sampling steps are SDE steps trained by RL (at least one)."""
+    if not 0.0 < rl_fraction <= 1.0:
+        raise ValueError(f"rl_fraction must be in (0, 1], got {rl_fraction}")
+    return max(1, min(steps, math.ceil(rl_fraction * steps - 1e-9)))
+
+
+@dataclass
+class Rollout:
+    """What one batch of trajectories leaves behind (tensors on the CPU)."""
+
+    layouts: list[Layout]
+    x_t: torch.Tensor  # (K, B, C, H, W) states of the K recorded steps
+    x_next: torch.Tensor  # (K, B, C, H, W) actions
+    log_prob: torch.Tensor  # (K, B) log pi_old(action | state)
+    mean: torch.Tensor  # (K, B, C, H, W) the old policy's means (for the KL term)
+    sigmas: torch.Tensor  # (K + 1,) noise levels of the recorded steps and the one after
+    images: torch.Tensor  # (B, C, H, W) final samples in [-1, 1]
+    reward: torch.Tensor | None = None  # (B,)
+    group_advantage: torch.Tensor | None = None  # (B,) GRPO only
+
+    def state_dict(self) -> dict:
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layouts"}
+        return {**state, "layouts": [layout.to_dict() for layout in self.layouts]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Rollout:
+        from ..layout import layout_from_dict
+
+        layouts = [layout_from_dict(item) for item in state["layouts"]]
+        return cls(**{**{k: v for k, v in state.items() if k != "layouts"}, "layouts": layouts})
+
+
+class _RecordingStep:
+    """Step function for ``sample``: the SDE policy on the first ``rl_steps`` steps, recorded."""
+
+    def __init__(self, rl_steps: int, sigma_max: float, noise_level: float):
+        self.rl_steps, self.sigma_max, self.noise_level = rl_steps, sigma_max, noise_level
+        self.index = 0
+        self.x_t, self.x_next, self.log_prob, self.mean = [], [], [], []
+
+    def __call__(self, v_pred, x_t, sigma, sigma_next):
+        self.index += 1
+        if self.index > self.rl_steps:
+            return euler_step(v_pred, x_t, sigma, sigma_next)
+        x_next, log_prob, mean, _ = sde_step_with_logprob(
+            v_pred, x_t, sigma, sigma_next, self.sigma_max, self.noise_level
+        )
+        self.x_t.append(x_t.float().cpu())
+        self.x_next.append(x_next.cpu())
+        self.log_prob.append(log_prob.cpu())
+        self.mean.append(mean.cpu())
+        return x_next.to(x_t.dtype)
+
+
+def rollout(
+    model,
+    layouts: Sequence[Layout],
+    steps: int,
+    rl_steps: int,
+    cfg: float,
+    layout_fraction: float,
+    noise_level: float = 0.7,
+    shift: float = 1.0,
+    x_init: torch.Tensor | None = None,
+) -> Rollout:
+    """Sample ``layouts`` with the SDE policy on the first ``rl_steps`` steps and record them."""
+    sigmas = flow_sigmas(steps, shift)
+    if steps < 2:
+        raise ValueError("a rollout needs at least 2 sampling steps (sigma_max is the second noise level)")
+    device = next(model.parameters()).device
+    if x_init is None:
+        shape = (len(layouts), model.config.in_channels, model.config.resolution, model.config.resolution)
+        x_init = torch.randn(shape)
+    recorder = _RecordingStep(rl_steps, float(sigmas[1]), noise_level)
+    images = sample(
+        model,
+        layouts,
+        steps=steps,
+        cfg=cfg,
+        layout_fraction=layout_fraction,
+        shift=shift,
+        step_fn=recorder,
+        x_init=x_init.to(device),
+    )
+    return Rollout(
+        layouts=list(layouts),
+        x_t=torch.stack(recorder.x_t),
+        x_next=torch.stack(recorder.x_next),
+        log_prob=torch.stack(recorder.log_prob),
+        mean=torch.stack(recorder.mean),
+        sigmas=sigmas[: rl_steps + 1].clone(),
+        images=images.float().cpu(),
+    )
+
+
+def policy_log_probs(
+    model,
+    recorded: Rollout,
+    cfg: float,
+    layout_fraction: float,
+    steps: int,
+    noise_level: float = 0.7,
+    shift: float = 1.0,
+    network=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log pi_theta(action | state) of the recorded steps under the current weights, with grad.
+
+    ``model`` encodes the text; ``network`` (default ``model``) makes the predictions: in
+    training, the accelerate-prepared module, so that gradients synchronise across processes.
+
+    Returns (log_prob (K, B), mean (K, B, C, H, W), scale (K, B, 1, 1, 1)), scale being the
+    step's std * sqrt(-dt). All K steps of all B trajectories go through the model as one batch
+    (two when the layout branch switches off inside the recorded steps).
+    """
+    device = next(model.parameters()).device
+    num_steps, batch = recorded.log_prob.shape
+    sigma_max = float(flow_sigmas(steps, shift)[1])
+    with_layout = layout_steps(steps, layout_fraction)
+    x_t = recorded.x_t.to(device).flatten(0, 1)  # (K * B, C, H, W), step-major
+    x_next = recorded.x_next.to(device).flatten(0, 1)
+    sigma = recorded.sigmas[:-1].to(device).repeat_interleave(batch)
+    sigma_next = recorded.sigmas[1:].to(device).repeat_interleave(batch)
+    cond = guidance_conditioning(model, recorded.layouts, 1.0, device)
+    repeated = type(cond).cat([cond] * num_steps)
+    if cfg != 1.0:
+        repeated = type(cond).cat([repeated, model.unconditional(repeated)])
+    layout_on = torch.arange(num_steps).repeat_interleave(batch) < with_layout
+    velocity = torch.empty_like(x_t)
+    for flag in (True, False):
+        rows = (layout_on == flag).nonzero(as_tuple=True)[0]
+        if len(rows) == 0:
+            continue
+        part = _select(repeated, rows, len(x_t)) if len(rows) < len(x_t) else repeated
+        velocity[rows] = guided_velocity(network or model, x_t[rows], sigma[rows], part, cfg, layout_on=flag)
+    _, log_prob, mean, std = sde_step_with_logprob(
+        velocity, x_t, sigma, sigma_next, sigma_max, noise_level, x_next=x_next
+    )
+    scale = std * torch.sqrt(sigma - sigma_next).view(-1, *([1] * (x_t.ndim - 1)))
+    shape = (num_steps, batch)
+    return log_prob.view(shape), mean.view(*shape, *mean.shape[1:]), scale.view(*shape, *scale.shape[1:])
+
+
+def _select(cond, rows: torch.Tensor, batch: int):
+    """Rows of a conditioning that may hold [conditional; unconditional] halves of ``batch`` each."""
+    if len(cond) == 2 * batch:
+        rows = torch.cat([rows, rows + batch])
+    return type(cond)(**{f.name: getattr(cond, f.name)[rows.to(cond.valid.device)] for f in fields(cond)})

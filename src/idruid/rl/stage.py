@@ -1,0 +1,192 @@
+"""One RL iteration of Algorithm 1 (lines 10-18) for the trainer: L_rl from prompt-only layouts.
+
+ROLLOUT the current actor on a batch of prompt-only layouts with the SDE policy on the first RL
+steps, REWARD the final images with the detector (Eq. 6), enqueue the rollout in the action
+POOL, update the CRITIC on it (Eq. 7), then draw a stored rollout at random and compute PPO's
+loss on its recorded steps (Eq. 8-10) with the current weights. The trainer adds the result to
+L_ldm + lambda_dis * L_dis (Eq. 12) and takes one optimiser step for all of it.
+
+``RLConfig.algorithm`` picks the variant: "ppo" (I-DRUID), "grpo" (group-normalised advantages,
+no critic, each prompt rolled out ``group_size`` times) or "sft" (no RL: the prompt-only layouts'
+rendered images feed the paired losses, Table 3 row 3; see ``sft_batch``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import TrainConfig
+from ..data.shapes import image_to_tensor, prompt_only_layout, render_layout_scene
+from ..detectors import load_detector
+from ..layout import Layout
+from ..sampling import to_uint8
+from .critic import Critic, advantages, critic_loss
+from .grpo import group_advantages
+from .logprob import gaussian_kl
+from .pool import ActionPool
+from .ppo import ppo_loss
+from .rewards import LayoutReward
+from .rollout import Rollout, policy_log_probs, rl_step_count, rollout
+
+
+@dataclass
+class RLStats:
+    """What one iteration logs."""
+
+    reward: float  # mean reward of the fresh rollout
+    critic_loss: float | None = None
+    l_rl: float | None = None
+    kl: float | None = None
+    clip_fraction: float | None = None
+    ratio: float | None = None  # mean PPO ratio
+
+
+class RLStage:
+    """Holds what the RL stage keeps between iterations: critic, its optimiser, the action pool."""
+
+    def __init__(self, config: TrainConfig, model, device: torch.device | str = "cpu"):
+        self.config, self.rl = config, config.rl
+        self.device = torch.device(device)
+        self.rl_steps = rl_step_count(self.rl.steps, self.rl.rl_fraction)
+        self.iteration = 0
+        self.critic_updates = 0
+        self.pool = ActionPool(self.rl.pool_size)
+        self.reward = None
+        if self.rl.algorithm in ("ppo", "grpo"):
+            self.reward = LayoutReward(
+                load_detector(self.rl.detector), self.rl.reward, self.rl.confidence_weight
+            )
+        self.critic = None
+        if self.rl.algorithm == "ppo":
+            self.critic = Critic(
+                model.config.in_channels, model.text_encoder.pooled_size, hidden=self.rl.critic_hidden
+            ).to(self.device)
+            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.rl.critic_lr)
+
+    # ------------------------------------------------------------------ data
+    def next_layouts(self) -> list[Layout]:
+        """The next prompt-only batch; for GRPO, batch_size / group_size prompts, each repeated."""
+        prompts = self.rl.batch_size // (self.rl.group_size if self.rl.algorithm == "grpo" else 1)
+        start = self.iteration * prompts
+        layouts = [
+            prompt_only_layout(start + k, self.rl.prompt_seed, resolution=self.config.model.resolution)
+            for k in range(prompts)
+        ]
+        if self.rl.algorithm == "grpo":
+            layouts = [layout for layout in layouts for _ in range(self.rl.group_size)]
+        return layouts
+
+    def sft_batch(self) -> tuple[torch.Tensor, list[Layout]]:
+        """Table 3 row 3: the next prompt-only layouts with their rendered images (B, C, H, W)."""
+        layouts = self.next_layouts()
+        self.iteration += 1
+        images = [
+            image_to_tensor(render_layout_scene(layout, self.config.model.resolution)) for layout in layouts
+        ]
+        return torch.stack(images).to(self.device), layouts
+
+    # ------------------------------------------------------------------ one iteration
+    def _critic_values(self, model, recorded: Rollout) -> torch.Tensor:
+        """phi(s_t) for every recorded state: (K, B)."""
+        steps, batch = recorded.log_prob.shape
+        cond = model.encode_text(recorded.layouts).to(self.device)
+        values = self.critic(
+            recorded.x_t.to(self.device).flatten(0, 1),
+            recorded.sigmas[:-1].to(self.device).repeat_interleave(batch),
+            cond.caption_pooled.repeat(steps, 1, 1),
+            cond.boxes.repeat(steps, 1, 1),
+            cond.valid.repeat(steps, 1),
+        )
+        return values.view(steps, batch)
+
+    def loss(self, model, network=None) -> tuple[torch.Tensor | None, RLStats]:
+        """L_rl for this iteration (None while the critic warms up), and what to log.
+
+        model: the actor (for sampling and text encoding); network: the module to call for the
+        differentiable predictions (the accelerate-prepared model), default ``model``.
+        """
+        rl = self.rl
+        # ------------------------------------------------ ROLLOUT (current actor, no grad)
+        layouts = self.next_layouts()
+        self.iteration += 1
+        was_training = model.training
+        model.eval()
+        fresh = rollout(
+            model,
+            layouts,
+            rl.steps,
+            self.rl_steps,
+            rl.cfg,
+            self.config.layout_fraction,
+            rl.noise_level,
+            self.config.shift,
+        )
+        model.train(was_training)
+        # ------------------------------------------------ REWARD (Eq. 6)
+        fresh.reward = self.reward(to_uint8(fresh.images), layouts).float()
+        if rl.algorithm == "grpo":
+            fresh.group_advantage = group_advantages(fresh.reward, rl.group_size)
+        self.pool.add(fresh)
+        stats = RLStats(reward=float(fresh.reward.mean()))
+        # ------------------------------------------------ CRITIC (Eq. 7)
+        if self.critic is not None:
+            values = self._critic_values(model, fresh)
+            loss_critic = critic_loss(values, fresh.reward.to(self.device)[None].expand_as(values))
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            loss_critic.backward()
+            self.critic_optimizer.step()
+            self.critic_updates += 1
+            stats.critic_loss = loss_critic.item()
+            if self.critic_updates <= rl.critic_warmup:
+                return None, stats
+        # ------------------------------------------------ ADVANTAGE (Eq. 8 or group-relative)
+        old = self.pool.draw()
+        if self.critic is not None:
+            with torch.no_grad():
+                advantage = advantages(old.reward.to(self.device)[None], self._critic_values(model, old))
+        else:
+            advantage = old.group_advantage.to(self.device)[None].expand_as(old.log_prob)
+        # ------------------------------------------------ PPO (Eq. 9-10) on the drawn old policy
+        log_prob, mean, scale = policy_log_probs(
+            model,
+            old,
+            rl.cfg,
+            self.config.layout_fraction,
+            rl.steps,
+            rl.noise_level,
+            self.config.shift,
+            network,
+        )
+        kl = gaussian_kl(mean.flatten(0, 1), old.mean.to(self.device).flatten(0, 1), scale.flatten(0, 1))
+        terms = ppo_loss(
+            log_prob,
+            old.log_prob.to(self.device),
+            advantage.to(log_prob.dtype),
+            rl.clip_range,
+            kl.view_as(log_prob),
+            rl.kl_weight,
+        )
+        stats.l_rl, stats.kl = terms.loss.item(), terms.kl.item()
+        stats.clip_fraction, stats.ratio = float(terms.clip_fraction), float(terms.ratio.mean())
+        return terms.loss, stats
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict:
+        state = {
+            "iteration": self.iteration,
+            "critic_updates": self.critic_updates,
+            "pool": self.pool.state_dict(),
+        }
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration, self.critic_updates = state["iteration"], state["critic_updates"]
+        self.pool.load_state_dict(state["pool"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])

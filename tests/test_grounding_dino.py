@@ -1,0 +1,251 @@
+"""The GroundingDINO wrapper on a tiny random GroundingDINO saved and loaded like a real checkpoint.
+
+Random weights test plumbing only: prompt, padding, token-span scoring, boxes and loading.
+"""
+
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from idruid.detectors import (
+    AnalyticDetector,
+    Detections,
+    GroundingDinoDetector,
+    grounding_prompt,
+    load_detector,
+)
+
+WORDS = ["a", "red", "blue", "green", "striped", "dotted", "circle", "square", "dog", "cat", "on", "the"]
+NUM_QUERIES = 12
+MAX_TEXT_LEN = 32
+CAPTIONS = [
+    ["a red circle", "blue dog", "the striped square on a cat"],
+    ["a green square"],
+    ["dotted cat", "A Red Dog."],
+]
+
+
+def _vocab() -> list[str]:
+    """A BERT vocabulary whose special ids are the ones GroundingDINO hard-codes:
+    [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, "."=1012, "?"=1029, fillers in between."""
+    vocab = [f"[unused{i}]" for i in range(1040)]
+    for index, token in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}.items():
+        vocab[index] = token
+    vocab[1012], vocab[1029] = ".", "?"
+    return vocab + WORDS
+
+
+def _images(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The model is tiny: with two threads on a busy 2-core machine each of its many small ops
+    waits on the other thread, and a forward takes 1.8 s instead of 0.01 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A directory written by model.save_pretrained + processor.save_pretrained."""
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessorPil,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    vocab_dir = tmp_path_factory.mktemp("vocab")
+    vocab = _vocab()
+    (vocab_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # BertTokenizer(vocab_file=...) ignores the file in transformers 5; from_pretrained reads it.
+    tokenizer = BertTokenizer.from_pretrained(vocab_dir)
+    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 64})
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4, out_indices=[2, 3, 4]
+        ),
+        text_config=BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=MAX_TEXT_LEN,
+        ),
+        d_model=32,  # GroupNorm(32, d_model) in the input projections
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=NUM_QUERIES,
+        num_feature_levels=3,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=MAX_TEXT_LEN,
+    )
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(config)
+    path = tmp_path_factory.mktemp("grounding_dino")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(checkpoint) -> GroundingDinoDetector:
+    return GroundingDinoDetector.from_pretrained(checkpoint)
+
+
+def _with_thresholds(detector: GroundingDinoDetector, box: float, text: float) -> GroundingDinoDetector:
+    return GroundingDinoDetector(detector.model, detector.processor, "cpu", box, text)
+
+
+def _assert_same_detections(a: Detections, b: Detections, atol: float) -> None:
+    """Equal up to atol, pairing rows by nearest (box, score) so near-ties may swap places."""
+    assert a.boxes.shape == b.boxes.shape and a.scores.shape == b.scores.shape
+    rows_a = np.concatenate([a.boxes, a.scores[:, None]], axis=1)
+    rows_b = np.concatenate([b.boxes, b.scores[:, None]], axis=1)
+    distance = np.abs(rows_a[:, None] - rows_b[None]).max(axis=-1)  # (k, k)
+    nearest = distance.argmin(axis=1)
+    assert sorted(nearest.tolist()) == list(range(len(rows_b)))
+    assert distance[np.arange(len(rows_a)), nearest].max(initial=0.0) <= atol
+
+
+def test_load_detector_picks_registry_or_directory(checkpoint):
+    assert isinstance(load_detector("analytic"), AnalyticDetector)
+    loaded = load_detector(str(checkpoint))
+    assert isinstance(loaded, GroundingDinoDetector)
+    assert (loaded.box_threshold, loaded.text_threshold) == (0.25, 0.25)
+    with pytest.raises(ValueError, match=r"'nope'.*analytic.*or a local GroundingDINO directory"):
+        load_detector("nope")
+
+
+def test_output_structure(detector):
+    results = detector.detect(_images(3, seed=1), CAPTIONS)
+    assert [len(r) for r in results] == [len(c) for c in CAPTIONS]
+    counts = []
+    for image_results in results:
+        for detections in image_results:
+            assert isinstance(detections, Detections)
+            boxes, scores = detections.boxes, detections.scores
+            assert boxes.dtype == np.float32 and scores.dtype == np.float32
+            assert boxes.shape == (len(scores), 4) and scores.ndim == 1
+            assert ((boxes >= 0) & (boxes <= 1)).all()
+            assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+            assert (np.diff(scores) <= 0).all() and (scores >= 0.25).all()
+            if len(scores):
+                assert detections.best[1] == scores[0]
+            counts.append(len(scores))
+    # The threshold both keeps and drops boxes here, so the checks above are not vacuous.
+    assert 0 < sum(counts) < NUM_QUERIES * len(counts)
+
+
+def test_zero_threshold_keeps_every_query(detector):
+    results = _with_thresholds(detector, 0.0, 0.0).detect(_images(3, seed=2), CAPTIONS)
+    for image_results in results:
+        for detections in image_results:
+            assert detections.boxes.shape == (NUM_QUERIES, 4)
+            assert (np.diff(detections.scores) <= 0).all()
+
+
+def _naive_detections(detector, image: np.ndarray, captions: list[str]) -> list[tuple[np.ndarray, ...]]:
+    """Per caption, (Q,) scores and (Q, 4) xyxy boxes from the raw model outputs, with spans laid
+    out from each caption's own tokenisation and Python loops over queries and tokens."""
+    tokenizer = detector.processor.tokenizer
+    prompt = "".join(f"{c.lower().rstrip('.')}. " for c in captions).strip()
+    inputs = detector.processor(images=[image], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        outputs = detector.model(**inputs)
+    logits, pred_boxes = outputs.logits[0].tolist(), outputs.pred_boxes[0].tolist()
+    boxes = []
+    for cx, cy, w, h in pred_boxes:
+        corners = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        boxes.append([min(1.0, max(0.0, v)) for v in corners])
+    results, start = [], 1  # after [CLS]
+    for caption in captions:
+        length = len(tokenizer(caption.lower().rstrip("."), add_special_tokens=False)["input_ids"])
+        scores = []
+        for query_logits in logits:
+            scores.append(max(1 / (1 + math.exp(-query_logits[t])) for t in range(start, start + length)))
+        results.append((np.array(scores), np.array(boxes)))
+        start += length + 1  # the caption's tokens and its "."
+    return results
+
+
+@pytest.mark.parametrize("box_threshold, text_threshold", [(0.0, 0.0), (0.25, 0.25), (0.0, 0.6), (0.6, 0.0)])
+def test_span_scores_match_a_naive_loop(detector, box_threshold, text_threshold):
+    image, captions = _images(1, seed=3)[0], CAPTIONS[0]
+    naive = _naive_detections(detector, image, captions)
+    got = _with_thresholds(detector, box_threshold, text_threshold).detect(image[None], [captions])[0]
+    threshold = max(box_threshold, text_threshold)
+    kept = 0
+    for detections, (scores, boxes) in zip(got, naive, strict=True):
+        keep = scores >= threshold
+        order = np.argsort(-scores[keep], kind="stable")
+        expected = Detections(boxes[keep][order].astype(np.float32), scores[keep][order].astype(np.float32))
+        _assert_same_detections(detections, expected, atol=1e-6)
+        kept += int(keep.sum())
+    if threshold > 0:
+        assert 0 < kept < NUM_QUERIES * len(captions)
+
+
+def test_padding_and_batch_do_not_change_results(detector):
+    detector = _with_thresholds(detector, 0.0, 0.0)
+    images = _images(3, seed=4)
+    alone = detector.detect(images[2:], [CAPTIONS[1]])[0]
+    batch = detector.detect(images, [CAPTIONS[0], [], CAPTIONS[1]])
+    assert batch[1] == []
+    assert len(alone) == len(batch[2]) == len(CAPTIONS[1])
+    for a, b in zip(alone, batch[2], strict=True):
+        _assert_same_detections(a, b, atol=1e-4)
+
+
+def test_prompt_and_caption_checks(detector):
+    assert grounding_prompt(["A Red Circle.", " blue dog "]) == "a red circle. blue dog."
+    assert detector.detect(_images(2, seed=5), [[], []]) == [[], []]
+    for bad in ["", "a dog. a cat", "a dog?"]:
+        with pytest.raises(ValueError, match="caption"):
+            detector.detect(_images(1, seed=5), [[bad]])
+    with pytest.raises(ValueError, match=f"the model reads {MAX_TEXT_LEN}"):
+        detector.detect(_images(1, seed=5), [["the striped square on a cat"] * 6])
+    with pytest.raises(ValueError, match="caption lists"):
+        detector.detect(_images(2, seed=5), [["a dog"]])
+
+
+def test_tokenizer_with_other_special_ids_is_refused(detector):
+    from transformers import BertTokenizer, GroundingDinoProcessor
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", *WORDS]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    processor = GroundingDinoProcessor(detector.processor.image_processor, BertTokenizer(vocab=vocab))
+    with pytest.raises(ValueError, match="hard-codes"):
+        GroundingDinoDetector(detector.model, processor)
+
+
+def test_missing_directory_and_files(checkpoint, tmp_path):
+    missing = tmp_path / "absent"
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(missing))}.*does not exist"):
+        GroundingDinoDetector.from_pretrained(missing)
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(checkpoint, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(no_weights))}.*weights.*model.safetensors"):
+        GroundingDinoDetector.from_pretrained(no_weights)
+    no_config = tmp_path / "no_config"
+    shutil.copytree(checkpoint, no_config, ignore=shutil.ignore_patterns("config.json"))
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(no_config))}.*config\\.json"):
+        load_detector(str(no_config))

@@ -1,0 +1,171 @@
+"""Rollouts through the sampling loop, PPO's on-policy ratio, the RL stage and its trainer runs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from idruid.config import ConfigError, ModelConfig, RLConfig, load_config
+from idruid.data.shapes import prompt_only_layouts
+from idruid.models.sd3 import LayoutToImageModel
+from idruid.rl.pool import ActionPool
+from idruid.rl.rollout import Rollout, policy_log_probs, rl_step_count, rollout
+from idruid.rl.stage import RLStage
+from idruid.sampling import sample
+from idruid.train import train
+
+TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return LayoutToImageModel(TINY).eval()
+
+
+def test_rl_step_count():
+    assert rl_step_count(10, 0.2) == 2 and rl_step_count(10, 1.0) == 10 and rl_step_count(3, 0.2) == 1
+    with pytest.raises(ValueError, match="rl_fraction"):
+        rl_step_count(10, 0.0)
+
+
+@pytest.mark.parametrize(("cfg", "layout_fraction"), [(1.0, 1.0), (3.0, 0.2)])
+def test_on_policy_ratio_is_one(model, cfg, layout_fraction):
+    """Re-scoring the recorded actions with the weights that sampled them gives the same
+    log-probabilities (ratio 1), also when the layout branch switches off inside the RL steps."""
+    layouts = prompt_only_layouts(3)
+    torch.manual_seed(1)
+    recorded = rollout(model, layouts, steps=6, rl_steps=3, cfg=cfg, layout_fraction=layout_fraction)
+    assert recorded.x_t.shape == (3, 3, 3, 32, 32) and recorded.log_prob.shape == (3, 3)
+    assert recorded.sigmas.shape == (4,) and recorded.images.shape == (3, 3, 32, 32)
+    torch.testing.assert_close(recorded.x_t[1:], recorded.x_next[:-1])  # a chain of states
+    log_prob, mean, scale = policy_log_probs(model, recorded, cfg, layout_fraction, steps=6)
+    ratio = torch.exp(log_prob - recorded.log_prob)
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=2e-5, rtol=0)
+    torch.testing.assert_close(mean, recorded.mean, atol=2e-5, rtol=1e-5)
+    assert scale.shape == (3, 3, 1, 1, 1)
+
+
+def test_rollout_without_noise_is_the_ode_sampler(model):
+    layouts = prompt_only_layouts(2)
+    x_init = torch.randn(2, 3, 32, 32)
+    recorded = rollout(
+        model, layouts, steps=5, rl_steps=5, cfg=2.0, layout_fraction=1.0, noise_level=0.0, x_init=x_init
+    )
+    expected = sample(model, layouts, steps=5, cfg=2.0, layout_fraction=1.0, x_init=x_init)
+    torch.testing.assert_close(recorded.images, expected)
+
+
+def test_gradients_reach_the_actor_through_the_log_prob(model):
+    recorded = rollout(model, prompt_only_layouts(2), steps=5, rl_steps=1, cfg=1.0, layout_fraction=1.0)
+    model.zero_grad()
+    log_prob, _, _ = policy_log_probs(model, recorded, 1.0, 1.0, steps=5)
+    log_prob.sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "attn.processor" in n and p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)  # the layout branch learns from RL
+    model.zero_grad()
+
+
+def test_pool_draws_and_round_trips(model):
+    pool = ActionPool(2)
+    with pytest.raises(RuntimeError, match="empty"):
+        pool.draw()
+    entries = []
+    for k in range(3):
+        entry = rollout(model, prompt_only_layouts(1 + k), steps=4, rl_steps=1, cfg=1.0, layout_fraction=1.0)
+        entry.reward = torch.arange(1.0 + k)
+        entries.append(entry)
+        pool.add(entry)
+    assert len(pool) == 2  # the oldest left
+    drawn = {len(pool.draw(torch.Generator().manual_seed(s)).layouts) for s in range(20)}
+    assert drawn == {2, 3}
+    restored = ActionPool(1)
+    restored.load_state_dict(pool.state_dict())
+    assert len(restored) == 2 and restored.entries[0].layouts == entries[1].layouts
+    torch.testing.assert_close(restored.entries[1].x_next, entries[2].x_next)
+    assert isinstance(Rollout.from_state_dict(entries[0].state_dict()), Rollout)
+
+
+def _config(algorithm, **rl):
+    config = load_config("tiny", [f"rl.algorithm={algorithm}"])
+    config.model = TINY
+    for key, value in {"steps": 4, "batch_size": 4, "critic_warmup": 2, "critic_hidden": 32, **rl}.items():
+        setattr(config.rl, key, value)
+    return config
+
+
+def test_ppo_stage_warms_up_the_critic_then_trains_the_actor(model):
+    stage = RLStage(_config("ppo"), model)
+    losses = [stage.loss(model)[0] for _ in range(3)]
+    assert losses[0] is None and losses[1] is None  # critic_warmup = 2
+    assert losses[2] is not None and losses[2].requires_grad
+    _, stats = stage.loss(model)
+    assert np.isfinite(stats.reward) and stats.critic_loss is not None and stats.l_rl is not None
+    assert len(stage.pool) == 4 and stage.critic_updates == 4
+
+
+def test_grpo_stage_rolls_out_groups_without_a_critic(model):
+    stage = RLStage(_config("grpo", group_size=2), model)
+    layouts = stage.next_layouts()
+    assert len(layouts) == 4 and layouts[0] == layouts[1] and layouts[0] != layouts[2]
+    loss, stats = stage.loss(model)
+    assert stage.critic is None and loss is not None and stats.critic_loss is None
+    entry = stage.pool.entries[-1]
+    torch.testing.assert_close(entry.group_advantage.view(2, 2).sum(1), torch.zeros(2), atol=1e-5, rtol=0)
+
+
+def test_sft_batch_renders_the_prompt_only_layouts(model):
+    stage = RLStage(_config("sft"), model)
+    images, layouts = stage.sft_batch()
+    assert images.shape == (4, 3, 32, 32) and len(layouts) == 4 and stage.reward is None
+    assert images.min() >= -1 and images.max() <= 1 and len({lay.prompt for lay in layouts}) > 1
+
+
+def test_bad_rl_configs_are_refused():
+    for key, value, message in [
+        ("algorithm", "dpo", "rl.algorithm"),
+        ("start_fraction", 1.0, "start_fraction"),
+        ("rl_fraction", 0.0, "rl_fraction"),
+        ("group_size", 3, "group_size"),
+    ]:
+        config = RLConfig(algorithm="grpo", batch_size=8)
+        setattr(config, key, value)
+        with pytest.raises(ConfigError, match=message):
+            config.check()
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "sft"])
+def test_rl_training_runs_and_resumes(tmp_path, algorithm):
+    overrides = [
+        f"rl.algorithm={algorithm}",
+        "rl.start_fraction=0",
+        "rl.steps=3",
+        "rl.batch_size=2",
+        "rl.group_size=2",
+        "rl.critic_warmup=1",
+        "rl.critic_hidden=16",
+        "steps=4",
+        "checkpoint_every=1",
+    ]
+    config = load_config("tiny", overrides)
+    config.steps = 3
+    train(config, tmp_path / "run", progress=False)
+    config.steps = 4
+    train(config, tmp_path / "run", progress=False)  # resumes at step 3 with the pool and critic
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
+    # PPO's first iteration only trains the critic (critic_warmup=1); later ones train the actor
+    assert (log[0]["l_rl"] is None) == (algorithm == "ppo")
+    assert all(r["l_rl"] is not None for r in log[1:])
+    assert all((r.get("rl_reward") is not None) == (algorithm != "sft") for r in log)
+
+
+def test_rl_preset_starts_from_the_shipped_model():
+    """`idruid train --config shapes-rl` fine-tunes the embedded stage-1 model: its model config
+    must stay the shipped one's (load_trained_weights refuses any difference)."""
+    from idruid.checkpoint import EMBEDDED_CHECKPOINT, load_trained_weights
+
+    config = load_config("shapes-rl")
+    assert config.init_from == "embedded" and config.rl.algorithm == "ppo"
+    load_trained_weights(LayoutToImageModel(config.model), EMBEDDED_CHECKPOINT)
