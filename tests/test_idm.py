@@ -41,14 +41,15 @@ def inputs(batch=2, seed=0):
     )
 
 
-def condition(batch=2, num=3, length=4, valid_counts=(3, 2), seed=0, record=False):
+def condition(batch=2, num=3, length=4, valid_counts=(3, 2), seed=0, record=False, pad_last=True):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(batch, num, length, DIM, generator=g)
     valid = torch.zeros(batch, num, dtype=torch.bool)
     for b, count in enumerate(valid_counts):
         valid[b, :count] = True
     token_mask = torch.ones(batch, num, length, dtype=torch.bool)
-    token_mask[:, :, -1] = False  # one padded caption token
+    if pad_last:
+        token_mask[:, :, -1] = False  # one padded caption token
     corners = torch.rand(batch, num, 2, 2, generator=g).sort(dim=2).values
     boxes = torch.stack([corners[..., 0, 0], corners[..., 0, 1], corners[..., 1, 0], corners[..., 1, 1]], -1)
     boxes = boxes * valid.unsqueeze(-1)
@@ -140,6 +141,33 @@ def test_batched_idm_branch_matches_per_instance_loop():
     layout = condition()
     fast = proc.instance_branch(hidden, global_features, layout)
     assert torch.allclose(fast, naive_branch(proc, hidden, global_features, layout), atol=1e-5)
+
+
+def test_two_token_path_matches_per_instance_loop_and_general_path():
+    """[null, layout] tokens take the scalar-attention path; it must equal the per-instance loop,
+    and the general path (the same tokens plus one masked token) in output and attention maps."""
+    torch.manual_seed(0)
+    proc = LayoutJointAttnProcessor(DIM, HEADS, DIM, use_idm=True, idm_hidden=16, patch=4)
+    torch.nn.init.normal_(proc.to_out.weight, std=0.2)
+    hidden, global_features = torch.randn(2, SIDE * SIDE, DIM), torch.randn(2, SIDE * SIDE, DIM)
+    two = condition(length=2, pad_last=False, record=True)
+    out = proc.instance_branch(hidden, global_features, two)
+    assert torch.allclose(out, naive_branch(proc, hidden, global_features, two), atol=1e-5)
+    three = LayoutCondition(
+        torch.cat([two.tokens, torch.randn(2, 3, 1, DIM)], dim=2),
+        torch.cat([two.token_mask, torch.zeros(2, 3, 1, dtype=torch.bool)], dim=2),
+        two.boxes,
+        two.valid,
+        two.enabled,
+        two.grid,
+        two.patch,
+        record_attention=True,
+    )
+    general = proc.instance_branch(hidden, global_features, three)
+    assert torch.allclose(out, general, atol=1e-5)
+    for fast_map, general_map in zip(two.attention_maps[0], three.attention_maps[0], strict=True):
+        assert fast_map.shape == (2, 3, HEADS, SIDE * SIDE)
+        assert torch.allclose(fast_map, general_map, atol=1e-5)
 
 
 def test_padded_instance_slots_change_nothing():

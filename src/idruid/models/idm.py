@@ -95,13 +95,26 @@ class InstanceDisentanglementModule(nn.Module):
 
         enhanced (B, N, h, P, d): the instance features split into heads; global_features
         (B, P, C): e_{n+1}; masks (B, N, P); valid (B, N) bool. Returns alpha (B, N+1, C).
-        The all-ones mask of e_{n+1} is applied analytically (its inside mean is its plain mean,
-        its outside is empty), so the n + 1 features never need stacking into one tensor.
         """
+        inside, outside = _masked_mean(enhanced, masks), _masked_mean(enhanced, 1.0 - masks)
+        return self.weights(inside, outside, global_features, masks, valid)
+
+    def weights(
+        self,
+        inside: torch.Tensor,
+        outside: torch.Tensor,
+        global_features: torch.Tensor,
+        masks: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """alpha from the masked means of the instance features: inside (B, N, C) the mean of e_i
+        over m_i, outside (B, N, C) over 1 - m_i. The all-ones mask of e_{n+1} is applied
+        analytically (its inside mean is its plain mean, its outside is empty), so the n + 1
+        features never need stacking into one tensor."""
         denom = masks.sum(-1, keepdim=True).clamp(min=1.0)
         global_mean = global_features.mean(dim=1, keepdim=True)  # (B, 1, C)
-        inside = torch.cat([_masked_mean(enhanced, masks), global_mean], dim=1)  # feature k inside its region
-        outside = torch.cat([_masked_mean(enhanced, 1.0 - masks), torch.zeros_like(global_mean)], dim=1)
+        inside = torch.cat([inside, global_mean], dim=1)  # feature k inside its region
+        outside = torch.cat([outside, torch.zeros_like(global_mean)], dim=1)
         # e_{n+1} inside region k
         global_inside = torch.cat([(masks @ global_features) / denom, global_mean], dim=1)
         desc = self.describe(torch.cat([inside, outside, global_inside], dim=-1))
@@ -242,6 +255,9 @@ class LayoutJointAttnProcessor(nn.Module):
         keys, values = projected[0], projected[1]  # (B, N, h, L, d)
         if not self.use_idm:
             return self.to_out(self._adapter_only(query, keys, values, layout))
+        if keys.shape[-2] == 2:  # [null, layout] tokens only (the default): no per-instance features
+            composed = self._two_token_idm(query[:, 0], projected, global_features, layout)
+            return self.to_out(composed.transpose(1, 2).flatten(-2) + self._geometry(layout))
 
         # 1. enhanced features E: e_i for every instance at once; e_{n+1} is global_features
         probs = _token_attention(query, keys, layout.key_bias)  # (B, N, h, P, L)
@@ -263,10 +279,66 @@ class LayoutJointAttnProcessor(nn.Module):
         instance_out = probs_pos @ values  # (B, N, h, P, d)
         composed = (masks[:, :, None, :, None] * instance_out).sum(1) + refined_global
         composed = composed / (masks.sum(1) + 1.0)[:, None, :, None]
+        return self.to_out(composed.transpose(1, 2).flatten(-2) + self._geometry(layout))
+
+    def _geometry(self, layout: LayoutCondition) -> torch.Tensor:
+        """(B, P, C): the pixel-precision geometry of every box, gated by its layout token."""
+        masks = layout.coverage  # (B, N, P)
         gate = self.geometry_gate(layout.tokens[:, :, 1])  # (B, N, rank) from each layout token
-        pixels = self.to_geometry(layout.geometry.flatten(-2).to(masks.dtype))  # (B, N, P, rank)
-        geometry = (pixels * (masks.unsqueeze(-1) * gate.unsqueeze(2))).sum(1)  # (B, P, rank)
-        return self.to_out(composed.transpose(1, 2).flatten(-2) + self.geometry_out(geometry))
+        pixels = self.to_geometry(layout.geometry.flatten(-2).to(gate.dtype))  # (B, N, P, rank)
+        geometry = (pixels * (masks.unsqueeze(-1).to(gate.dtype) * gate.unsqueeze(2))).sum(1)  # (B, P, rank)
+        return self.geometry_out(geometry)
+
+    def _two_token_idm(self, query, projected, global_features, layout: LayoutCondition) -> torch.Tensor:
+        """Steps 1-5 of ``instance_branch`` when each instance has the two tokens [null, layout].
+
+        A softmax over two keys is a sigmoid of a logit difference, so every attention here is
+        one scalar per (instance, head, pixel): e_i = v0_i + p_i dv_i, R+_i = alpha_i e_i attends
+        with sigmoid(s (alpha_i v0_i . dr_i + p_i alpha_i dv_i . dr_i)), and the IDM's masked
+        means are sums of p over the masks. No (B, N, heads, P, d) tensor is ever built; the
+        result equals the general path (tested). query (B, h, P, d); returns (B, h, P, d).
+        """
+        scale = query.shape[-1] ** -0.5
+        (k0, k1), (v0, v1), (r0, r1) = [(t[..., 0, :], t[..., 1, :]) for t in projected]  # (B, N, h, d)
+        dv, dr = v1 - v0, r1 - r0
+        num_pixels = query.shape[2]
+        # 1. e_i: the attention to the layout token, p (B, h, P, N)
+        p = torch.sigmoid(scale * (query @ (k1 - k0).permute(0, 2, 3, 1)))
+        # 2-3. masks and alpha = IDM(E, M) from masked means of e_i
+        masks = layout.coverage.to(query.dtype)  # (B, N, P)
+        m = masks.transpose(1, 2).unsqueeze(1)  # (B, 1, P, N)
+        inside_mass, all_mass = masks.sum(-1), torch.full_like(masks[..., 0], float(num_pixels))  # (B, N)
+        p_inside = (p * m).sum(2).transpose(1, 2).unsqueeze(-1)  # (B, N, h, 1)
+        p_all = p.sum(2).transpose(1, 2).unsqueeze(-1)
+
+        def mean(mass, p_mass):
+            total = v0 * mass[..., None, None] + dv * p_mass
+            return (total / mass.clamp(min=1.0)[..., None, None]).flatten(2)  # (B, N, C)
+
+        alpha = self.idm.weights(
+            mean(inside_mass, p_inside),
+            mean(all_mass - inside_mass, p_all - p_inside),
+            global_features,
+            masks,
+            layout.valid,
+        ).unflatten(-1, (self.heads, -1))  # (B, N+1, h, d)
+        num = masks.shape[1]
+
+        def layout_attention(weights):  # R = weights * e_i attending to [null, layout]: (B, h, P, N)
+            offset = ((weights * v0) * dr).sum(-1).transpose(1, 2).unsqueeze(2)  # (B, h, 1, N)
+            slope = ((weights * dv) * dr).sum(-1).transpose(1, 2).unsqueeze(2)
+            return torch.sigmoid(scale * (offset + p * slope))
+
+        # 4. R+ = alpha E, R- = (1 - alpha) E (Eq. 2) and their attention to the instance's tokens
+        p_pos = layout_attention(alpha[:, :num])
+        if layout.record_attention:
+            p_neg = layout_attention(1.0 - alpha[:, :num])
+            layout.attention_maps.append((p_pos.permute(0, 3, 1, 2), p_neg.permute(0, 3, 1, 2)))
+        # 5. compose: (sum_i m_i CA(R+_i) + R+_{n+1}) / (sum_i m_i + 1), CA(R+_i) = v0_i + p_pos dv_i
+        weights = torch.cat([m.expand_as(p_pos), m * p_pos], dim=-1)  # (B, h, P, 2N)
+        composed = weights @ torch.cat([v0, dv], dim=1).transpose(1, 2)  # (B, h, P, d)
+        composed = composed + alpha[:, num].unsqueeze(2) * self._heads(global_features)
+        return composed / (masks.sum(1) + 1.0)[:, None, :, None]
 
     def _adapter_only(self, query, keys, values, layout: LayoutCondition) -> torch.Tensor:
         """One cross-attention over the tokens of all instances (no masks, no IDM)."""
