@@ -89,9 +89,9 @@ def rollout(
     x_init: torch.Tensor | None = None,
 ) -> Rollout:
     """Sample ``layouts`` with the SDE policy on the first ``rl_steps`` steps and record them."""
-    sigmas = flow_sigmas(steps, shift)
     if steps < 2:
         raise ValueError("a rollout needs at least 2 sampling steps (sigma_max is the second noise level)")
+    sigmas = flow_sigmas(steps, shift)
     device = next(model.parameters()).device
     if x_init is None:
         shape = (len(layouts), model.config.in_channels, model.config.resolution, model.config.resolution)
@@ -145,17 +145,14 @@ def policy_log_probs(
     x_next = recorded.x_next.to(device).flatten(0, 1)
     sigma = recorded.sigmas[:-1].to(device).repeat_interleave(batch)
     sigma_next = recorded.sigmas[1:].to(device).repeat_interleave(batch)
-    cond = guidance_conditioning(model, recorded.layouts, 1.0, device)
-    repeated = type(cond).cat([cond] * num_steps)
-    if cfg != 1.0:
-        repeated = type(cond).cat([repeated, model.unconditional(repeated)])
+    cond = guidance_conditioning(model, recorded.layouts * num_steps, cfg, device)  # step-major, as x_t
     layout_on = torch.arange(num_steps).repeat_interleave(batch) < with_layout
     velocity = torch.empty_like(x_t)
     for flag in (True, False):
         rows = (layout_on == flag).nonzero(as_tuple=True)[0]
         if len(rows) == 0:
             continue
-        part = _select(repeated, rows, len(x_t)) if len(rows) < len(x_t) else repeated
+        part = _select(cond, rows, len(x_t)) if len(rows) < len(x_t) else cond
         velocity[rows] = guided_velocity(network or model, x_t[rows], sigma[rows], part, cfg, layout_on=flag)
     _, log_prob, mean, std = sde_step_with_logprob(
         velocity, x_t, sigma, sigma_next, sigma_max, noise_level, x_next=x_next
