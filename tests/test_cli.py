@@ -120,6 +120,24 @@ def test_demo_trains_evaluates_and_reports(tmp_path, capsys):
         assert (out / name).is_file()
 
 
+def test_demo_runs_the_rl_stage_and_says_so(tmp_path, capsys):
+    """The default demo preset is stage 1 + RL; a tiny run with RL from step 1 of 2 reports it."""
+    out = tmp_path / "demo"
+    overrides = ["steps=2", "rl.algorithm=ppo", "rl.start_fraction=0.5", "rl.critic_warmup=0"]
+    overrides += ["rl.batch_size=2", "rl.steps=2", "rl.critic_hidden=16"]
+    assert main(["demo", "--config", "tiny", "--out", str(out), "--per-level", "1", *overrides]) == 0
+    assert "stage 1 + PPO from step 1 of 2" in (out / "report.md").read_text()
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["l_rl"] is None and log[1]["rl_reward"] is not None
+
+
+def test_default_demo_preset_is_the_full_method():
+    """`idruid demo` trains shapes-full: the `shapes` stage-1 recipe, then PPO for the last steps."""
+    full, stage1 = load_config("shapes-full"), load_config("shapes")
+    assert full.rl.algorithm == "ppo" and int(full.rl.start_fraction * full.steps) == stage1.steps
+    assert full.model == stage1.model and full.learning_rate == stage1.learning_rate
+
+
 def test_embedded_default_model_generates(tmp_path):
     """Without --checkpoint, generate uses the shipped model; its sampling settings come along."""
     path = tmp_path / "l.json"

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_models import build_tiny_grounding_dino
 
 from idruid.detectors import (
     AnalyticDetector,
@@ -29,81 +30,18 @@ CAPTIONS = [
 ]
 
 
-def _vocab() -> list[str]:
-    """A BERT vocabulary whose special ids are the ones GroundingDINO hard-codes:
-    [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, "."=1012, "?"=1029, fillers in between."""
-    vocab = [f"[unused{i}]" for i in range(1040)]
-    for index, token in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}.items():
-        vocab[index] = token
-    vocab[1012], vocab[1029] = ".", "?"
-    return vocab + WORDS
-
-
 def _images(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The model is tiny: with two threads on a busy 2-core machine each of its many small ops
-    waits on the other thread, and a forward takes 1.8 s instead of 0.01 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A directory written by model.save_pretrained + processor.save_pretrained."""
-    from transformers import (
-        BertConfig,
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessorPil,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
-    vocab_dir = tmp_path_factory.mktemp("vocab")
-    vocab = _vocab()
-    (vocab_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    # BertTokenizer(vocab_file=...) ignores the file in transformers 5; from_pretrained reads it.
-    tokenizer = BertTokenizer.from_pretrained(vocab_dir)
-    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 64})
-    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    config = GroundingDinoConfig(
-        backbone_config=SwinConfig(
-            embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4, out_indices=[2, 3, 4]
-        ),
-        text_config=BertConfig(
-            vocab_size=len(vocab),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=MAX_TEXT_LEN,
-        ),
-        d_model=32,  # GroupNorm(32, d_model) in the input projections
-        encoder_layers=1,
-        decoder_layers=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        num_queries=NUM_QUERIES,
-        num_feature_levels=3,
-        encoder_n_points=2,
-        decoder_n_points=2,
-        max_text_len=MAX_TEXT_LEN,
-    )
-    torch.manual_seed(0)
-    model = GroundingDinoForObjectDetection(config)
     path = tmp_path_factory.mktemp("grounding_dino")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return build_tiny_grounding_dino(path, WORDS, NUM_QUERIES, MAX_TEXT_LEN)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from pathlib import Path
 from .checkpoint import CheckpointError
 from .config import ConfigError, list_presets
 from .layout import LayoutError
+from .scoring import BENCHMARK_NAMES, ScoringError
 
-USER_ERRORS = (LayoutError, CheckpointError, ConfigError, FileNotFoundError)
+USER_ERRORS = (LayoutError, CheckpointError, ConfigError, FileNotFoundError, ScoringError)
 
 
 SAMPLING_DEFAULTS = {"steps": 20, "cfg": 3.0, "layout_fraction": 0.3, "shift": 1.0}
@@ -40,6 +41,35 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
+def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
+    """Benchmark data, layout selection and scoring models of ``eval`` and ``score``."""
+    parser.add_argument(
+        "--bench-dir",
+        help="coco-mig: folder holding mig_bench.txt and mig_bench_anno.yaml; "
+        "layoutsam-eval: a LayoutSAM-eval parquet file or folder of shards",
+    )
+    pick = parser.add_mutually_exclusive_group()
+    pick.add_argument("--per-level", type=int, default=None, help="only the first N layouts of each level")
+    pick.add_argument("--limit", type=int, default=None, help="only the first N layouts (in index order)")
+    parser.add_argument(
+        "--judge",
+        help="LayoutSAM-eval judge: a local VLM directory (required for layoutsam-eval), or "
+        "'analytic' (the shapes benchmarks' default)",
+    )
+    parser.add_argument(
+        "--detector", help="local GroundingDINO directory, or 'analytic' (the shapes benchmarks' default)"
+    )
+    parser.add_argument(
+        "--segmenter", help="local SAM directory, or 'analytic' (the shapes benchmarks' default)"
+    )
+    parser.add_argument(
+        "--score-batch-size",
+        type=int,
+        default=8,
+        help="images read and scored at a time by the detector, segmenter and judge (default 8)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idruid", description="Layout-to-image generation with I-DRUID.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,20 +88,90 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 model.use_idm=false")
 
-    ev = sub.add_parser("eval", help="generate a benchmark and score it")
-    ev.add_argument("--benchmark", required=True, choices=["shapes-mig", "shapes-sam"])
+    ev = sub.add_parser(
+        "eval", help="generate a benchmark and score it (split across processes under accelerate launch)"
+    )
+    ev.add_argument("--benchmark", required=True, choices=BENCHMARK_NAMES)
     ev.add_argument("--out", default=None, help="output folder (default runs/eval-<benchmark>)")
-    ev.add_argument("--per-level", type=int, default=None, help="only the first N layouts of each level")
     ev.add_argument("--batch-size", type=int, default=100)
+    _add_scorer_args(ev)
     _add_sampling_args(ev)
 
+    sc = sub.add_parser(
+        "score", help="score a folder of benchmark images made by any system, named <anything>_<index>.png"
+    )
+    sc.add_argument("--benchmark", required=True, choices=BENCHMARK_NAMES)
+    sc.add_argument("--images", required=True, help="folder of images named <anything>_<benchmark index>.png")
+    sc.add_argument("--out", default=None, help="output folder (default runs/score-<benchmark>)")
+    sc.add_argument(
+        "--device", default="cpu", help="torch device of the detector, segmenter and judge (default cpu)"
+    )
+    _add_scorer_args(sc)
+
     demo = sub.add_parser("demo", help="train the embedded model, evaluate it and write a report")
-    demo.add_argument("--config", default="shapes", help="preset or YAML file (default shapes)")
+    demo.add_argument(
+        "--config", default="shapes-full", help="preset or YAML file (default shapes-full: stage 1 + RL)"
+    )
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     demo.add_argument(
         "--per-level", type=int, default=None, help="evaluate only N layouts per level (quick look)"
     )
     demo.add_argument("overrides", nargs="*", help="key=value overrides")
+
+    from .convert import FORMATS
+
+    conv = sub.add_parser("convert", help="convert layouts between idruid JSON and other tools' formats")
+    conv.add_argument("--from", dest="from_format", required=True, choices=list(FORMATS), help="input format")
+    conv.add_argument("--to", dest="to_format", required=True, choices=list(FORMATS), help="output format")
+    conv.add_argument("input", help="input file (coco-mig: folder or YAML; layoutsam: JSON Lines or parquet)")
+    conv.add_argument("output", help="output file (coco-mig: folder, or a .yaml path for the YAML alone)")
+    for side in ("width", "height"):
+        conv.add_argument(
+            f"--{side}", type=int, help=f"image {side} for pixel formats (default: the input's, else 512)"
+        )
+    conv.add_argument(
+        "--captions",
+        choices=["detailed", "short"],
+        default="detailed",
+        help="LayoutSAM caption field: detail_region_captions (default) or region_captions",
+    )
+    conv.add_argument(
+        "--clip-boxes", action="store_true", help="cut pixel boxes that leave the image instead of failing"
+    )
+
+    qual = sub.add_parser("quality", help="image quality of a folder: FID, Inception Score, CLIP score")
+    qual.add_argument("--images", required=True, metavar="DIR", help="generated images, sorted by name")
+    qual.add_argument("--reference", metavar="DIR", help="real images for FID")
+    qual.add_argument("--fid-features", metavar="DIR", help="local vision model directory for FID features")
+    qual.add_argument("--is-classifier", metavar="DIR", help="local image-classification directory for IS")
+    qual.add_argument("--is-splits", type=int, default=10, help="IS chunks for mean and std (default 10)")
+    qual.add_argument("--clip", metavar="DIR", help="local CLIP directory (CLIPModel + CLIPProcessor)")
+    qual.add_argument("--prompts", metavar="FILE", help="one per image: .txt (a line each) or a layout file")
+    qual.add_argument("--out", metavar="FILE", help="results JSON (default <images>/quality.json)")
+    qual.add_argument("--batch-size", type=int, default=32)
+    qual.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ui = sub.add_parser("ui", help="layout editor in the browser: draw boxes, caption them, generate")
+    ui.add_argument("--checkpoint", help="idruid checkpoint folder (default: the embedded shapes model)")
+    ui.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    ui.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    ui.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+    rep = sub.add_parser("report", help="paper tables, plots and sample grids from several run folders")
+    rep.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders (config.yaml + eval folders)")
+    rep.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, plots/ and grids/")
+    rep.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="name a run (repeatable); runs of one variant given one name name its Table 3 row",
+    )
+    rep.add_argument("--window", type=int, default=5, help="reward-curve moving average, in log records")
+    rep.add_argument(
+        "--spread", choices=["half-range", "std"], default="half-range", help="Table 3 spread over seeds"
+    )
     return parser
 
 
@@ -133,8 +233,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate, tables_markdown
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
+    from .evaluate import evaluate, tables_markdown
+    from .scoring import check_scorers, select_layouts
+
+    # On GPUs `accelerate launch` needs nothing more; CPU processes (torchrun) need ACCELERATE_USE_CPU=1.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.num_processes > 1:
+        args.device = str(state.device)  # accelerate launch: one device per process
+    # fail on bad input before loading anything
+    select_layouts(args.benchmark, args.per_level, args.bench_dir, args.limit)
+    check_scorers(args.benchmark, args.detector, args.segmenter, args.judge)
     model = _load_model(args)
     out = Path(args.out or f"runs/eval-{args.benchmark}")
     metrics = evaluate(
@@ -148,16 +259,50 @@ def cmd_eval(args) -> int:
         shift=args.shift,
         per_level=args.per_level,
         batch_size=args.batch_size,
+        bench_dir=args.bench_dir,
+        detector=args.detector,
+        segmenter=args.segmenter,
+        device=args.device,
+        score_batch_size=args.score_batch_size,
+        state=state,
+        judge=args.judge,
+        limit=args.limit,
     )
+    if metrics is not None:  # the main process
+        print(tables_markdown({args.benchmark: metrics}))
+        print(f"metrics, table, grid and images in {out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .evaluate import tables_markdown, write_outputs
+    from .scoring import check_scorers, load_scorers, score_folder, select_layouts
+
+    layouts = select_layouts(args.benchmark, args.per_level, args.bench_dir, args.limit)
+    specs = check_scorers(args.benchmark, args.detector, args.segmenter, args.judge)
+    scorers = load_scorers(args.benchmark, args.detector, args.segmenter, args.device, args.judge)
+    metrics, images = score_folder(
+        args.benchmark, args.images, layouts, scorers, args.score_batch_size, progress=True
+    )
+    metrics["settings"] = {
+        "benchmark": args.benchmark,
+        "layouts": len(layouts),
+        "images": str(args.images),
+        "detector": specs.detector,
+        "segmenter": specs.segmenter,
+        "judge": specs.judge,
+    }
+    out = Path(args.out or f"runs/score-{args.benchmark}")
+    write_outputs(out, args.benchmark, metrics, images, layouts)
     print(tables_markdown({args.benchmark: metrics}))
-    print(f"metrics, table, grid and images in {out}")
+    print(f"metrics, table and grid in {out}")
     return 0
 
 
 def cmd_demo(args) -> int:
     from .checkpoint import load_checkpoint
     from .config import load_config, save_config
-    from .demo import write_demo_report
+    from .demo import training_summary, write_demo_report
     from .evaluate import evaluate
     from .train import train
 
@@ -181,14 +326,107 @@ def cmd_demo(args) -> int:
             per_level=args.per_level,
         )
     report = write_demo_report(
-        out, results, train_seconds=trained, total_seconds=time.time() - started, per_level=args.per_level
+        out,
+        results,
+        train_seconds=trained,
+        total_seconds=time.time() - started,
+        per_level=args.per_level,
+        trained=training_summary(config),
     )
     print(report.read_text())
     print(f"report: {report}")
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+def cmd_convert(args) -> int:
+    from .convert import ConvertOptions, convert
+
+    for side in ("width", "height"):
+        if getattr(args, side) is not None and getattr(args, side) <= 0:
+            raise LayoutError(f"--{side}: must be a positive number of pixels, got {getattr(args, side)}")
+    options = ConvertOptions(args.width, args.height, captions=args.captions, clip=args.clip_boxes)
+    result = convert(args.input, args.output, args.from_format, args.to_format, options)
+    note = ""
+    if result.truncated:
+        note = f"; {result.truncated} kept only their first {options.max_instances} instances"
+    print(f"wrote {result.layouts} layout(s) as {args.to_format} to {args.output}{note}")
+    return 0
+
+
+def cmd_quality(args) -> int:
+    import json
+
+    from .quality import QualityError, image_quality, load_image_dir, load_prompts
+
+    try:
+        result = image_quality(
+            load_image_dir(args.images, "--images"),
+            reference_images=load_image_dir(args.reference, "--reference") if args.reference else None,
+            feature_dir=args.fid_features,
+            classifier_dir=args.is_classifier,
+            clip_dir=args.clip,
+            prompts=load_prompts(args.prompts) if args.prompts else None,
+            is_splits=args.is_splits,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+    except QualityError as err:
+        print(f"idruid: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path(args.images) / "quality.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from .ui import UIUnavailable
+
+    try:
+        from .ui.server import serve
+    except UIUnavailable as err:
+        print(f"idruid: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
+    except OSError as err:
+        print(f"idruid: error: --host {args.host} --port {args.port}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .reports import ReportError, write_report
+
+    try:
+        if not args.runs and not args.name:
+            raise ReportError("give at least one run folder (RUN_DIR or --name NAME=RUN_DIR)")
+        labels = {}
+        for item in args.name:
+            name, sep, run = item.rpartition("=")
+            if not sep or not name or not run:
+                raise ReportError(f"--name {item!r}: expected NAME=RUN_DIR")
+            labels[run] = name
+        path = write_report(args.runs, args.out, labels, window=args.window, spread=args.spread)
+    except ReportError as err:
+        print(f"idruid: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "score": cmd_score,
+    "demo": cmd_demo,
+    "convert": cmd_convert,
+    "quality": cmd_quality,
+    "report": cmd_report,
+    "ui": cmd_ui,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,21 @@
 """The report that ``idruid demo`` writes: tables of both benchmarks beside the clean-render
-ceiling, the image grids with target boxes, the loss curves and the timings."""
+ceiling, the image grids with target boxes, the loss and reward curves and the timings."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .config import TrainConfig
 from .evaluate import render_ground_truth, score_images, select_layouts, tables_markdown
 from .report import plot_isr_by_level
+
+
+def training_summary(config: TrainConfig) -> str:
+    """What the run trained, in words: stage 1 alone, or stage 1 then the RL stage from step k."""
+    if config.rl.algorithm == "none":
+        return f"I-DRUID stage 1, {config.steps} steps"
+    start = int(config.rl.start_fraction * config.steps)
+    return f"I-DRUID stage 1 + {config.rl.algorithm.upper()} from step {start} of {config.steps}"
 
 
 def write_demo_report(
@@ -15,16 +24,18 @@ def write_demo_report(
     train_seconds: float,
     total_seconds: float,
     per_level: int | None = None,
+    trained: str = "I-DRUID",
 ) -> Path:
     sections = [
         "# idruid demo report\n",
-        f"Stage-1 training took {train_seconds / 60:.1f} min; the whole demo {total_seconds / 60:.1f} min.\n",
-        "![loss curves](loss.png)\n",
+        f"{trained}: training took {train_seconds / 60:.1f} min; "
+        f"the whole demo {total_seconds / 60:.1f} min.\n",
+        "![loss curves and reward](loss.png)\n",
     ]
     for benchmark, metrics in results.items():
         layouts = select_layouts(benchmark, per_level)
         truth = score_images(render_ground_truth(layouts), layouts)
-        rows = {"I-DRUID stage 1 (this run)": metrics, "ground-truth renders (ceiling)": truth}
+        rows = {f"{trained} (this run)": metrics, "ground-truth renders (ceiling)": truth}
         settings = metrics.get("settings", {})
         sections += [
             f"## {benchmark}\n",

@@ -41,6 +41,7 @@ from scipy import ndimage
 from idruid.colors import COLOR_NAMES
 from idruid.data.shapes import BACKGROUND, COLORS, SHADES
 from idruid.metrics import box_iou, box_pixel_masks
+from idruid.model_dirs import missing_files
 
 if TYPE_CHECKING:
     from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
@@ -459,11 +460,7 @@ def check_grounding_dino_dir(path: str | os.PathLike) -> Path:
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"GroundingDINO directory {directory} does not exist")
-    missing = [
-        f"{what} (one of {', '.join(names)})" if len(names) > 1 else what
-        for what, names in _GROUNDING_DINO_FILES
-        if not any((directory / name).is_file() for name in names)
-    ]
+    missing = missing_files(directory, _GROUNDING_DINO_FILES)
     if missing:
         raise FileNotFoundError(f"GroundingDINO directory {directory} lacks {'; '.join(missing)}")
     return directory

@@ -1,62 +1,49 @@
 """Benchmark runner: generate a benchmark's layouts, score them, write metrics, tables and grids.
 
-Both embedded benchmarks are scored the same way (paper 4.1): COCO-MIG's protocol (ISR and
+The embedded benchmarks are scored the same way (paper 4.1): COCO-MIG's protocol (ISR and
 mIoU by level, with the analytic detector + segmenter standing in for Grounded-SAM), the
 attribute-leakage rate, and LayoutSAM-eval's per-box judge (spatial / colour / texture / shape).
+COCO-MIG itself is scored with GroundingDINO + SAM by its official protocol, LayoutSAM-eval by
+a local VLM judge on its detailed captions (idruid.scoring); ``judge`` swaps a VLM in for the
+analytic judge of the shapes benchmarks too. Images are made at the checkpoint's resolution.
+
+Generated images are saved as ``images/<benchmark>_<index>.png`` and scored from there by the
+code that ``idruid score`` runs, so both give the same numbers. Launched with accelerate
+(``accelerate launch -m idruid.cli eval ...``), each process generates its share of the
+layouts and the main process scores them all.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .data.shapes import BENCHMARKS, benchmark_layouts, render_layout_scene
-from .detectors import DETECTORS, JUDGES, SEGMENTERS
+from .data.shapes import render_layout_scene
 from .layout import Layout
-from .metrics import (
-    aggregate_mig,
-    aggregate_sam,
-    format_table_leakage,
-    format_table_mig,
-    format_table_sam,
-    leakage,
-    score_coco_mig,
-    score_layoutsam,
-)
+from .metrics import format_table_leakage, format_table_mig, format_table_sam
 from .report import image_grid, write_metrics
 from .sampling import generate
+from .scoring import (
+    check_scorers,
+    load_scorers,
+    save_images,
+    score_benchmark,
+    score_folder,
+    select_layouts,
+)
 
-
-def select_layouts(benchmark: str, per_level: int | None = None) -> list[Layout]:
-    """The benchmark's layouts, optionally only the first ``per_level`` of each level."""
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"benchmark '{benchmark}': unknown (choose from {', '.join(sorted(BENCHMARKS))})")
-    layouts = benchmark_layouts(benchmark)
-    if per_level is None:
-        return layouts
-    seen: dict[int, int] = {}
-    kept = []
-    for layout in layouts:
-        seen[layout.level] = seen.get(layout.level, 0) + 1
-        if seen[layout.level] <= per_level:
-            kept.append(layout)
-    return kept
+GRID_TILE = 128  # grid tiles: small images are upscaled to about this size, large ones shrunk to 2x it
 
 
 def score_images(images: np.ndarray, layouts: Sequence[Layout], detector: str = "analytic") -> dict:
-    """All embedded metrics for images (B, H, W, 3) uint8 made for ``layouts``."""
-    levels = [layout.level for layout in layouts]
-    mig = score_coco_mig(images, layouts, DETECTORS[detector](), SEGMENTERS[detector]())
-    sam = score_layoutsam(images, layouts, JUDGES[detector]())
-    return {
-        "mig": aggregate_mig(mig, levels),
-        "sam": aggregate_sam(sam, levels),
-        "leakage": leakage(images, layouts),
-    }
+    """All embedded metrics for images (B, H, W, 3) uint8 made for shapes-world ``layouts``."""
+    scorers = load_scorers("shapes-mig", detector, detector)
+    return score_benchmark("shapes-mig", images, layouts, scorers, batch_size=max(1, len(layouts)))
 
 
 def render_ground_truth(layouts: Sequence[Layout]) -> np.ndarray:
@@ -65,35 +52,43 @@ def render_ground_truth(layouts: Sequence[Layout]) -> np.ndarray:
 
 
 def write_outputs(
-    out_dir: Path, name: str, metrics: dict, images: np.ndarray, layouts: Sequence[Layout]
+    out_dir: Path, name: str, metrics: dict, images: Sequence[np.ndarray], layouts: Sequence[Layout]
 ) -> None:
-    """metrics JSON, a markdown table, a grid with target boxes drawn, and every image as PNG."""
+    """metrics JSON, a markdown table and a grid with target boxes drawn (the images themselves
+    are saved where they are made: images/<benchmark>_<index>.png). Only the grid's images are
+    read from ``images`` (scoring.FolderImages reads them from disk then)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(out_dir, "metrics", metrics)
     (out_dir / "table.md").write_text(tables_markdown({name: metrics}))
     grid_idx = _grid_indices(layouts, per_level=4)
-    image_grid([images[k] for k in grid_idx], [layouts[k] for k in grid_idx], ncols=8, scale=4).save(
-        out_dir / "grid.png"
-    )
-    image_dir = out_dir / "images"
-    image_dir.mkdir(exist_ok=True)
-    for k, image in enumerate(images):
-        Image.fromarray(image).save(image_dir / f"{k:05d}.png")
+    if grid_idx:
+        tiles, scale = _grid_tiles([images[k] for k in grid_idx])
+        image_grid(tiles, [layouts[k] for k in grid_idx], ncols=8, scale=scale).save(out_dir / "grid.png")
+
+
+def _grid_tiles(images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Images and the scale at which to tile them: small ones scaled up to about GRID_TILE,
+    large ones (real 512-1024 px images) shrunk to 2 * GRID_TILE."""
+    width = images[0].shape[1]
+    if width <= GRID_TILE:
+        return list(images), max(1, GRID_TILE // width)
+    size = 2 * GRID_TILE
+    return [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images], 1
 
 
 def tables_markdown(metrics_by_name: dict[str, dict]) -> str:
-    mig = {name: m["mig"] for name, m in metrics_by_name.items()}
-    sam = {name: m["sam"] for name, m in metrics_by_name.items()}
-    leak = {name: m["leakage"] for name, m in metrics_by_name.items()}
-    return (
-        "**Instance success rate and mIoU (COCO-MIG protocol)**\n\n"
-        + format_table_mig(mig)
-        + "\n\n**Per-attribute scores (LayoutSAM-eval protocol)**\n\n"
-        + format_table_sam(sam)
-        + "\n\n**Attribute leakage**\n\n"
-        + format_table_leakage(leak)
-        + "\n"
-    )
+    """Markdown tables of the protocols the runs were scored by (COCO-MIG has no "sam")."""
+    sections = [
+        ("mig", "Instance success rate and mIoU (COCO-MIG protocol)", format_table_mig),
+        ("sam", "Per-attribute scores (LayoutSAM-eval protocol)", format_table_sam),
+        ("leakage", "Attribute leakage", format_table_leakage),
+    ]
+    parts = []
+    for key, title, table in sections:
+        rows = {name: m[key] for name, m in metrics_by_name.items() if key in m}
+        if rows:
+            parts.append(f"**{title}**\n\n" + table(rows))
+    return "\n\n".join(parts) + "\n"
 
 
 def _grid_indices(layouts: Sequence[Layout], per_level: int) -> list[int]:
@@ -104,6 +99,15 @@ def _grid_indices(layouts: Sequence[Layout], per_level: int) -> list[int]:
         if counts[layout.level] <= per_level:
             picked.append(k)
     return picked
+
+
+def with_index_seeds(layouts: Sequence[Layout], seed: int) -> list[Layout]:
+    """Layouts without a seed get ``seed + benchmark index``, so an image does not depend on
+    which other layouts were selected or on how they were split across processes."""
+    return [
+        layout if layout.seed is not None else replace(layout, seed=seed + layout.meta.get("index", k))
+        for k, layout in enumerate(layouts)
+    ]
 
 
 def evaluate(
@@ -118,21 +122,55 @@ def evaluate(
     per_level: int | None = None,
     batch_size: int = 100,
     progress: bool = True,
-) -> dict:
-    """Generate and score one benchmark; writes ``metrics.json``, ``table.md``, ``grid.png``."""
-    layouts = select_layouts(benchmark, per_level)
-    images = generate(
-        model,
-        layouts,
-        batch_size=batch_size,
-        progress=progress,
-        steps=steps,
-        cfg=cfg,
-        seed=seed,
-        layout_fraction=layout_fraction,
-        shift=shift,
-    )
-    metrics = score_images(images, layouts)
+    bench_dir: str | Path | None = None,
+    detector: str | None = None,
+    segmenter: str | None = None,
+    device: str = "cpu",
+    score_batch_size: int = 8,
+    state=None,
+    judge: str | None = None,
+    limit: int | None = None,
+) -> dict | None:
+    """Generate and score one benchmark; writes ``metrics.json``, ``table.md``, ``grid.png`` and
+    ``images/``. ``detector`` / ``segmenter`` / ``judge``: registry names or model directories
+    (see scoring.check_scorers), loaded on ``device`` by the main process once the images exist.
+    ``per_level`` / ``limit`` select the first layouts of each level / of the benchmark.
+    ``state`` is an accelerate PartialState (made here when None): each process generates its
+    share of the layouts, ``batch_size`` at a time, and saves them as it goes; the main process
+    scores them all and returns the metrics, the others None."""
+    from accelerate import PartialState
+    from tqdm import tqdm
+
+    state = PartialState() if state is None else state
+    out_dir = Path(out_dir)
+    image_dir = out_dir / "images"
+    layouts = with_index_seeds(select_layouts(benchmark, per_level, bench_dir, limit), seed)
+    specs = check_scorers(benchmark, detector, segmenter, judge)  # fail now, not after generating
+
+    # ---------------------------------------------------------------- generate (each process)
+    with state.split_between_processes(layouts) as mine:
+        starts = range(0, len(mine), batch_size)
+        for start in tqdm(starts, desc="generating", unit="batch", disable=not progress or len(starts) < 2):
+            chunk = mine[start : start + batch_size]  # every layout has its seed: chunks do not matter
+            images = generate(
+                model,
+                chunk,
+                batch_size=batch_size,
+                progress=False,
+                steps=steps,
+                cfg=cfg,
+                seed=seed,
+                layout_fraction=layout_fraction,
+                shift=shift,
+            )
+            save_images(image_dir, benchmark, images, chunk)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+
+    # ---------------------------------------------------------------- score (main process)
+    scorers = load_scorers(benchmark, detector, segmenter, device, judge)
+    metrics, images = score_folder(benchmark, image_dir, layouts, scorers, score_batch_size, progress)
     metrics["settings"] = {
         "benchmark": benchmark,
         "layouts": len(layouts),
@@ -141,8 +179,12 @@ def evaluate(
         "seed": seed,
         "layout_fraction": layout_fraction,
         "shift": shift,
+        "processes": state.num_processes,
+        "detector": specs.detector,
+        "segmenter": specs.segmenter,
+        "judge": specs.judge,
     }
-    write_outputs(Path(out_dir), benchmark, metrics, images, layouts)
+    write_outputs(out_dir, benchmark, metrics, images, layouts)
     return metrics
 
 

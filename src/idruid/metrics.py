@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from idruid.colors import COLOR_NAMES, color_membership
 from idruid.layout import Layout
@@ -161,10 +160,35 @@ def _as_batch(images) -> np.ndarray:
     return batch
 
 
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left and right source index and the right tap's weight for each of n_out samples of a
+    row of n_in pixels: pixel centres aligned, clamped at the edges (cv2's INTER_LINEAR rule)."""
+    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    left = np.floor(x)
+    weight = x - left
+    left = left.astype(np.int64)
+    return np.clip(left, 0, n_in - 1), np.clip(left + 1, 0, n_in - 1), weight
+
+
+def resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, C) uint8 -> (height, width, C) uint8 as ``cv2.resize(image, (width, height))``
+    (INTER_LINEAR), the resize of COCO-MIG's scorer: two-tap bilinear with no antialiasing,
+    so a 1024 -> 512 resize averages 2x2 blocks, where PIL's bilinear filter would blur wider.
+    cv2 rounds fixed-point weights; this rounds exact ones, so a value may differ by 1."""
+    image = np.asarray(image)
+    if image.shape[:2] == (height, width):
+        return image.copy()
+    top, bottom, wy = _linear_taps(image.shape[0], height)
+    left, right, wx = _linear_taps(image.shape[1], width)
+    pixels = image.astype(np.float64)
+    rows = pixels[top] * (1.0 - wy)[:, None, None] + pixels[bottom] * wy[:, None, None]  # (height, W, C)
+    out = rows[:, left] * (1.0 - wx)[None, :, None] + rows[:, right] * wx[None, :, None]  # (height, width, C)
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of a uint8 batch (B, H, W, 3) to (B, size, size, 3)."""
-    resized = [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
-    return np.stack(resized)
+    """COCO-MIG's resize of a uint8 batch (B, H, W, 3) to (B, size, size, 3)."""
+    return np.stack([resize_linear(im, size, size) for im in images])
 
 
 def _layout_boxes(layout: Layout) -> np.ndarray:
@@ -186,6 +210,7 @@ def score_coco_mig(
     iou_threshold: float = 0.5,
     color_threshold: float = 0.2,
     resize_to: int | None = None,
+    separate_queries: bool = False,
 ) -> list[list[InstanceScore]]:
     """COCO-MIG's per-instance checks for a batch: one InstanceScore per layout instance.
 
@@ -194,7 +219,11 @@ def score_coco_mig(
     instance's IoU is the best IoU with its target box (position passes at >= ``iou_threshold``).
     The segmenter segments the target box, and colour passes when >= ``color_threshold`` of the
     mask's pixels are in the caption colour's HSV range; captions naming no colour pass.
-    ``resize_to`` resizes first (the official scorer uses 512; None keeps the size).
+    ``resize_to`` resizes first (the official scorer uses 512, with cv2's bilinear rule: see
+    resize_linear; None keeps the size). ``separate_queries`` asks the detector about one object
+    name at a time, as the official scorer does: GroundingDINO's answer for a phrase depends on
+    the other phrases of its prompt, so asking for all of an image's names at once would change
+    its boxes (the analytic detector answers each caption on its own either way).
     """
     batch = _as_batch(images)
     _check_lengths(batch, layouts)
@@ -202,7 +231,8 @@ def score_coco_mig(
         batch = _resize(batch, resize_to)
     names = [[object_name(c) for c in layout.captions] for layout in layouts]
     targets = [_layout_boxes(layout) for layout in layouts]
-    detections = detector.detect(batch, names)
+    ask = _detect_separately if separate_queries else _detect_together
+    detections = ask(detector, batch, names)
     masks = segmenter.segment(batch, targets)
     scores = []
     for image, layout, target, found, mask in zip(batch, layouts, targets, detections, masks, strict=True):
@@ -226,6 +256,21 @@ def score_coco_mig(
             )
         scores.append(row)
     return scores
+
+
+def _detect_together(detector: Detector, images: np.ndarray, names: list[list[str]]) -> list[list]:
+    return detector.detect(images, names)
+
+
+def _detect_separately(detector: Detector, images: np.ndarray, names: list[list[str]]) -> list[list]:
+    """detections[b][i] for names[b][i], each distinct name of an image asked in a prompt of its
+    own; all (image, name) pairs go to the detector in one call, so it can batch them."""
+    pairs = [(b, name) for b, image_names in enumerate(names) for name in dict.fromkeys(image_names)]
+    if not pairs:
+        return [[] for _ in names]
+    answers = detector.detect(images[[b for b, _ in pairs]], [[name] for _, name in pairs])
+    found = {pair: answer[0] for pair, answer in zip(pairs, answers, strict=True)}
+    return [[found[(b, name)] for name in image_names] for b, image_names in enumerate(names)]
 
 
 def _best_iou(

@@ -1,0 +1,7 @@
+"""Reports over several run folders: the paper's Tables 1-3, Figs. 5-6 and sample grids
+(``idruid report``). Drawing single images, grids and the ISR plot lives in idruid.report."""
+
+from .build import write_report
+from .runs import ReportError
+
+__all__ = ["ReportError", "write_report"]

@@ -1,0 +1,15 @@
+"""Fixtures shared by the test modules."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run many small ops: on a busy 2-core machine, two threads make each op wait on
+    the other core (a tiny GroundingDINO forward took 1.8 s instead of 0.01 s). Modules that load
+    tiny transformers models use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
