@@ -1,12 +1,13 @@
 """Does L_rl alone move the policy the right way? A diagnostic for the RL stage (README, "The RL stage").
 
-Trains the shipped model on L_rl only (no L_ldm, no L_dis) with the RL stage of a preset, and every
-``--every`` iterations prints the mean reward of a held-out set of prompt-only layouts sampled
-with the ODE from fixed noise, so that differences come from the weights alone.
+Trains a model (the shipped one unless ``--checkpoint``) on L_rl only (no L_ldm, no L_dis) with
+the RL stage of a preset, and every ``--every`` iterations prints the mean reward of a held-out
+set of prompt-only layouts sampled with the ODE from fixed noise, so that differences come from
+the weights alone.
 
-    python scripts/rl_probe.py --iterations 100 --lr 1e-3                  # detector reward (Eq. 6)
-    python scripts/rl_probe.py --iterations 40 --lr 1e-4 --reward brightness \
-        rl.algorithm=grpo rl.batch_size=16
+    python scripts/rl_probe.py --checkpoint runs/shapes/model --iterations 100 --lr 1e-3
+    python scripts/rl_probe.py --checkpoint runs/shapes/model --iterations 40 --lr 1e-4 \
+        --reward brightness rl.algorithm=grpo rl.batch_size=16
 
 ``--reward brightness`` swaps the detector for the image's mean brightness (0..10): a reward any
 correct policy gradient raises quickly, to tell a sign or plumbing error from a weak signal.
@@ -47,13 +48,14 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=48)
     parser.add_argument("--reward", choices=["detector", "brightness"], default="detector")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint", default=None, help="idruid checkpoint (default: the shipped model)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = load_config(args.config, args.overrides)
-    model = load_checkpoint()
+    model = load_checkpoint(args.checkpoint)
     stage = RLStage(config, model)
     if args.reward == "brightness":
         stage.reward = brightness
@@ -69,8 +71,15 @@ def main() -> None:
     def held_out_reward() -> float:
         model.eval()
         with torch.no_grad():
-            images = sample(model, layouts, steps=config.rl.steps, cfg=config.rl.cfg, x_init=noise,
-                            layout_fraction=config.layout_fraction, shift=config.shift)
+            images = sample(
+                model,
+                layouts,
+                steps=config.rl.steps,
+                cfg=config.rl.cfg,
+                x_init=noise,
+                layout_fraction=config.layout_fraction,
+                shift=config.shift,
+            )
         model.train()
         return float(reward(to_uint8(images), layouts).mean())
 
@@ -88,7 +97,7 @@ def main() -> None:
         if iteration % args.every == 0:
             print(
                 f"iteration {iteration}: held-out reward {held_out_reward():.3f}, rollout reward "
-                f"{np.mean(rollout_rewards[-args.every:]):.3f}, {time.time() - started:.0f} s",
+                f"{np.mean(rollout_rewards[-args.every :]):.3f}, {time.time() - started:.0f} s",
                 flush=True,
             )
 

@@ -5,15 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from idruid.config import ConfigError, ModelConfig, RLConfig, load_config
 from idruid.data.shapes import prompt_only_layouts
 from idruid.models.sd3 import LayoutToImageModel
 from idruid.rl.pool import ActionPool
 from idruid.rl.rollout import Rollout, policy_log_probs, rl_step_count, rollout
-from idruid.rl.stage import RLStage
+from idruid.rl.stage import RLStage, RLStats
 from idruid.sampling import sample
-from idruid.train import train
+from idruid.train import mean_rl_stats, plot_losses, train
 
 TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
 
@@ -161,11 +162,43 @@ def test_rl_training_runs_and_resumes(tmp_path, algorithm):
     assert all((r.get("rl_reward") is not None) == (algorithm != "sft") for r in log)
 
 
-def test_rl_preset_starts_from_the_shipped_model():
-    """`idruid train --config shapes-rl` fine-tunes the embedded stage-1 model: its model config
-    must stay the shipped one's (load_trained_weights refuses any difference)."""
+def test_rl_presets_match_the_shipped_model():
+    """The shipped model is what `shapes-full` trains, and `shapes-rl` continues a `shapes` run: all
+    three share one model config (load_trained_weights refuses any difference)."""
     from idruid.checkpoint import EMBEDDED_CHECKPOINT, load_trained_weights
 
-    config = load_config("shapes-rl")
-    assert config.init_from == "embedded" and config.rl.algorithm == "ppo"
-    load_trained_weights(LayoutToImageModel(config.model), EMBEDDED_CHECKPOINT)
+    for preset in ("shapes-full", "shapes-rl", "shapes"):
+        load_trained_weights(LayoutToImageModel(load_config(preset).model), EMBEDDED_CHECKPOINT)
+    assert load_config("shapes-rl").init_from == "runs/shapes/model"
+
+
+def test_log_records_average_the_rl_iterations_of_their_interval():
+    window = [
+        RLStats(reward=2.0, critic_loss=1.0),  # a critic warm-up iteration: no PPO terms
+        RLStats(reward=4.0, critic_loss=3.0, l_rl=-0.5, kl=0.25, clip_fraction=0.5, ratio=1.0),
+    ]
+    means = mean_rl_stats(window)
+    assert means == {
+        "reward": 3.0,
+        "critic_loss": 2.0,
+        "l_rl": -0.5,
+        "kl": 0.25,
+        "clip_fraction": 0.5,
+        "ratio": 1.0,
+    }
+    assert mean_rl_stats([RLStats(reward=1.0)])["kl"] is None
+
+
+def test_loss_plot_adds_the_rl_diagnostics(tmp_path):
+    """loss.png gains a row of RL panels (reward, critic loss, KL, clip fraction, ratio)."""
+    stage1 = [{"step": s, "l_ldm": 0.1, "l_dis": 0.6} for s in (1, 2)]
+    rl = [
+        {**r, "rl_reward": 5.0, "rl_critic_loss": 1.0, "rl_kl": 0.1, "rl_clip_fraction": 0.5} for r in stage1
+    ]
+    heights = []
+    for name, rows in (("stage1", stage1), ("rl", rl)):
+        log = tmp_path / f"{name}.jsonl"
+        log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        plot_losses(log, tmp_path / f"{name}.png")
+        heights.append(Image.open(tmp_path / f"{name}.png").size[1])
+    assert heights[1] == 2 * heights[0]

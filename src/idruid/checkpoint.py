@@ -2,7 +2,7 @@
 and ``model.safetensors`` (everything idruid trains; never the frozen text encoder).
 
 The embedded default model ships in ``idruid/assets/shapes-model`` and is produced by
-``idruid train --config shapes`` (see README).
+``idruid train --config shapes-full`` (stage 1, then the RL stage; see README).
 """
 
 from __future__ import annotations

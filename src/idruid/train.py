@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from .data.shapes import ShapesPairedDataset
 from .layout import box_masks
 from .losses import add_noise, disentangle_loss, flow_matching_loss, sample_sigmas
 from .models.sd3 import LayoutToImageModel
-from .rl.stage import RLStage
+from .rl.stage import RLStage, RLStats
 
 
 def collate(items: list[dict]) -> dict:
@@ -78,17 +79,38 @@ def idc_loss(
     return torch.stack(losses).mean()
 
 
+def paired_draws(
+    x0: torch.Tensor, config: TrainConfig, rank: int = 0, world: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt and layout dropout (B,), noise like x0 (B, C, H, W) and sigma (B,) for this process.
+
+    Every process draws the whole global batch (world x B rows) from the same seeded stream and
+    keeps rows [rank * B, (rank + 1) * B), the rows of the images its data shard holds. So P
+    processes at batch B train on exactly the draws of one process at batch P x B, and no rank
+    repeats another's noise; on one process this is the plain draw of B rows.
+    """
+    b = x0.shape[0]
+    total, rows = b * world, slice(rank * b, (rank + 1) * b)
+    drop_prompt = (torch.rand(total) < config.drop_prompt)[rows]
+    drop_layout = (torch.rand(total) < config.drop_layout)[rows]
+    noise = torch.randn((total, *x0.shape[1:]), dtype=x0.dtype, device=x0.device)[rows]
+    sigma = sample_sigmas(total, config.sigma_sampling, device=x0.device)[rows]
+    return drop_prompt, drop_layout, noise, sigma
+
+
 def paired_losses(
     model, raw_model: LayoutToImageModel, x0: torch.Tensor, layouts: list, config: TrainConfig, accelerator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """L_ldm + lambda_dis * L_dis, L_ldm (Eq. 11) and L_dis (Eq. 4, None without IDC) on a batch
-    of paired images (B, C, H, W)."""
-    b = x0.shape[0]
-    drop_prompt = torch.rand(b) < config.drop_prompt
-    drop_layout = torch.rand(b) < config.drop_layout
+    of paired images (B, C, H, W).
+
+    L_dis is a softplus of batch means, so across processes it is taken per process (what each
+    rank's gradient sees); L_ldm is a plain mean and matches one process at the global batch.
+    """
+    drop_prompt, drop_layout, noise, sigma = paired_draws(
+        x0, config, accelerator.process_index, accelerator.num_processes
+    )
     cond = raw_model.encode_text(layouts, drop_prompt, drop_layout).to(x0.device)
-    noise = torch.randn_like(x0)
-    sigma = sample_sigmas(b, config.sigma_sampling, device=x0.device)
     x_t = add_noise(x0, noise, sigma)
     use_idc = config.model.use_idm and config.lambda_dis > 0
     with accelerator.autocast():
@@ -126,7 +148,13 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    set_seed(config.seed)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"launched as {launched} processes (WORLD_SIZE) but accelerate sees only this one, so each "
+            "would train alone; on a machine without GPUs set ACCELERATE_USE_CPU=1 (see README)"
+        )
+    set_seed(config.seed)  # the same stream on every rank: paired_draws relies on it
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
     config.rl.check()
@@ -174,6 +202,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
         total=config.steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process)
     )
     started, last_log = time.time(), step
+    rl_window: list[RLStats] = []  # the RL iterations since the last log record
     model.train()
     while step < config.steps:
         for batch in data:
@@ -184,13 +213,14 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                 model, raw_model, batch["image"], batch["layouts"], config, accelerator
             )
             # ---------------------------------------------------- RL (Algorithm 1, lines 9-18)
-            rl_stats, l_rl = None, None
+            l_rl = None
             if stage is not None and step >= rl_start and (step - rl_start) % rl.every == 0:
                 if rl.algorithm == "sft":
                     images, layouts = stage.sft_batch()
                     l_rl = paired_losses(model, raw_model, images, layouts, config, accelerator)[0]
                 else:
                     l_rl, rl_stats = stage.loss(raw_model, model)
+                    rl_window.append(rl_stats)
                 if l_rl is not None:
                     loss = loss + rl.lambda_rl * l_rl
             if not torch.isfinite(loss):
@@ -209,17 +239,21 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
             if step % config.log_every == 0 or step == config.steps:
                 rate = (step - last_log) / max(time.time() - started, 1e-9)
                 started, last_log = time.time(), step
+                mean_loss, mean_ldm, mean_dis, mean_rl = _mean_over_processes(
+                    accelerator, [loss, l_ldm, l_dis, l_rl]
+                )
                 record = {
                     "step": step,
-                    "loss": loss.item(),
-                    "l_ldm": l_ldm.item(),
-                    "l_dis": l_dis.item() if l_dis is not None else None,
-                    "l_rl": l_rl.item() if l_rl is not None else None,
+                    "loss": mean_loss,
+                    "l_ldm": mean_ldm,
+                    "l_dis": mean_dis,
+                    "l_rl": mean_rl,
                     "lr": scheduler.get_last_lr()[0],
                     "steps_per_s": rate,
                 }
-                if rl_stats is not None:
-                    record.update({f"rl_{k}": v for k, v in dataclasses.asdict(rl_stats).items()})
+                if rl_window:
+                    record.update({f"rl_{k}": v for k, v in mean_rl_stats(rl_window).items()})
+                    rl_window = []
                 bar.set_postfix(
                     loss=f"{record['loss']:.4f}", l_dis=record["l_dis"] and f"{record['l_dis']:.4f}"
                 )
@@ -250,6 +284,25 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     return export
 
 
+def _mean_over_processes(accelerator: Accelerator, losses: list[torch.Tensor | None]) -> list[float | None]:
+    """The logged losses: means over the processes of each rank's batch loss (None stays None), so
+    the log of a P-process run reads as one process at the global batch."""
+    nan = torch.tensor(math.nan, device=accelerator.device)
+    values = torch.stack([nan if v is None else v.detach().float().reshape(()) for v in losses])
+    means = accelerator.reduce(values, reduction="mean").tolist()
+    return [None if v is None else mean for v, mean in zip(losses, means, strict=True)]
+
+
+def mean_rl_stats(window: list[RLStats]) -> dict[str, float | None]:
+    """Each RL diagnostic averaged over the iterations of a log interval (those that have it), so
+    a log record with ``log_every`` > 1 reads as the interval, not as its last iteration."""
+    means = {}
+    for field in dataclasses.fields(RLStats):
+        values = [getattr(stats, field.name) for stats in window if getattr(stats, field.name) is not None]
+        means[field.name] = sum(values) / len(values) if values else None
+    return means
+
+
 def _save_state(accelerator: Accelerator, folder: Path, step: int, keep: int) -> None:
     target = folder / f"step-{step:07d}"
     accelerator.save_state(str(target))
@@ -260,9 +313,19 @@ def _save_state(accelerator: Accelerator, folder: Path, step: int, keep: int) ->
             shutil.rmtree(old)
 
 
+RL_DIAGNOSTICS = (  # log key, panel title
+    ("rl_reward", "RL: mean rollout reward (Eq. 6)"),
+    ("rl_critic_loss", "critic loss (Eq. 7)"),
+    ("rl_kl", "KL to the old policy (Eq. 10)"),
+    ("rl_clip_fraction", "PPO clip fraction"),
+    ("rl_ratio", "mean PPO ratio"),
+)
+
+
 def plot_losses(log_path: Path, out_path: Path) -> None:
     """Loss curves (L_ldm, L_dis) of a run and, with RL, the mean reward of the rollouts (paper
-    Fig. 6, reward stability), for people who would rather look than read."""
+    Fig. 6, reward stability) and the diagnostics RL users watch (critic loss, KL, clip fraction,
+    ratio), for people who would rather look than read."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,17 +335,23 @@ def plot_losses(log_path: Path, out_path: Path) -> None:
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    rewards = [(r["step"], r["rl_reward"]) for r in rows if r.get("rl_reward") is not None]
-    fig, axes = plt.subplots(1, 3 if rewards else 2, figsize=(13.5 if rewards else 9, 3.2))
+    panels = [(key, title) for key, title in RL_DIAGNOSTICS if any(r.get(key) is not None for r in rows)]
+    columns = 3
+    lines = 1 + math.ceil(max(0, len(panels) - 1) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(13.5, 3.2 * lines), squeeze=False)
+    axes = axes.ravel()
     axes[0].plot(steps, [r["l_ldm"] for r in rows])
     axes[0].set(title="L_ldm (flow matching)", xlabel="step", yscale="log")
     dis = [r["l_dis"] if r["l_dis"] is not None else math.nan for r in rows]
     axes[1].plot(steps, dis, color="tab:orange")
     axes[1].axhline(math.log(2), ls="--", color="grey", lw=0.8)
     axes[1].set(title="L_dis (softplus(CAS+ - CAS-)); dashed: ln 2", xlabel="step")
-    if rewards:
-        axes[2].plot([s for s, _ in rewards], [r for _, r in rewards], color="tab:green")
-        axes[2].set(title="RL: mean rollout reward (Eq. 6)", xlabel="step")
+    for ax, (key, title) in zip(axes[2:], panels, strict=False):
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        ax.plot([s for s, _ in points], [v for _, v in points], color="tab:green")
+        ax.set(title=title, xlabel="step")
+    for ax in axes[2 + len(panels) :]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

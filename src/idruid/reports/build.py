@@ -23,6 +23,7 @@ from .runs import (
     ReportError,
     Run,
     Variant,
+    eval_settings,
     format_value,
     group_runs,
     load_runs,
@@ -51,7 +52,7 @@ def _settings_text(settings: dict) -> str:
 def _settings_section(runs: Sequence[Run], benchmark: str) -> str:
     """How the benchmark was sampled, once when all runs agree, else per run."""
     texts = {
-        run.name: _settings_text(run.evals[benchmark].metrics.get("settings", {}))
+        run.name: _settings_text(eval_settings(run.evals[benchmark].metrics))
         for run in runs
         if benchmark in run.evals
     }

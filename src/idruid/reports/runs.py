@@ -32,8 +32,13 @@ IGNORED_KEYS = frozenset(
 )
 # eval settings that may differ between the seeds of one variant
 IGNORED_EVAL_SETTINGS = frozenset({"seed", "processes"})
-# settings that evaluations written before they were recorded used implicitly
-EVAL_SETTING_DEFAULTS = {"detector": "analytic", "segmenter": "analytic"}
+# scorers that evaluations written before they were recorded used implicitly
+EVAL_SETTING_DEFAULTS = {"detector": "analytic", "segmenter": "analytic", "judge": "analytic"}
+
+
+def eval_settings(metrics: dict) -> dict:
+    """An eval folder's sampling and scoring settings, older folders' implicit scorers filled in."""
+    return {**EVAL_SETTING_DEFAULTS, **metrics.get("settings", {})}
 ABSENT = "(unset)"  # value shown for a key that an older config.yaml does not have
 ALGORITHM_NAMES = {"none": "no RL", "ppo": "PPO", "grpo": "GRPO", "sft": "SFT"}
 LAMBDA_LABELS = {"lambda_dis": "λ_dis", "rl.lambda_rl": "λ_rl"}
@@ -302,10 +307,7 @@ def _check_eval_settings(group: Sequence[Run]) -> None:
     first = group[0]
     for run in group[1:]:
         for benchmark in set(first.evals) & set(run.evals):
-            a, b = (
-                {**EVAL_SETTING_DEFAULTS, **r.evals[benchmark].metrics.get("settings", {})}
-                for r in (first, run)
-            )
+            a, b = (eval_settings(r.evals[benchmark].metrics) for r in (first, run))
             keys = sorted(
                 k for k in set(a) | set(b) if k not in IGNORED_EVAL_SETTINGS and a.get(k) != b.get(k)
             )

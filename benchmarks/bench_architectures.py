@@ -1,0 +1,435 @@
+"""Real-scale architectures: SD3-medium's MM-DiT and SD1.5's UNet built with random weights on the
+``meta`` device (no download, no memory), their parameter counts, and what idruid's layout adapter
++ IDM add to the MM-DiT in parameters and in FLOPs per forward at 1024x1024 (128x128 latents,
+patch 2: 4096 image tokens, 333 prompt tokens, 10 instances).
+
+    python benchmarks/bench_architectures.py [--threads 2] [--repeats 3] [--device auto|cpu|cuda]
+
+FLOPs count matrix products only (2 per multiply-add; linear layers, convolutions, attention),
+the convention of ``torch.utils.flop_counter.FlopCounterMode``; elementwise work is left out. The
+analytic count (``backbone_flops``, ``branch_flops``) is checked against FlopCounterMode twice:
+at full size on the meta device, and on a smaller model with the real widths (2 blocks, 32x32
+latents) that really runs (on the CPU, or the GPU if there is one). The script stops if a count
+disagrees.
+
+On a GPU it also times a training step at the paper's resolutions (SD3: 1024, SD1.5: 512; bf16
+autocast, AdamW) with its peak memory; on the CPU it times the small real-width model instead.
+Results go into BENCHMARKS.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from unittest import mock
+
+import torch
+from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from idruid.config import ModelConfig
+from idruid.losses import add_noise, flow_matching_loss
+from idruid.models import sd3
+from idruid.models.adapter import LayoutAdapter
+from idruid.models.idm import LayoutJointAttnProcessor
+from idruid.train import idc_loss
+
+# stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json
+SD3_MEDIUM = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=192,
+)
+# stable-diffusion-v1-5, unet/config.json
+SD15_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+SD3_PROMPT_TOKENS = 77 + 256  # CLIP-L/G padded to 77, then T5 at the pipeline's 256 tokens
+SD15_PROMPT_TOKENS = 77
+INSTANCES = 10  # the paper's cap
+VAE_FACTOR = 8  # pixels per latent side (both VAEs)
+TIMESTEP_CHANNELS = 256  # sinusoidal timestep features of SD3's time embedding
+
+
+class RealTextWidths:
+    """Stands in for the text encoder: the instance captions are assumed to be encoded as SD3
+    encodes its prompt (token states as wide as joint_attention_dim, pooled CLIP-L + CLIP-G)."""
+
+    hidden_size = SD3_MEDIUM["joint_attention_dim"]
+    pooled_size = SD3_MEDIUM["pooled_projection_dim"]
+
+
+def sd3_transformer(num_layers: int = 24) -> SD3Transformer2DModel:
+    return SD3Transformer2DModel(**{**SD3_MEDIUM, "num_layers": num_layers})
+
+
+def layout_model(num_layers: int = 24) -> sd3.LayoutToImageModel:
+    """idruid's model around an SD3-medium-sized MM-DiT: the adapter and the IDM processors are
+    attached by LayoutToImageModel itself, only the backbone builder is swapped."""
+    config = ModelConfig(
+        resolution=SD3_MEDIUM["sample_size"],
+        in_channels=SD3_MEDIUM["in_channels"],
+        patch_size=SD3_MEDIUM["patch_size"],
+        num_layers=num_layers,
+        num_heads=SD3_MEDIUM["num_attention_heads"],
+        head_dim=SD3_MEDIUM["attention_head_dim"],
+        output="velocity",
+    )
+    with mock.patch.object(sd3, "build_transformer", lambda *_: sd3_transformer(num_layers)):
+        return sd3.LayoutToImageModel(config, text_encoder=RealTextWidths())
+
+
+def sd15_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(**SD15_UNET)
+
+
+# ---------------------------------------------------------------------- parameters
+def count(parameters) -> int:
+    return sum(p.numel() for p in parameters)
+
+
+@dataclass
+class ParamCounts:
+    backbone: int
+    adapter: int
+    branch_per_block: dict[str, int]  # per part of one block's processor
+    blocks: int
+
+    @property
+    def extra(self) -> int:
+        return self.adapter + self.blocks * sum(self.branch_per_block.values())
+
+
+def param_counts(model: sd3.LayoutToImageModel) -> ParamCounts:
+    named = dict(model.transformer.named_parameters())
+    backbone = count(p for n, p in named.items() if ".processor." not in n)
+    processors = [m for m in model.transformer.modules() if isinstance(m, LayoutJointAttnProcessor)]
+    first = processors[0]
+    parts = {
+        "to_q": count(first.to_q.parameters()),
+        "to_kv": count(first.to_kv.parameters()),
+        "idm": count(first.idm.parameters()),
+        "geometry": sum(
+            count(m.parameters()) for m in (first.to_geometry, first.geometry_gate, first.geometry_out)
+        ),
+        "to_out": count(first.to_out.parameters()),
+    }
+    assert sum(parts.values()) == count(first.parameters()), "a processor part is missing from the breakdown"
+    assert count(p for m in processors for p in m.parameters()) == len(processors) * count(first.parameters())
+    assert isinstance(model.adapter, LayoutAdapter)
+    return ParamCounts(backbone, count(model.adapter.parameters()), parts, len(processors))
+
+
+# ---------------------------------------------------------------------- analytic FLOPs
+def backbone_flops(image_tokens: int, text_tokens: int, num_layers: int) -> int:
+    """Matrix-product FLOPs of one SD3 MM-DiT forward (batch 1), block by block.
+
+    Every block but the last: AdaLN-zero modulations (6D each stream), q/k/v of both streams,
+    one attention over image + text tokens, the output projections and two 4x MLPs. The last
+    block is context_pre_only: a 2D modulation of the text stream, no text output or MLP.
+    """
+    c = SD3_MEDIUM
+    d, p_img, t = c["num_attention_heads"] * c["attention_head_dim"], image_tokens, text_tokens
+    patch_in = c["in_channels"] * c["patch_size"] ** 2
+    patch_out = c["out_channels"] * c["patch_size"] ** 2
+    s = p_img + t
+    embed = 2 * (
+        p_img * patch_in * d  # patch embedding (a stride-p convolution)
+        + TIMESTEP_CHANNELS * d + d * d  # timestep MLP
+        + c["pooled_projection_dim"] * d + d * d  # pooled text MLP
+        + t * c["joint_attention_dim"] * d  # context embedder
+    )
+    attention = 2 * 3 * (p_img + t) * d * d + 4 * s * s * d + 2 * p_img * d * d  # qkv, softmax(QK)V, out
+    block = 2 * 2 * 6 * d * d + attention + 2 * t * d * d + 2 * 2 * 4 * d * d * (p_img + t)
+    last = 2 * (6 + 2) * d * d + attention + 2 * 2 * 4 * d * d * p_img
+    head = 2 * 2 * d * d + 2 * p_img * d * patch_out  # final AdaLN and projection to patches
+    return embed + (num_layers - 1) * block + last + head
+
+
+def branch_flops(image_tokens: int, instances: int, num_layers: int, model_config: ModelConfig) -> int:
+    """Matrix-product FLOPs the layout adapter + IDM add to one forward (batch 1; tokens
+    [null, layout] per instance, the default two-token path of LayoutJointAttnProcessor)."""
+    if model_config.caption_max_length != 0 or not model_config.use_idm:
+        raise ValueError("branch_flops counts the default two-token IDM path only")
+    d = SD3_MEDIUM["num_attention_heads"] * SD3_MEDIUM["attention_head_dim"]
+    p, n, h, r = image_tokens, instances, model_config.idm_hidden, model_config.geometry_rank
+    fourier = 4 * 2 * model_config.fourier_freqs
+    pixels_per_token = SD3_MEDIUM["patch_size"] ** 2
+    adapter = 2 * n * ((fourier + RealTextWidths.pooled_size) * d + d * d + fourier * d)
+    per_block = 2 * (
+        2 * p * d * d  # to_q on the image tokens, to_out
+        + 2 * n * d * 3 * d  # keys, values and refined keys of the 2 tokens of each instance
+        + p * d * n  # each pixel's logit for each instance's layout token
+        + n * p * d  # the global feature's mean inside each box
+        + (n + 1) * (3 * d * h + h * h + 3 * h * h + h * h + h * d)  # IDM: describe, interact, alpha
+        + p * 2 * n * d  # composing the instance values with the masks
+        + n * d * r + n * p * 6 * pixels_per_token * r + p * r * d  # pixel geometry, gated
+    ) + 4 * (n + 1) ** 2 * h  # IDM's self-attention over the n + 1 features
+    return adapter + num_layers * per_block
+
+
+# ---------------------------------------------------------------------- measured FLOPs
+def inputs(image_side: int, text_tokens: int, instances: int, device, dtype=torch.float32):
+    """Latents (1, 16, side, side), sigma and a TextConditioning with instances boxes in a row."""
+    latents = torch.randn(1, SD3_MEDIUM["in_channels"], image_side, image_side, device=device, dtype=dtype)
+    sigma = torch.full((1,), 0.7, device=device)
+    x0s = torch.arange(instances, dtype=torch.float32) / instances
+    boxes = torch.stack([x0s, x0s * 0.5, x0s + 1.0 / instances, x0s * 0.5 + 0.5], dim=-1)[None]
+    width, pooled = RealTextWidths.hidden_size, RealTextWidths.pooled_size
+    cond = sd3.TextConditioning(
+        prompt_hidden=torch.randn(1, text_tokens, width),
+        prompt_pooled=torch.randn(1, pooled),
+        caption_hidden=torch.zeros(1, instances, 0, width),
+        caption_pooled=torch.randn(1, instances, pooled),
+        caption_mask=torch.zeros(1, instances, 0, dtype=torch.bool),
+        boxes=boxes,
+        valid=torch.ones(1, instances, dtype=torch.bool),
+        enabled=torch.ones(1),
+    )
+    if torch.device(device).type == "meta":
+        cond = sd3.TextConditioning(**{k: torch.empty_like(v, device="meta") for k, v in vars(cond).items()})
+    else:
+        cond = cond.to(device)
+    return latents, sigma, cond
+
+
+@contextmanager
+def untrimmed():
+    """On the meta device no value can be read, so the batch cannot be trimmed to its used
+    instance slots; here every slot is used, so trimming would change nothing."""
+    with mock.patch.object(sd3.TextConditioning, "trimmed", lambda self: self):
+        yield
+
+
+@contextmanager
+def counting():
+    """FlopCounterMode with attention on its math backend: FlopCounterMode has no formula for the
+    fused CPU attention kernel (it would count 0 FLOPs for softmax(QK)V there)."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        yield counter
+
+
+def measured_flops(model, latents, sigma, cond, layout_on: bool) -> int:
+    with counting() as counter:
+        model(latents, sigma, cond, layout_on=layout_on)
+    return counter.get_total_flops()
+
+
+def plain_flops(transformer: SD3Transformer2DModel, latents, sigma, cond) -> int:
+    """FLOPs of diffusers' MM-DiT with its default attention processors."""
+    with counting() as counter:
+        transformer(
+            hidden_states=latents,
+            encoder_hidden_states=cond.prompt_hidden,
+            pooled_projections=cond.prompt_pooled,
+            timestep=sigma * 1000.0,
+        )
+    return counter.get_total_flops()
+
+
+def check(name: str, analytic: int, measured: int) -> None:
+    status = "ok" if analytic == measured else "MISMATCH"
+    print(f"  {name:<44} analytic {analytic / 1e9:10.3f} GFLOP, counted {measured / 1e9:10.3f}  {status}")
+    if analytic != measured:
+        raise SystemExit(f"{name}: analytic FLOPs {analytic} != FlopCounterMode {measured}")
+
+
+# ---------------------------------------------------------------------- timing
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def sd3_steps(model, latents, sigma, cond, layout_on: bool, autocast_dtype) -> dict[str, Callable]:
+    """A forward and a training step (L_ldm, + L_dis with the branch on; AdamW) to time."""
+    device = latents.device
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
+    noise = torch.randn_like(latents)
+    x_t = add_noise(latents, noise, sigma)
+
+    def forward():
+        with torch.no_grad(), torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+            model(x_t, sigma, cond, layout_on=layout_on)
+
+    def train_step():
+        with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+            v, maps = model(x_t, sigma, cond, layout_on=layout_on, record_attention=layout_on)
+        loss = flow_matching_loss(v, latents, noise)
+        if layout_on:
+            grid = (latents.shape[-2] // 2, latents.shape[-1] // 2)
+            loss = loss + idc_loss(maps, cond.boxes, cond.valid, grid)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return {"forward": forward, "train step": train_step}
+
+
+def fastest(calls: dict[str, Callable], repeats: int, device) -> dict[str, float]:
+    """Seconds of each call: the fastest of `repeats` after a warm-up, the calls interleaved so
+    that the load of a shared machine falls on all of them alike (it only ever adds time)."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            sync(device)
+            start = time.perf_counter()
+            call()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
+
+
+def time_sd15_gpu(repeats: int) -> tuple[float, float]:
+    """(training-step seconds, peak GiB) of the SD1.5 UNet at 512x512 (noise prediction, bf16)."""
+    torch.cuda.reset_peak_memory_stats()
+    with torch.device("cuda"):
+        unet = sd15_unet()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5)
+    side = 512 // VAE_FACTOR
+    latents = torch.randn(1, 4, side, side, device="cuda")
+    text = torch.randn(1, SD15_PROMPT_TOKENS, SD15_UNET["cross_attention_dim"], device="cuda")
+    timestep = torch.tensor([500], device="cuda")
+
+    def train_step():
+        with torch.autocast("cuda", torch.bfloat16):
+            out = unet(latents, timestep, encoder_hidden_states=text).sample
+        loss = torch.nn.functional.mse_loss(out.float(), latents)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds = fastest({"train step": train_step}, repeats, "cuda")["train step"]
+    return seconds, torch.cuda.max_memory_allocated() / 2**30
+
+
+# ---------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+
+    # ------------------------------------------------------------ parameters (meta device)
+    with torch.device("meta"):
+        plain = sd3_transformer()
+        model = layout_model()
+        unet = sd15_unet()
+    params = param_counts(model)
+    assert params.backbone == count(plain.parameters())  # attaching idruid leaves the backbone as it is
+    print("## Parameters")
+    print(f"SD3-medium MM-DiT: {params.backbone:,}")
+    print(f"SD1.5 UNet:        {count(unet.parameters()):,}")
+    print(f"idruid adapter:    {params.adapter:,}")
+    for part, n in params.branch_per_block.items():
+        print(f"  per block {part:<9} {n:>12,}  x {params.blocks} = {n * params.blocks:,}")
+    print(f"adapter + IDM:     {params.extra:,}  = {params.extra / params.backbone:.1%} of the MM-DiT")
+
+    # ------------------------------------------------------------ FLOPs at 1024x1024 (meta device)
+    side = 1024 // VAE_FACTOR
+    tokens = (side // SD3_MEDIUM["patch_size"]) ** 2
+    full_backbone = backbone_flops(tokens, SD3_PROMPT_TOKENS, SD3_MEDIUM["num_layers"])
+    full_branch = branch_flops(tokens, INSTANCES, SD3_MEDIUM["num_layers"], model.config)
+    print(f"\n## FLOPs per forward, 1024x1024: {tokens} image tokens, {SD3_PROMPT_TOKENS} text, "
+          f"{INSTANCES} instances")  # fmt: skip
+    latents, sigma, cond = inputs(side, SD3_PROMPT_TOKENS, INSTANCES, "meta")
+    with untrimmed():
+        check("SD3-medium, diffusers' attention (meta)", full_backbone,
+              plain_flops(plain, latents, sigma, cond))  # fmt: skip
+        check("idruid model, layout branch off (meta)", full_backbone,
+              measured_flops(model, latents, sigma, cond, layout_on=False))  # fmt: skip
+        check("idruid model, adapter + IDM on (meta)", full_backbone + full_branch,
+              measured_flops(model, latents, sigma, cond, layout_on=True))  # fmt: skip
+    share = full_branch / full_backbone
+    print(f"  adapter + IDM add {full_branch / 1e9:.1f} GFLOP = {share:.1%} of the backbone")
+    unet_side = 512 // VAE_FACTOR
+    with counting() as counter:
+        unet(
+            torch.empty(1, 4, unet_side, unet_side, device="meta"),
+            torch.tensor([500], device="meta"),
+            encoder_hidden_states=torch.empty(1, SD15_PROMPT_TOKENS, 768, device="meta"),
+        )
+    unet_flops = counter.get_total_flops()
+    print(f"  SD1.5 UNet, 512x512 ({unet_side}x{unet_side} latents, {SD15_PROMPT_TOKENS} text tokens): "
+          f"{unet_flops / 1e9:.1f} GFLOP (FlopCounterMode, meta)")  # fmt: skip
+
+    # ------------------------------------------------------------ a real run at the real widths (CPU)
+    small_layers, small_side = 2, 32
+    small_tokens = (small_side // SD3_MEDIUM["patch_size"]) ** 2
+    print(f"\n## Real-width check on {device}: {small_layers} blocks, {small_side}x{small_side} latents "
+          f"({small_tokens} image tokens), {SD3_PROMPT_TOKENS} text, {INSTANCES} instances")  # fmt: skip
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    small = layout_model(small_layers).to(device)
+    latents, sigma, cond = inputs(small_side, SD3_PROMPT_TOKENS, INSTANCES, device)
+    small_backbone = backbone_flops(small_tokens, SD3_PROMPT_TOKENS, small_layers)
+    small_branch = branch_flops(small_tokens, INSTANCES, small_layers, small.config)
+    check("backbone (real tensors)", small_backbone, measured_flops(small, latents, sigma, cond, False))
+    check("backbone + adapter + IDM (real tensors)", small_backbone + small_branch,
+          measured_flops(small, latents, sigma, cond, True))  # fmt: skip
+    print(f"  built and counted in {time.perf_counter() - started:.1f} s")
+
+    autocast = torch.bfloat16 if device == "cuda" else None
+    calls = {}
+    for layout_on, branch in ((False, "backbone"), (True, "idm")):
+        for name, call in sd3_steps(small, latents, sigma, cond, layout_on, autocast).items():
+            calls[f"{name} {branch}"] = call
+    seconds = fastest(calls, args.repeats, device)
+    fwd_base, fwd_idm = seconds["forward backbone"], seconds["forward idm"]
+    step_base, step_idm = seconds["train step backbone"], seconds["train step idm"]
+    flop_ratio = (small_backbone + small_branch) / small_backbone
+    print(f"  forward    backbone {fwd_base:.3f} s, + adapter + IDM {fwd_idm:.3f} s "
+          f"({fwd_idm / fwd_base:.2f}x; FLOP ratio {flop_ratio:.2f}x)")  # fmt: skip
+    print(f"  train step backbone {step_base:.3f} s, + adapter + IDM + L_dis {step_idm:.3f} s "
+          f"({step_idm / step_base:.2f}x)")  # fmt: skip
+    del small
+
+    if device != "cuda":
+        print("\nNo GPU: training steps at 1024 / 512 and peak memory are not measured.")
+        return
+    # ------------------------------------------------------------ GPU: the paper's resolutions
+    print("\n## GPU training steps (bf16 autocast, AdamW, batch 1)")
+    for layout_on in (False, True):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.device("cuda"):
+            full = layout_model()
+        latents, sigma, cond = inputs(side, SD3_PROMPT_TOKENS, INSTANCES, "cuda")
+        steps = sd3_steps(full, latents, sigma, cond, layout_on, torch.bfloat16)
+        seconds = fastest(steps, args.repeats, "cuda")
+        fwd, step = seconds["forward"], seconds["train step"]
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        name = "SD3 + adapter + IDM + L_dis" if layout_on else "SD3-medium backbone"
+        print(f"  {name:<28} 1024: forward {fwd:.3f} s, train step {step:.3f} s, peak {peak:.1f} GiB")
+        del full, steps
+    step, peak = time_sd15_gpu(args.repeats)
+    print(f"  {'SD1.5 UNet':<28} 512: train step {step:.3f} s, peak {peak:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()

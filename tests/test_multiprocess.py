@@ -1,0 +1,255 @@
+"""Stage-1 training on two CPU processes through accelerate's own launcher.
+
+The test launches this file with ``accelerate launch --multi_gpu --num_processes 2`` and
+``ACCELERATE_USE_CPU=1``: on a machine without GPUs ``--multi_gpu`` is what makes accelerate start
+the processes (through torch's elastic launcher, as torchrun does), and ACCELERATE_USE_CPU is what
+accelerate's ``--cpu`` flag sets, so that each process joins a gloo (MULTI_CPU) group. ``--cpu``
+alone starts one process: accelerate leaves multi-CPU process creation to ``mpirun``
+(``--mpirun_hostfile``), which this machine does not have.
+
+Run as a script (by the launcher), the file trains the tiny preset and, at every checkpoint,
+saves each rank's trainable weights through accelerate's save-state hook.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate import Accelerator
+
+import idruid
+import idruid.train as train_module
+from idruid.config import PRESET_DIR, TrainConfig, load_config
+from idruid.losses import sample_sigmas
+from idruid.train import paired_draws
+
+STEPS = 3
+PER_PROCESS_BATCH = 4
+# L_dis off: it is a softplus of batch means, taken per process (see paired_losses), so only the
+# flow-matching loss is the same function of the global batch on one process and on two
+OVERRIDES = [f"steps={STEPS}", f"batch_size={PER_PROCESS_BATCH}", "threads=1", "lambda_dis=0"]
+# Differences between the runs come only from float32 summation order (a batch of 8 against two
+# batches of 4 and an all-reduce): about 1e-7 relative in a loss. In the weights they stay near
+# 1e-6 of the distance trained, except that Adam's first steps (g / (|g| + eps)) can turn
+# rounding in a near-zero gradient entry into up to one step (lr) for that entry; so the weights
+# are compared as the norm of their difference over the norm of the training update. A wrong
+# data shard or noise repeated across ranks gives a ratio of order 1 and losses off by percents.
+LOSS_RTOL = 1e-5
+WEIGHT_RTOL = 1e-2
+
+
+class RecordingAccelerator(Accelerator):
+    """An Accelerator that saves this rank's trainable weights whenever a checkpoint is saved."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_save_state_pre_hook(self._save_weights)
+
+    def _save_weights(self, models, weights, output_dir) -> None:
+        model = self.unwrap_model(models[0])
+        folder = Path(output_dir).parents[1] / "weights"
+        folder.mkdir(exist_ok=True)
+        state = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
+        torch.save(state, folder / f"{Path(output_dir).name}-rank{self.process_index}.pt")
+
+
+def _train(out: Path, overrides: list[str]) -> None:
+    train_module.Accelerator = RecordingAccelerator
+    train_module.train(load_config("tiny", overrides), out, progress=False)
+
+
+def _weights(run: Path, step: int, rank: int) -> dict[str, torch.Tensor]:
+    return torch.load(run / "weights" / f"step-{step:07d}-rank{rank}.pt")
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Euclidean distance between two sets of weights (all tensors as one vector)."""
+    assert a.keys() == b.keys()
+    return torch.stack([(a[k].float() - b[k].float()).norm() for k in a]).norm().item()
+
+
+def _initial_weights() -> dict[str, torch.Tensor]:
+    """The weights both runs start from (train seeds, then builds the model)."""
+    from accelerate.utils import set_seed
+
+    config = load_config("tiny", OVERRIDES)
+    set_seed(config.seed)
+    return train_module.LayoutToImageModel(config.model).trainable_state_dict()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(two-process run folder, one-process run folder at the same global batch)."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    two = root / "two"
+    src = str(Path(idruid.__file__).parents[1])
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")},
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(root / "hf"),  # no default accelerate config of the user's
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        __file__, str(two), *OVERRIDES,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+    one = root / "one"
+    threads = torch.get_num_threads()
+    original = train_module.Accelerator
+    try:
+        _train(one, [*OVERRIDES, f"batch_size={2 * PER_PROCESS_BATCH}"])
+    finally:
+        train_module.Accelerator = original
+        torch.set_num_threads(threads)
+    return two, one
+
+
+def test_paired_draws_split_the_global_batch():
+    """The rows two ranks keep are the rows one process draws at twice the batch."""
+    config = load_config("tiny", ["drop_prompt=0.5", "drop_layout=0.5"])
+    x0 = torch.zeros(4, 3, 8, 8)
+    torch.manual_seed(7)
+    whole = paired_draws(torch.zeros(8, 3, 8, 8), config)
+    parts = []
+    for rank in range(2):
+        torch.manual_seed(7)  # every rank runs the same seeded stream
+        parts.append(paired_draws(x0, config, rank=rank, world=2))
+    for full, rank0, rank1 in zip(whole, *parts, strict=True):
+        assert torch.equal(torch.cat([rank0, rank1]), full)
+    assert not torch.equal(parts[0][2], parts[1][2])  # the ranks do not repeat each other's noise
+    # one process draws as the trainer always did, so single-process runs are unchanged
+    torch.manual_seed(7)
+    x0 = torch.zeros(8, 3, 8, 8)
+    before = (torch.rand(8) < 0.5, torch.rand(8) < 0.5, torch.randn_like(x0), sample_sigmas(8))
+    assert all(torch.equal(a, b) for a, b in zip(before, whole, strict=True))
+
+
+def test_both_ranks_hold_the_same_weights(runs):
+    two, _ = runs
+    assert _distance(_weights(two, 1, 0), _weights(two, STEPS, 0)) > 1e-2  # the weights do move
+    for step in range(1, STEPS + 1):
+        rank0, rank1 = _weights(two, step, 0), _weights(two, step, 1)
+        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), f"step {step}"
+
+
+def test_two_processes_train_like_one_at_the_global_batch(runs):
+    two, one = runs
+    log_two, log_one = _log(two), _log(one)
+    assert [r["step"] for r in log_two] == [r["step"] for r in log_one] == list(range(1, STEPS + 1))
+    for a, b in zip(log_two, log_one, strict=True):
+        assert a["l_dis"] is None and b["l_dis"] is None
+        assert a["loss"] == pytest.approx(b["loss"], rel=LOSS_RTOL), a["step"]
+        assert a["l_ldm"] == pytest.approx(b["l_ldm"], rel=LOSS_RTOL), a["step"]
+    initial = _initial_weights()
+    for step in range(1, STEPS + 1):
+        trained_two, trained_one = _weights(two, step, 0), _weights(one, step, 0)
+        update = _distance(trained_one, initial)
+        assert update > 1e-2
+        assert _distance(trained_two, trained_one) < WEIGHT_RTOL * update, f"step {step}"
+    # the exported EMA model (written by the main process only) agrees too
+    from safetensors.torch import load_file
+
+    exported_two, exported_one = (load_file(run / "model" / "model.safetensors") for run in (two, one))
+    ema_update = _distance(exported_one, initial)
+    assert _distance(exported_two, exported_one) < WEIGHT_RTOL * ema_update
+
+
+def test_processes_that_do_not_join_a_group_are_refused(tmp_path, monkeypatch):
+    """`accelerate launch --multi_gpu` without GPUs and without ACCELERATE_USE_CPU starts processes
+    that each train alone on the same folder; train() stops them before anything is written."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=1"):
+        train_module.train(load_config("tiny"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+# ------------------------------------------------------------------ launch files (configs/accelerate)
+LAUNCH_FILES = {  # file: (distributed_type, nodes); every node has 8 GPUs
+    "zero2-1node-8gpu.yaml": ("DEEPSPEED", 1),
+    "zero2-2nodes-8gpu.yaml": ("DEEPSPEED", 2),
+    "fsdp-1node-8gpu.yaml": ("FSDP", 1),
+    "fsdp-2nodes-8gpu.yaml": ("FSDP", 2),
+}
+LAUNCH_DIR = PRESET_DIR / "accelerate"
+
+
+def test_the_launch_files_are_the_listed_ones_and_ship_with_the_package():
+    assert sorted(p.name for p in LAUNCH_DIR.glob("*.yaml")) == sorted(LAUNCH_FILES)
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["idruid"]
+    package = Path(idruid.__file__).parent
+    for name in LAUNCH_FILES:
+        relative = (LAUNCH_DIR / name).relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCH_FILES))
+def test_launch_file_holds_what_accelerate_reads(name):
+    """The keys accelerate's config loader and `accelerate launch` need, with the values of the
+    setup the file is named after; unknown keys in the plugin blocks would be dropped silently."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    kind, nodes = LAUNCH_FILES[name]
+    path = LAUNCH_DIR / name
+    data = yaml.safe_load(path.read_text())
+    required = {"compute_environment", "distributed_type", "num_processes", "num_machines", "mixed_precision"}
+    assert required <= set(data), required - set(data)
+    assert data["compute_environment"] == "LOCAL_MACHINE" and data["distributed_type"] == kind
+    assert data["num_machines"] == nodes and data["num_processes"] == 8 * nodes
+    assert data["mixed_precision"] == "bf16" and data["use_cpu"] is False
+    loaded = load_config_from_file(str(path))  # accelerate's loader: refuses unknown top-level keys
+    assert loaded.distributed_type == kind and loaded.num_processes == 8 * nodes
+
+    options = set(vars(launch_command_parser().parse_args(["train.py"])))
+    block = data["deepspeed_config" if kind == "DEEPSPEED" else "fsdp_config"]
+    assert block and set(block) <= options, set(block) - options
+    if kind == "DEEPSPEED":
+        assert block["zero_stage"] == 2 and block["gradient_accumulation_steps"] == 1
+        assert block["gradient_clipping"] == TrainConfig().grad_clip  # DeepSpeed clips in its own step
+    else:
+        assert block["fsdp_version"] == 2 and block["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    if nodes > 1:  # placeholders that each node's command overrides
+        assert data["machine_rank"] == 0 and data["main_process_ip"] == "MAIN_NODE_IP"
+        assert isinstance(data["main_process_port"], int)
+        if kind == "DEEPSPEED":
+            assert block["deepspeed_multinode_launcher"] == "standard"  # one launch command per node
+    else:
+        assert "main_process_ip" not in data
+
+
+def test_fsdp_wraps_the_blocks_that_hold_the_idm():
+    """FSDP shards whole MM-DiT blocks by class name; the IDM processors must sit inside them."""
+    from idruid.models.idm import LayoutJointAttnProcessor
+
+    names = {yaml.safe_load((LAUNCH_DIR / n).read_text())["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
+             for n in LAUNCH_FILES if LAUNCH_FILES[n][0] == "FSDP"}  # fmt: skip
+    model = train_module.LayoutToImageModel(load_config("tiny").model)
+    blocks = model.transformer.transformer_blocks
+    assert names == {type(blocks[0]).__name__}
+    for block in blocks:
+        assert sum(isinstance(m, LayoutJointAttnProcessor) for m in block.modules()) == 1
+
+
+if __name__ == "__main__":  # one rank of the two-process run, started by accelerate launch
+    _train(Path(sys.argv[1]), sys.argv[2:])
