@@ -1,3 +1,4 @@
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from idruid.data.coco_mig import (
 )
 from idruid.layout import Instance, Layout, LayoutError
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mig"
+# the real files: $IDRUID_COCO_MIG_DIR, else shared/data/coco-mig beside the checkout
+BESIDE_CHECKOUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mig"
+BENCH = Path(os.environ.get("IDRUID_COCO_MIG_DIR", BESIDE_CHECKOUT))
 needs_bench = pytest.mark.skipif(not (BENCH / ANNOTATION_FILE).is_file(), reason="COCO-MIG files not present")
 
 

@@ -336,9 +336,9 @@ def plot_losses(log_path: Path, out_path: Path) -> None:
         return
     steps = [r["step"] for r in rows]
     panels = [(key, title) for key, title in RL_DIAGNOSTICS if any(r.get(key) is not None for r in rows)]
-    columns = 3
-    lines = 1 + math.ceil(max(0, len(panels) - 1) / columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(13.5, 3.2 * lines), squeeze=False)
+    columns = 4  # the first row: L_ldm, L_dis and the first two RL panels
+    lines = 1 + math.ceil(max(0, len(panels) - 2) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(16, 3.2 * lines), squeeze=False)
     axes = axes.ravel()
     axes[0].plot(steps, [r["l_ldm"] for r in rows])
     axes[0].set(title="L_ldm (flow matching)", xlabel="step", yscale="log")
