@@ -1,6 +1,10 @@
 """idruid model checkpoints: a folder with ``idruid.json`` (format marker + model config)
 and ``model.safetensors`` (everything idruid trains; never the frozen text encoder).
 
+A model built on a base folder (``ModelConfig.base_model``, a local SD3 diffusers folder) keeps
+the backbone's weights out of ``model.safetensors``: idruid.json records the folder's path and a
+SHA-256 of each config the model reads from it, and loading refuses a folder whose config differs.
+
 The embedded default model ships in ``idruid/assets/shapes-model`` and is produced by
 ``idruid train --config shapes-full`` (stage 1, then the RL stage; see README).
 """
@@ -8,6 +12,7 @@ The embedded default model ships in ``idruid/assets/shapes-model`` and is produc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,16 +24,56 @@ from .config import ModelConfig, model_config_from_dict
 FORMAT = "idruid-checkpoint"
 VERSION = 1
 EMBEDDED_CHECKPOINT = Path(__file__).parent / "assets" / "shapes-model"
+# The files of a base folder that LayoutToImageModel reads (build_transformer): their configs are
+# what a checkpoint's weights depend on.
+BASE_CONFIGS = ("transformer/config.json",)
+# diffusers bookkeeping left out of the hash: they change when a folder is re-saved by another
+# diffusers version, copied or loaded with defaults filled in, never what the weights mean.
+# "_class_name" stays: another class is another model.
+BOOKKEEPING_KEYS = ("_diffusers_version", "_name_or_path", "_use_default_values")
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory that does not exist or is not an idruid checkpoint."""
 
 
+def base_config(folder: str | Path, name: str) -> dict:
+    """The config ``name`` (e.g. ``transformer/config.json``) of a base folder without diffusers'
+    bookkeeping keys: what a checkpoint records and compares."""
+    file = Path(folder) / name
+    if not file.is_file():
+        raise CheckpointError(f"base model '{folder}': no {name} (expected an SD3 diffusers folder)")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"base model '{folder}': {name} is malformed ({err.msg})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"base model '{folder}': {name} is not a JSON object")
+    return {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
+
+
+def config_sha256(config: dict) -> str:
+    """SHA-256 of a config's canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def describe_base(folder: str | Path) -> dict:
+    """What idruid.json records about a base folder: its absolute path and, per config file the
+    model reads, the canonical config and its SHA-256."""
+    configs = {}
+    for name in BASE_CONFIGS:
+        config = base_config(folder, name)
+        configs[name] = {"sha256": config_sha256(config), "config": config}
+    return {"path": str(Path(folder).resolve()), "configs": configs}
+
+
 def save_checkpoint(model, out_dir: str | Path, extra: dict | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(model.config), **(extra or {})}
+    if model.config.base_model is not None:
+        meta["base"] = describe_base(model.config.base_model)
     state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     (out / "idruid.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -57,13 +102,32 @@ def read_checkpoint_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu"):
-    """Load an idruid checkpoint (the embedded default model when ``path`` is None)."""
+def load_checkpoint(
+    path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    base_model: str | Path | None = None,
+):
+    """Load an idruid checkpoint (the embedded default model when ``path`` is None).
+
+    A checkpoint trained on a base folder loads it from the path it recorded, or from
+    ``base_model`` when the folder has moved; either must match the recorded config hash.
+    """
     from .models.sd3 import LayoutToImageModel
 
     path = Path(path) if path is not None else EMBEDDED_CHECKPOINT
     meta = read_checkpoint_meta(path)
     config: ModelConfig = model_config_from_dict(meta["model"])
+    record = _base_record(path, meta)
+    if record is None:
+        if base_model is not None:
+            raise CheckpointError(
+                f"checkpoint '{path}': it holds its whole backbone (no base model), "
+                f"so base_model='{base_model}' does not apply"
+            )
+    else:
+        folder = Path(base_model) if base_model is not None else Path(record["path"])
+        check_base(path, record, folder)
+        config.base_model = str(folder)
     model = LayoutToImageModel(config)
     _load_weights(model, path)
     return model.to(device).eval()
@@ -73,13 +137,76 @@ def load_trained_weights(model, path: str | Path) -> None:
     """Start ``model`` from a checkpoint's weights (``init_from``: e.g. RL fine-tuning of a
     stage-1 model); its model config must be the same as ``model.config``."""
     path = Path(path)
-    saved = read_checkpoint_meta(path)["model"]
+    meta = read_checkpoint_meta(path)
+    saved = meta["model"]
     wanted = dataclasses.asdict(model.config)
-    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    # the base folder may have moved: it is compared by its config hash below, not by its path
+    differ = sorted(
+        k for k in set(saved) | set(wanted) if k != "base_model" and saved.get(k) != wanted.get(k)
+    )
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} vs {wanted.get(k)!r}" for k in differ)
         raise CheckpointError(f"checkpoint '{path}': its model config differs from this run's ({details})")
+    record = _base_record(path, meta)
+    ours = model.config.base_model
+    if (record is None) != (ours is None):
+        theirs = "no base model" if record is None else f"base model '{record['path']}'"
+        mine = "none" if ours is None else f"'{ours}'"
+        raise CheckpointError(f"checkpoint '{path}': trained with {theirs}, this run's base model is {mine}")
+    if record is not None:
+        check_base(path, record, Path(ours))
     _load_weights(model, path)
+
+
+def check_base(path: Path, record: dict, folder: Path) -> None:
+    """Refuse a base folder that is missing or whose configs differ from those the checkpoint
+    at ``path`` was trained on (``record``: its idruid.json "base" entry)."""
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"checkpoint '{path}': base model folder '{folder}' does not exist; pass the folder it "
+            "lives in now with load_checkpoint(path, base_model=DIR)"
+        )
+    for name, recorded in record["configs"].items():
+        found = base_config(folder, name)
+        digest = config_sha256(found)
+        if digest == recorded["sha256"]:
+            continue
+        saved = recorded["config"]
+        differ = sorted(k for k in set(saved) | set(found) if saved.get(k) != found.get(k))
+        details = (
+            ", ".join(f"{k}: {saved.get(k)!r} recorded vs {found.get(k)!r} found" for k in differ)
+            if differ
+            else "no top-level key differs, so idruid.json's recorded config or hash was edited"
+        )
+        raise CheckpointError(
+            f"checkpoint '{path}': base model '{folder}' is not the one it was trained on: "
+            f"{folder / name} has config sha256 {digest}, {path / 'idruid.json'} records "
+            f"{recorded['sha256']} (of {Path(record['path']) / name}); differing keys: {details}"
+        )
+
+
+def _base_record(path: Path, meta: dict) -> dict | None:
+    """idruid.json's "base" entry (None for a model that holds its whole backbone), checked."""
+    record = meta.get("base")
+    if record is None:
+        if meta["model"].get("base_model") is not None:
+            raise CheckpointError(
+                f"checkpoint '{path}': its model config names base model '{meta['model']['base_model']}' "
+                "but idruid.json records no config hash of it (saved by an older idruid); re-save it"
+            )
+        return None
+    well_formed = (
+        isinstance(record, dict)
+        and isinstance(record.get("path"), str)
+        and isinstance(record.get("configs"), dict)
+        and all(isinstance(c, dict) and {"sha256", "config"} <= set(c) for c in record["configs"].values())
+    )
+    if not well_formed:
+        raise CheckpointError(
+            f"checkpoint '{path}': idruid.json's \"base\" entry is malformed "
+            "(expected path and configs: {file: {sha256, config}})"
+        )
+    return record
 
 
 def _load_weights(model, path: Path) -> None:

@@ -132,6 +132,10 @@ class LayoutToImageModel(nn.Module):
                 for name in self.transformer.attn_processors
             }
         )
+        if config.base_model is not None:  # real weights stay frozen; idruid trains adapter + IDM
+            for name, param in self.named_parameters():
+                if self._is_base_weight(name):
+                    param.requires_grad_(False)
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -259,9 +263,21 @@ class LayoutToImageModel(nn.Module):
         return (x_t - out) / sigma.clamp(min=SIGMA_FLOOR).view(-1, *([1] * (x_t.ndim - 1))).to(out.dtype)
 
     # ------------------------------------------------------------------ parameters
+    def _is_base_weight(self, name: str) -> bool:
+        """A weight of the backbone itself (not of the IDM processors set into its attention),
+        which comes from the base folder when ``config.base_model`` is set."""
+        own = name.startswith("transformer.") and ".processor." not in name
+        return own and "lora_" not in name  # LoRA adapters on the backbone are idruid's (peft names)
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What an idruid checkpoint stores: everything but the frozen text encoder."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("text_encoder.")}
+        """What an idruid checkpoint stores: everything but the frozen text encoder, and without the
+        backbone's own weights when they come from a base folder (they are loaded from it)."""
+        based = self.config.base_model is not None
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if not k.startswith("text_encoder.") and not (based and self._is_base_weight(k))
+        }
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [
