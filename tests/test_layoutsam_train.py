@@ -201,3 +201,25 @@ def test_item_structure_matches_shapes_and_loads_with_two_workers(tmp_path):
     assert seen == [0, 1, 2, 3]
     assert torch.equal(batches[1]["image"][1], dataset[3]["image"])
     assert batches[1]["layouts"][1] == dataset[3]["layout"]
+
+
+def test_training_reads_layoutsam_when_the_config_says_so(tmp_path):
+    """`idruid train ... data=layoutsam data_path=... image_root=...` trains on the shards; with a
+    missing image the run stops naming it unless skip_missing=true, which counts it."""
+    from idruid.config import ConfigError, load_config
+    from idruid.train import train
+
+    shard = _three_rows(tmp_path)  # rows 0 and 2 name missing images
+    base = [f"data_path={shard}", f"image_root={tmp_path / 'img'}", "steps=1", "batch_size=1"]
+    with pytest.raises(FileNotFoundError, match="gone0.png"):
+        train(load_config("tiny", ["data=layoutsam", *base]), tmp_path / "strict", progress=False)
+    with pytest.warns(UserWarning, match="skipped 2 of 3 rows"):
+        train(
+            load_config("tiny", ["data=layoutsam", "skip_missing=true", *base]),
+            tmp_path / "run",
+            progress=False,
+        )
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    for bad, message in (("data=coco", "data 'coco'"), ("data=layoutsam", "needs data_path")):
+        with pytest.raises(ConfigError, match=message):
+            train(load_config("tiny", [bad]), tmp_path / "bad", progress=False)

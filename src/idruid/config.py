@@ -115,10 +115,17 @@ class TrainConfig:
     drop_prompt: float = 0.1  # drop prompt and layout together (unconditional, for CFG)
     drop_layout: float = 0.1  # drop the layout only (what late sampling steps see, paper 4.1)
     sigma_sampling: str = "logit_normal"  # "logit_normal" (SD3) or "uniform"
-    data_size: int = 1_000_000  # length of the on-the-fly paired training set
+    # paired training data: "shapes" (the embedded world, generated on the fly) or "layoutsam"
+    # (parquet shards at data_path, images under image_root; idruid.data.layoutsam_train)
+    data: str = "shapes"
+    data_size: int = 1_000_000  # shapes: length of the on-the-fly paired training set
     data_seed: int = 0
-    min_instances: int = 1
+    min_instances: int = 1  # shapes: instances per scene
     max_instances: int = 6
+    data_path: str | None = None  # layoutsam: a parquet shard, a folder of shards
+    image_root: str | None = None  # layoutsam: the folder the rows' image_path are relative to
+    captions: str = "detailed"  # layoutsam: "detailed" (detail_region_captions) or "short"
+    skip_missing: bool = False  # layoutsam: drop rows whose image is missing (and count them)
     num_workers: int = 0
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
     checkpoint_every: int = 500  # steps between resumable checkpoints
@@ -130,6 +137,21 @@ class TrainConfig:
     eval_cfg: float = 3.0
     layout_fraction: float = 0.3  # share of sampling steps with the layout branch + IDM on (paper 4.1)
     shift: float = 1.0  # flow-matching timestep shift of the sampling schedule
+
+
+DATASETS = ("shapes", "layoutsam")
+
+
+def check_data(config: TrainConfig) -> None:
+    """Refuse a training-data setting that cannot work, before any model is built."""
+    if config.data not in DATASETS:
+        raise ConfigError(f"data '{config.data}': expected one of {', '.join(DATASETS)}")
+    if config.data == "layoutsam":
+        for key in ("data_path", "image_root"):
+            if getattr(config, key) is None:
+                raise ConfigError(f"data=layoutsam needs {key}=... (parquet shards and their image folder)")
+        if config.captions not in ("detailed", "short"):
+            raise ConfigError(f"captions '{config.captions}': expected detailed or short")
 
 
 def _from_dict(cls, data: dict[str, Any], where: str):

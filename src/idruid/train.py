@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import EMBEDDED_CHECKPOINT, load_trained_weights, save_checkpoint
-from .config import TrainConfig, save_config
+from .config import TrainConfig, check_data, save_config
 from .data.shapes import ShapesPairedDataset
 from .layout import box_masks
 from .losses import add_noise, disentangle_loss, flow_matching_loss, sample_sigmas
@@ -122,6 +122,27 @@ def paired_losses(
     return l_ldm + config.lambda_dis * l_dis, l_ldm, l_dis
 
 
+def paired_dataset(config: TrainConfig):
+    """The paired training set of ``config.data``: items {"image": (C, H, W) in [-1, 1], "layout"}."""
+    if config.data == "layoutsam":
+        from .data.layoutsam_train import LayoutSamPairedDataset
+
+        return LayoutSamPairedDataset(
+            config.data_path,
+            config.image_root,
+            config.model.resolution,
+            captions=config.captions,
+            skip_missing=config.skip_missing,
+        )
+    return ShapesPairedDataset(
+        size=config.data_size,
+        seed=config.data_seed,
+        resolution=config.model.resolution,
+        min_shapes=config.min_instances,
+        max_shapes=config.max_instances,
+    )
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warm-up, then constant or cosine decay to zero at the last step."""
     warmup = max(1, config.warmup_steps)
@@ -158,6 +179,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
     config.rl.check()
+    check_data(config)
     model = LayoutToImageModel(config.model)
     if config.init_from is not None:
         load_trained_weights(
@@ -167,13 +189,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     lr_factor(config.warmup_steps, config)  # an unknown lr_schedule fails now, not after warm-up
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    dataset = ShapesPairedDataset(
-        size=config.data_size,
-        seed=config.data_seed,
-        resolution=config.model.resolution,
-        min_shapes=config.min_instances,
-        max_shapes=config.max_instances,
-    )
+    dataset = paired_dataset(config)
     loader = DataLoader(
         dataset, batch_size=config.batch_size, collate_fn=collate, num_workers=config.num_workers
     )

@@ -189,7 +189,16 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         )
     log_path = path / "log.jsonl"
     log = read_log(log_path) if log_path.is_file() else []
-    return Run(path, label or path.name, label, flatten(config), evals, log, notes)
+    return Run(path, label or path.name, label, {**_defaults(), **flatten(config)}, evals, log, notes)
+
+
+def _defaults() -> dict[str, Any]:
+    """Today's TrainConfig defaults, flattened. A key that an older config.yaml lacks is read at
+    its default, so runs from before the key existed (e.g. `data`, added with LayoutSAM training)
+    group with today's; a key whose default differs from the older behaviour would mix them."""
+    from ..config import TrainConfig, config_to_dict
+
+    return flatten(config_to_dict(TrainConfig()))
 
 
 def load_runs(paths: Sequence[str | Path], labels: dict[Path, str] | None = None) -> list[Run]:
