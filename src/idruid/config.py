@@ -45,6 +45,13 @@ class ModelConfig:
     # for pixel space with big patches (4x4x3 = 48 values per token into a 128-wide network), where
     # a velocity output has to copy the noise through the network (Li & He 2025, "JiT")
     output: str = "velocity"
+    # LoRA on the backbone through peft (`pip install 'idruid[lora]'`); 0 = off. With LoRA on, the
+    # backbone's own weights are frozen and change only through low-rank updates of lora_targets
+    lora_rank: int = 0
+    lora_alpha: float | None = None  # the update is scaled by lora_alpha / lora_rank; None = rank
+    # backbone modules to adapt, matched as name suffixes ("to_q", "to_out.0"), never inside the IDM
+    # processors; None = the attention projections the backbone has (models/sd3.py, LORA_TARGETS)
+    lora_targets: list[str] | None = None
 
 
 RL_ALGORITHMS = ("none", "ppo", "grpo", "sft")

@@ -17,7 +17,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..layout import Layout, boxes_tensor
 from .adapter import LayoutAdapter
 from .idm import LayoutCondition, LayoutJointAttnProcessor
@@ -95,6 +95,61 @@ def build_transformer(config: ModelConfig, text_dim: int, pooled_dim: int) -> SD
     )
 
 
+# What LoRA adapts by default: the attention projections of diffusers' SD3 blocks (image stream
+# to_q / to_k / to_v / to_out.0, text stream add_*_proj / to_add_out; the last block has no to_add_out)
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def lora_modules(transformer: nn.Module, targets: Sequence[str] | None) -> list[str]:
+    """Full names of the backbone modules that LoRA adapts: those whose name ends with a target,
+    never a module of the IDM processors (they have their own ``to_q`` / ``to_out``, trained whole).
+    ``targets`` None takes LORA_TARGETS that the backbone has; a given target must match."""
+    names = [name for name, _ in transformer.named_modules() if name and "processor" not in name.split(".")]
+
+    def matches(target: str) -> list[str]:
+        return [name for name in names if name == target or name.endswith("." + target)]
+
+    if targets is None:
+        found = [name for target in LORA_TARGETS for name in matches(target)]
+        if not found:
+            raise ConfigError(f"model.lora_targets: the backbone has none of {', '.join(LORA_TARGETS)}")
+        return sorted(found)
+    if isinstance(targets, str) or not targets:
+        raise ConfigError(f"model.lora_targets must be a non-empty list of module names, got {targets!r}")
+    found = set()
+    for target in targets:
+        hit = matches(target)
+        if not hit:
+            raise ConfigError(
+                f"model.lora_targets: '{target}' matches no module of the backbone "
+                f"(the attention projections are {', '.join(LORA_TARGETS)})"
+            )
+        found.update(hit)
+    return sorted(found)
+
+
+def add_lora(transformer: SD3Transformer2DModel, config: ModelConfig) -> list[str]:
+    """Inject LoRA layers (peft, through diffusers' ``add_adapter``) into the backbone's
+    ``lora_targets``; B starts at zero, so the model's predictions are unchanged. Returns the
+    adapted modules' names. The attention processors set on the backbone stay where they are."""
+    if config.lora_rank < 0:
+        raise ConfigError(f"model.lora_rank must be >= 0 (0 = no LoRA), got {config.lora_rank}")
+    alpha = config.lora_rank if config.lora_alpha is None else config.lora_alpha
+    if alpha <= 0:
+        raise ConfigError(f"model.lora_alpha must be > 0, got {config.lora_alpha}")
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ImportError(
+            f"model.lora_rank={config.lora_rank} needs peft: pip install 'idruid[lora]'"
+        ) from None
+    modules = lora_modules(transformer, config.lora_targets)
+    transformer.add_adapter(
+        LoraConfig(r=config.lora_rank, lora_alpha=alpha, init_lora_weights=True, target_modules=modules)
+    )
+    return modules
+
+
 SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by
 OUTPUTS = ("velocity", "x0")
 
@@ -132,10 +187,14 @@ class LayoutToImageModel(nn.Module):
                 for name in self.transformer.attn_processors
             }
         )
-        if config.base_model is not None:  # real weights stay frozen; idruid trains adapter + IDM
+        if config.lora_rank:
+            add_lora(self.transformer, config)  # after the processors: they must not be adapted
+        # real weights, and any backbone under LoRA, stay frozen; idruid trains adapter + IDM (+ LoRA).
+        # This also undoes peft's freezing of everything but LoRA, which would catch the processors
+        if config.base_model is not None or config.lora_rank:
             for name, param in self.named_parameters():
-                if self._is_base_weight(name):
-                    param.requires_grad_(False)
+                if name.startswith("transformer."):
+                    param.requires_grad_(not self._is_base_weight(name))
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -271,7 +330,9 @@ class LayoutToImageModel(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What an idruid checkpoint stores: everything but the frozen text encoder, and without the
-        backbone's own weights when they come from a base folder (they are loaded from it)."""
+        backbone's own weights when they come from a base folder (they are loaded from it). LoRA
+        weights (``lora_`` keys) are always stored; a LoRA model without a base folder also stores
+        its frozen backbone, which nothing else could rebuild."""
         based = self.config.base_model is not None
         return {
             k: v
