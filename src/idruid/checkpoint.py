@@ -138,7 +138,8 @@ def load_trained_weights(model, path: str | Path) -> None:
     stage-1 model); its model config must be the same as ``model.config``."""
     path = Path(path)
     meta = read_checkpoint_meta(path)
-    saved = meta["model"]
+    # keys an older checkpoint lacks (e.g. lora_rank) take their defaults, as load_checkpoint does
+    saved = dataclasses.asdict(model_config_from_dict(meta["model"]))
     wanted = dataclasses.asdict(model.config)
     # the base folder may have moved: it is compared by its config hash below, not by its path
     differ = sorted(
