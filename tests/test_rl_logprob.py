@@ -94,3 +94,19 @@ def test_gaussian_kl_matches_torch():
         torch.distributions.Normal(mean_old, scale.expand(3, 6)),
     ).mean(dim=1)
     torch.testing.assert_close(gaussian_kl(mean, mean_old, scale), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_log_probs_stay_in_float32_under_mixed_precision(dtype):
+    """Under bf16 / fp16 autocast the policy's velocity comes in half precision; the log-density,
+    a mean of thousands of squared residuals, is computed in float32 from the upcast inputs."""
+    g = torch.Generator().manual_seed(3)
+    v, x = (torch.randn(2, 3, 8, 8, generator=g).to(dtype) for _ in range(2))
+    x_next = torch.randn(2, 3, 8, 8, generator=g)
+    sigma, sigma_next = torch.tensor([0.9, 0.5]), torch.tensor([0.8, 0.4])
+    _, log_prob, mean, std = sde_step_with_logprob(v, x, sigma, sigma_next, 0.95, 0.7, x_next=x_next)
+    _, expected, _, _ = sde_step_with_logprob(
+        v.float(), x.float(), sigma, sigma_next, 0.95, 0.7, x_next=x_next
+    )
+    assert log_prob.dtype == mean.dtype == std.dtype == torch.float32
+    assert torch.equal(log_prob, expected)

@@ -135,6 +135,7 @@ class TrainConfig:
     skip_missing: bool = False  # layoutsam: drop rows whose image is missing (and count them)
     num_workers: int = 0
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
+    gradient_checkpointing: bool = False  # recompute each backbone block in the backward pass
     checkpoint_every: int = 500  # steps between resumable checkpoints
     keep_checkpoints: int = 2
     log_every: int = 25

@@ -185,6 +185,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
         load_trained_weights(
             model, EMBEDDED_CHECKPOINT if config.init_from == "embedded" else config.init_from
         )
+    if config.gradient_checkpointing:
+        model.transformer.enable_gradient_checkpointing()  # diffusers' per-block torch checkpoint
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     lr_factor(config.warmup_steps, config)  # an unknown lr_schedule fails now, not after warm-up
