@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 from idruid.data.layoutsam_train import LayoutSamPairedDataset, center_square
 from idruid.data.shapes import ShapesPairedDataset
 from idruid.layout import Instance, Layout, LayoutError
+from idruid.train import collate
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -173,11 +174,6 @@ def _structure(item: dict) -> tuple:
         {type(v) for inst in layout.instances for v in inst.box},
         {type(inst.caption) for inst in layout.instances},
     )
-
-
-def collate(items: list[dict]) -> dict:
-    """As idruid.train.collate (not imported: idruid.train pulls in diffusers, seconds of import)."""
-    return {"image": torch.stack([it["image"] for it in items]), "layouts": [it["layout"] for it in items]}
 
 
 def test_item_structure_matches_shapes_and_loads_with_two_workers(tmp_path):

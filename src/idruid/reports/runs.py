@@ -9,6 +9,7 @@ are one variant: one row of Table 3, its cells averaged over the seeds.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -192,6 +193,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     return Run(path, label or path.name, label, {**_defaults(), **flatten(config)}, evals, log, notes)
 
 
+@functools.cache
 def _defaults() -> dict[str, Any]:
     """Today's TrainConfig defaults, flattened. A key that an older config.yaml lacks is read at
     its default, so runs from before the key existed (e.g. `data`, added with LayoutSAM training)
