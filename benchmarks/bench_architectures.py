@@ -1,7 +1,8 @@
 """Real-scale architectures: SD3-medium's MM-DiT and SD1.5's UNet built with random weights on the
 ``meta`` device (no download, no memory), their parameter counts, and what idruid's layout adapter
-+ IDM add to the MM-DiT in parameters and in FLOPs per forward at 1024x1024 (128x128 latents,
-patch 2: 4096 image tokens, 333 prompt tokens, 10 instances).
++ IDM add to each in parameters and in FLOPs per forward: the MM-DiT at 1024x1024 (128x128
+latents, patch 2: 4096 image tokens, 333 prompt tokens, 10 instances), the UNet at 512x512
+(64x64 latents, 77 prompt tokens, 10 instances; IDM at its 8x8 mid block and 16x16 decoder).
 
     python benchmarks/bench_architectures.py [--threads 2] [--repeats 3] [--device auto|cpu|cuda]
 
@@ -33,9 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from idruid.config import ModelConfig
 from idruid.losses import add_noise, flow_matching_loss
-from idruid.models import sd3
+from idruid.models import base, sd3, sd15
 from idruid.models.adapter import LayoutAdapter
-from idruid.models.idm import LayoutJointAttnProcessor
+from idruid.models.idm import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
 from idruid.train import idc_loss
 
 # stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json
@@ -88,7 +89,7 @@ def layout_model(num_layers: int = 24) -> sd3.LayoutToImageModel:
     """idruid's model around an SD3-medium-sized MM-DiT: the adapter and the IDM processors are
     attached by LayoutToImageModel itself, only the backbone builder is swapped."""
     config = ModelConfig(
-        resolution=SD3_MEDIUM["sample_size"],
+        resolution=SD3_MEDIUM["sample_size"] * VAE_FACTOR,
         in_channels=SD3_MEDIUM["in_channels"],
         patch_size=SD3_MEDIUM["patch_size"],
         num_layers=num_layers,
@@ -96,12 +97,38 @@ def layout_model(num_layers: int = 24) -> sd3.LayoutToImageModel:
         head_dim=SD3_MEDIUM["attention_head_dim"],
         output="velocity",
     )
-    with mock.patch.object(sd3, "build_transformer", lambda *_: sd3_transformer(num_layers)):
+    with (
+        mock.patch.object(sd3, "build_transformer", lambda *_: sd3_transformer(num_layers)),
+        mock.patch.object(base, "build_codec", lambda _: Latents(SD3_MEDIUM["in_channels"])),
+    ):
         return sd3.LayoutToImageModel(config, text_encoder=RealTextWidths())
 
 
 def sd15_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(**SD15_UNET)
+
+
+class SD15TextWidths:
+    """Stands in for SD1.5's CLIP-L text encoder (768 wide, pooled = the EOS state)."""
+
+    hidden_size = pooled_size = SD15_UNET["cross_attention_dim"]
+
+
+class Latents:
+    """Stands in for a VAE (SD3's: 16 latent channels, SD1.5's: 4), downsampling 8x."""
+
+    def __init__(self, channels: int):
+        self.latent_channels, self.downsample = channels, VAE_FACTOR
+
+
+def sd15_layout_model() -> sd15.LayoutUNetModel:
+    """idruid's model around SD1.5's UNet, the adapter and IDM attached by LayoutUNetModel itself."""
+    config = ModelConfig(backbone="sd15", resolution=512, in_channels=SD15_UNET["in_channels"])
+    with (
+        mock.patch.object(sd15, "build_unet", lambda *_: sd15_unet()),
+        mock.patch.object(base, "build_codec", lambda _: Latents(SD15_UNET["in_channels"])),
+    ):
+        return sd15.LayoutUNetModel(config, text_encoder=SD15TextWidths())
 
 
 # ---------------------------------------------------------------------- parameters
@@ -277,8 +304,7 @@ def sd3_steps(model, latents, sigma, cond, layout_on: bool, autocast_dtype) -> d
             v, maps = model(x_t, sigma, cond, layout_on=layout_on, record_attention=layout_on)
         loss = flow_matching_loss(v, latents, noise)
         if layout_on:
-            grid = (latents.shape[-2] // 2, latents.shape[-1] // 2)
-            loss = loss + idc_loss(maps, cond.boxes, cond.valid, grid)
+            loss = loss + idc_loss(maps, cond.boxes, cond.valid)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -323,6 +349,38 @@ def time_sd15_gpu(repeats: int) -> tuple[float, float]:
 
     seconds = fastest({"train step": train_step}, repeats, "cuda")["train step"]
     return seconds, torch.cuda.max_memory_allocated() / 2**30
+
+
+def sd15_report(latent_side: int) -> None:
+    """Parameters and FLOPs (FlopCounterMode, meta device) that the adapter + IDM add to SD1.5."""
+    with torch.device("meta"):
+        model = sd15_layout_model()
+    unet_params = count(p for n, p in model.unet.named_parameters() if ".processor." not in n)
+    processors = [m for m in model.unet.modules() if isinstance(m, LayoutCrossAttnProcessor)]
+    extra = count(model.adapter.parameters()) + count(p for m in processors for p in m.parameters())
+    layers = ", ".join(f"{latent_side // m.downsample}x{latent_side // m.downsample}" for m in processors)
+    print(f"\n## SD1.5 + adapter + IDM ({len(processors)} IDM layers: {layers})")
+    print(f"  parameters: UNet {unet_params:,}; adapter + IDM {extra:,} = "
+          f"{extra / unet_params:.1%} of the UNet")  # fmt: skip
+    width = SD15_UNET["cross_attention_dim"]
+    x0s = torch.arange(INSTANCES, dtype=torch.float32) / INSTANCES
+    cond = sd3.TextConditioning(
+        prompt_hidden=torch.empty(1, SD15_PROMPT_TOKENS, width, device="meta"),
+        prompt_pooled=torch.empty(1, width, device="meta"),
+        caption_hidden=torch.empty(1, INSTANCES, 0, width, device="meta"),
+        caption_pooled=torch.empty(1, INSTANCES, width, device="meta"),
+        caption_mask=torch.empty(1, INSTANCES, 0, dtype=torch.bool, device="meta"),
+        boxes=torch.stack([x0s, x0s * 0.5, x0s + 1.0 / INSTANCES, x0s * 0.5 + 0.5], -1)[None].to("meta"),
+        valid=torch.empty(1, INSTANCES, dtype=torch.bool, device="meta"),
+        enabled=torch.empty(1, device="meta"),
+    )
+    latents = torch.empty(1, SD15_UNET["in_channels"], latent_side, latent_side, device="meta")
+    timestep = torch.full((1,), 500.0, device="meta")
+    with untrimmed():
+        off = measured_flops(model, latents, timestep, cond, layout_on=False)
+        on = measured_flops(model, latents, timestep, cond, layout_on=True)
+    print(f"  FLOPs: UNet {off / 1e9:.1f} GFLOP; adapter + IDM add {(on - off) / 1e9:.1f} GFLOP = "
+          f"{(on - off) / off:.1%}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------- main
@@ -377,6 +435,7 @@ def main() -> None:
     unet_flops = counter.get_total_flops()
     print(f"  SD1.5 UNet, 512x512 ({unet_side}x{unet_side} latents, {SD15_PROMPT_TOKENS} text tokens): "
           f"{unet_flops / 1e9:.1f} GFLOP (FlopCounterMode, meta)")  # fmt: skip
+    sd15_report(unet_side)
 
     # ------------------------------------------------------------ a real run at the real widths (CPU)
     small_layers, small_side = 2, 32

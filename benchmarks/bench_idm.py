@@ -66,7 +66,7 @@ def _measure(kind: str, instances: int, batch: int, repeats: int, threads: int, 
         v, maps = model(x_t, sigma, cond, layout_on=layout_on, record_attention=record)
         loss = flow_matching_loss(v, x0, noise)
         if record:
-            loss = loss + idc_loss(maps, cond.boxes, cond.valid, model.token_grid)
+            loss = loss + idc_loss(maps, cond.boxes, cond.valid)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

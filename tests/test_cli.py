@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import yaml
 from PIL import Image
 
 from idruid.cli import main
@@ -109,6 +110,16 @@ def test_bad_checkpoint_exits_2(tmp_path, capsys):
 def test_unknown_config_exits_2(capsys):
     assert main(["train", "--config", "nope"]) == 2
     assert "no such file or preset" in capsys.readouterr().err
+
+
+def test_backbone_flag_picks_the_preset_and_must_agree_with_the_config(tmp_path, capsys, one_thread):
+    assert main(["train", "--backbone", "sd15", "--config", "tiny"]) == 2
+    assert "--backbone sd15, but config 'tiny' builds model.backbone=sd3" in capsys.readouterr().err
+    run = tmp_path / "unet"
+    overrides = ["steps=1", "batch_size=2", "warmup_steps=1"]
+    assert main(["train", "--backbone", "sd15", "--out", str(run), *overrides]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["backbone"] == "sd15" and config["model"]["codec"] == "unshuffle"  # shapes-sd15
 
 
 def test_demo_trains_evaluates_and_reports(tmp_path, capsys):

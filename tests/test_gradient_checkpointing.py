@@ -15,7 +15,7 @@ def _loss_and_grads(model, layouts, x_t, sigma):
     model.zero_grad(set_to_none=True)
     cond = model.encode_text(layouts)
     v_pred, maps = model(x_t, sigma, cond, record_attention=True)
-    loss = (v_pred**2).mean() + idc_loss(maps, cond.boxes, cond.valid, model.token_grid)
+    loss = (v_pred**2).mean() + idc_loss(maps, cond.boxes, cond.valid)
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.trainable_parameters()]
 

@@ -165,7 +165,7 @@ def test_two_token_path_matches_per_instance_loop_and_general_path():
     )
     general = proc.instance_branch(hidden, global_features, three)
     assert torch.allclose(out, general, atol=1e-5)
-    for fast_map, general_map in zip(two.attention_maps[0], three.attention_maps[0], strict=True):
+    for fast_map, general_map in zip(two.attention_maps[0][:2], three.attention_maps[0][:2], strict=True):
         assert fast_map.shape == (2, 3, HEADS, SIDE * SIDE)
         assert torch.allclose(fast_map, general_map, atol=1e-5)
 
@@ -199,11 +199,13 @@ def test_idc_gradient_reaches_the_idm():
     layout = condition(record=True)
     model(**inputs(), joint_attention_kwargs={"layout": layout})
     assert len(layout.attention_maps) == 2  # one (R+, R-) pair per joint-attention block
-    pos, neg = layout.attention_maps[0]
+    pos, neg, grid = layout.attention_maps[0]
+    assert grid == (SIDE, SIDE)
     assert pos.shape == (2, 3, HEADS, SIDE * SIDE) and neg.shape == pos.shape
     assert torch.all((pos >= 0) & (pos <= 1 + 1e-6))
     masks = box_masks(layout.boxes, SIDE, SIDE) * layout.valid.unsqueeze(-1)
-    loss = torch.stack([disentangle_loss(p, n, masks, layout.valid) for p, n in layout.attention_maps]).mean()
+    maps = layout.attention_maps
+    loss = torch.stack([disentangle_loss(p, n, masks, layout.valid) for p, n, _ in maps]).mean()
     loss.backward()
     proc = next(iter(procs.values()))
     idm_grads = [p.grad for p in proc.idm.parameters() if p.grad is not None]

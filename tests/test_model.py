@@ -40,7 +40,7 @@ def test_forward_shapes_and_contract(model):
     v, maps = model(x, torch.tensor([0.9, 0.5, 0.1]), cond, record_attention=True)
     assert model.prediction_type == "flow" and v.shape == x.shape
     assert len(maps) == TINY.num_layers and maps[0][0].shape == (3, 2, 2, 64)  # trimmed to 2 instances
-    with pytest.raises(ValueError, match=r"expected \(B, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"expected \(B, 3, h, w\)"):
         model(torch.randn(3, 4, 32, 32), torch.rand(3), cond)
 
 

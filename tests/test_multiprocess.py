@@ -30,6 +30,7 @@ import idruid
 import idruid.train as train_module
 from idruid.config import PRESET_DIR, TrainConfig, load_config
 from idruid.losses import sample_sigmas
+from idruid.processes import FlowProcess
 from idruid.train import paired_draws
 
 STEPS = 3
@@ -87,7 +88,7 @@ def _initial_weights() -> dict[str, torch.Tensor]:
 
     config = load_config("tiny", OVERRIDES)
     set_seed(config.seed)
-    return train_module.LayoutToImageModel(config.model).trainable_state_dict()
+    return train_module.build_model(config.model).trainable_state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +129,11 @@ def test_paired_draws_split_the_global_batch():
     config = load_config("tiny", ["drop_prompt=0.5", "drop_layout=0.5"])
     x0 = torch.zeros(4, 3, 8, 8)
     torch.manual_seed(7)
-    whole = paired_draws(torch.zeros(8, 3, 8, 8), config)
+    whole = paired_draws(torch.zeros(8, 3, 8, 8), config, FlowProcess())
     parts = []
     for rank in range(2):
         torch.manual_seed(7)  # every rank runs the same seeded stream
-        parts.append(paired_draws(x0, config, rank=rank, world=2))
+        parts.append(paired_draws(x0, config, FlowProcess(), rank=rank, world=2))
     for full, rank0, rank1 in zip(whole, *parts, strict=True):
         assert torch.equal(torch.cat([rank0, rank1]), full)
     assert not torch.equal(parts[0][2], parts[1][2])  # the ranks do not repeat each other's noise
@@ -239,16 +240,23 @@ def test_launch_file_holds_what_accelerate_reads(name):
 
 
 def test_fsdp_wraps_the_blocks_that_hold_the_idm():
-    """FSDP shards whole MM-DiT blocks by class name; the IDM processors must sit inside them."""
-    from idruid.models.idm import LayoutJointAttnProcessor
+    """FSDP shards whole transformer blocks by class name (MM-DiT blocks, the UNet's transformer
+    blocks); every IDM processor must sit inside one of them, one per block."""
+    from idruid.models.idm import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
 
     names = {yaml.safe_load((LAUNCH_DIR / n).read_text())["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
              for n in LAUNCH_FILES if LAUNCH_FILES[n][0] == "FSDP"}  # fmt: skip
-    model = train_module.LayoutToImageModel(load_config("tiny").model)
-    blocks = model.transformer.transformer_blocks
-    assert names == {type(blocks[0]).__name__}
-    for block in blocks:
-        assert sum(isinstance(m, LayoutJointAttnProcessor) for m in block.modules()) == 1
+    assert len(names) == 1
+    wrapped = set(names.pop().split(","))
+    for preset in ("tiny", "tiny-sd15"):
+        model = train_module.build_model(load_config(preset).model)
+        blocks = [m for m in model.backbone.modules() if type(m).__name__ in wrapped]
+        processors = [m for m in model.modules() if isinstance(m, LayoutJointAttnProcessor)]
+        assert blocks and processors
+        inside = [p for b in blocks for p in b.modules() if isinstance(p, LayoutJointAttnProcessor)]
+        assert sorted(map(id, inside)) == sorted(map(id, processors))  # each inside exactly one block
+        if preset == "tiny-sd15":
+            assert all(isinstance(p, LayoutCrossAttnProcessor) for p in processors)
 
 
 if __name__ == "__main__":  # one rank of the two-process run, started by accelerate launch

@@ -1,12 +1,13 @@
-"""The SDE policy step (paper Eq. 5) against torch.distributions and hand-worked values."""
+"""The policy steps with log-probabilities: the SDE step (Eq. 5) and the DDIM / DDPM step (SD1.5),
+against torch.distributions, diffusers' schedulers and hand-worked values."""
 
 import math
 
 import pytest
 import torch
 
-from idruid.rl.logprob import gaussian_kl, sde_step_with_logprob
-from idruid.sampling import euler_step
+from idruid.rl.logprob import ddim_step_with_logprob, gaussian_kl, sde_step_with_logprob
+from idruid.sampling import ddim_step, euler_step
 
 
 def _reference(v, x, sigma, sigma_next, sigma_max, a):
@@ -110,3 +111,78 @@ def test_log_probs_stay_in_float32_under_mixed_precision(dtype):
     )
     assert log_prob.dtype == mean.dtype == std.dtype == torch.float32
     assert torch.equal(log_prob, expected)
+
+
+# ---------------------------------------------------------------------- DDIM / DDPM policy (SD1.5)
+def _ddim_reference(eps, x, a, a_next, eta):
+    """The DDIM step written out per sample with Python floats (Song et al. 2021, Eq. 12)."""
+    means, stds = [], []
+    for k in range(x.shape[0]):
+        ak, an = float(a[k]), float(a_next[k])
+        x0 = (x[k] - math.sqrt(1 - ak) * eps[k]) / math.sqrt(ak)
+        std = eta * math.sqrt((1 - an) / (1 - ak) * (1 - ak / an))
+        means.append(math.sqrt(an) * x0 + math.sqrt(1 - an - std**2) * eps[k])
+        stds.append(std)
+    return torch.stack(means), torch.tensor(stds)
+
+
+def test_ddim_log_prob_matches_torch_normal():
+    gen = torch.Generator().manual_seed(0)
+    eps, x = torch.randn(3, 4, 5, 5, generator=gen), torch.randn(3, 4, 5, 5, generator=gen)
+    a, a_next = torch.tensor([0.05, 0.4, 0.9]), torch.tensor([0.2, 0.7, 0.9991])
+    x_next, log_prob, mean, std = ddim_step_with_logprob(eps, x, a, a_next, eta=1.0, generator=gen)
+    ref_mean, ref_std = _ddim_reference(eps, x, a, a_next, 1.0)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(std.flatten(), ref_std, rtol=1e-5, atol=1e-7)
+    normal = torch.distributions.Normal(ref_mean, ref_std.view(-1, 1, 1, 1))
+    torch.testing.assert_close(log_prob, normal.log_prob(x_next).mean(dim=(1, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_eta_one_is_the_ddpm_posterior_of_diffusers():
+    """With eta = 1 the step equals diffusers' DDIMScheduler.step given the same noise, and its
+    variance is the DDPM posterior's beta tilde = (1 - a_prev) / (1 - a) (1 - a / a_prev)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+        set_alpha_to_one=False, clip_sample=False,
+    )  # fmt: skip
+    scheduler.set_timesteps(10)
+    gen = torch.Generator().manual_seed(2)
+    eps, x, noise = (torch.randn(1, 4, 6, 6, generator=gen) for _ in range(3))
+    for t in scheduler.timesteps[:3].tolist() + [1]:
+        prev = t - 100
+        a = scheduler.alphas_cumprod[t].view(1)
+        a_prev = (scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod).view(1)
+        expected = scheduler.step(eps, t, x, eta=1.0, variance_noise=noise).prev_sample
+        x_next, _, mean, std = ddim_step_with_logprob(eps, x, a, a_prev, eta=1.0)
+        torch.testing.assert_close(mean + std * noise, expected, rtol=1e-5, atol=1e-5)
+        beta_tilde = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+        torch.testing.assert_close(std.flatten() ** 2, beta_tilde, rtol=1e-5, atol=1e-9)
+        deterministic = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        torch.testing.assert_close(ddim_step(eps, x, a, a_prev), deterministic, rtol=1e-5, atol=1e-5)
+        x_zero, log_prob_zero, _, _ = ddim_step_with_logprob(eps, x, a, a_prev, eta=0.0)
+        torch.testing.assert_close(x_zero, deterministic, rtol=1e-5, atol=1e-5)
+        assert torch.equal(log_prob_zero, torch.zeros(1))
+
+
+def test_ddim_hand_worked_step():
+    """eps = 0, x = 1, a = 0.25 -> a_next = 0.5: x0 = 2, variance = 0.5 / 0.75 * 0.5 = 1/3,
+    mean = sqrt(0.5) * 2; x_next one std above the mean has log-density -1/2 - log std - log sqrt(2 pi)."""
+    std = math.sqrt(1 / 3)
+    mean_value = math.sqrt(0.5) * 2
+    x_next, log_prob, mean, out_std = ddim_step_with_logprob(
+        torch.zeros(1, 1), torch.ones(1, 1), torch.tensor([0.25]), torch.tensor([0.5]),
+        x_next=torch.full((1, 1), mean_value + std),
+    )  # fmt: skip
+    assert mean.item() == pytest.approx(mean_value, abs=1e-6)
+    assert out_std.item() == pytest.approx(std, abs=1e-6)
+    assert log_prob.item() == pytest.approx(-0.5 - math.log(std) - 0.5 * math.log(2 * math.pi), abs=1e-5)
+
+
+def test_ddim_rejects_bad_shapes():
+    two, one = torch.zeros(2, 3), torch.zeros(1, 3)
+    with pytest.raises(ValueError, match="alpha_bar and alpha_bar_next must have shape"):
+        ddim_step_with_logprob(two, two, torch.full((3,), 0.5), torch.full((2,), 0.6))
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ddim_step_with_logprob(one, one, torch.tensor([0.5]), torch.tensor([0.6]), eta=-1.0)

@@ -39,7 +39,7 @@ def test_on_policy_ratio_is_one(model, cfg, layout_fraction):
     torch.manual_seed(1)
     recorded = rollout(model, layouts, steps=6, rl_steps=3, cfg=cfg, layout_fraction=layout_fraction)
     assert recorded.x_t.shape == (3, 3, 3, 32, 32) and recorded.log_prob.shape == (3, 3)
-    assert recorded.sigmas.shape == (4,) and recorded.images.shape == (3, 3, 32, 32)
+    assert recorded.times.shape == (4,) and recorded.images.shape == (3, 3, 32, 32)
     torch.testing.assert_close(recorded.x_t[1:], recorded.x_next[:-1])  # a chain of states
     log_prob, mean, scale = policy_log_probs(model, recorded, cfg, layout_fraction, steps=6)
     ratio = torch.exp(log_prob - recorded.log_prob)

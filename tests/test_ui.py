@@ -178,7 +178,7 @@ def test_counting_step_leaves_sampling_unchanged(embedded):
     layouts = [layout_from_dict(LAYOUT)]
     seen: list[int] = []
     plain = sample(model, layouts, steps=5, cfg=3.0)
-    counted = sample(model, layouts, steps=5, cfg=3.0, step_fn=counting_step(seen.append))
+    counted = sample(model, layouts, steps=5, cfg=3.0, step_fn=counting_step(seen.append, euler_step))
     assert torch.equal(plain, counted)
     assert seen == [1, 2, 3, 4, 5]
 

@@ -4,13 +4,16 @@
   hard-codes: the detector of COCO-MIG's scorer and of the RL reward;
 - a tiny SAM (64 px input): COCO-MIG's segmenter;
 - a tiny Llava (CLIP vision tower + Llama) with a word-level tokenizer and a Llava-1.5 chat
-  template: the VLM judge of LayoutSAM-eval (idruid.judges.VlmJudge).
+  template: the VLM judge of LayoutSAM-eval (idruid.judges.VlmJudge);
+- complete SD3 and SD1.5 folders in diffusers layout (pipeline save_pretrained): the base models
+  of the two backbones, their text encoders (idruid.models.sd3_text) and VAEs (idruid.models.vae).
 
 Each is loaded by the user-facing code as a real local folder would be. Random weights test
 plumbing only.
 """
 
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -213,4 +216,194 @@ def build_tiny_sam(path: Path) -> Path:
     )
     model.save_pretrained(path)
     SamProcessor(image_processor=image_processor).save_pretrained(path)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- SD3 / SD1.5 folders
+
+CLIP_MAX_LENGTH = 77  # SD's CLIP tokenizers and position embeddings
+T5_WORDS = (
+    "a photo of the red green blue yellow white black circle square triangle cat dog on left right "
+    "and with in striped dotted small large"
+).split()
+
+
+def tiny_clip_tokenizer(pad_token: str | None = None):
+    """The embedded CLIP BPE tokenizer at SD's 77 tokens; SD3's tokenizer_2 pads with "!"."""
+    from transformers import CLIPTokenizer
+
+    from idruid.models.text_encoder import EMBEDDED_TOKENIZER
+
+    kwargs = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer.from_pretrained(EMBEDDED_TOKENIZER, model_max_length=CLIP_MAX_LENGTH, **kwargs)
+
+
+def bpe_tokenizer_files(folder: Path) -> None:
+    """Replace transformers 5's tokenizer.json by vocab.json + merges.txt, the files real SD folders hold."""
+    from idruid.models.text_encoder import EMBEDDED_TOKENIZER
+
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(EMBEDDED_TOKENIZER / name, folder / name)
+    (folder / "tokenizer.json").unlink()
+
+
+def tiny_clip(tokenizer, hidden: int, projection: int | None, heads: int = 2, act: str = "quick_gelu"):
+    """A 2-layer random CLIP text model (with projection when ``projection`` is given)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        projection_dim=projection or hidden,
+        hidden_act=act,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def tiny_t5_tokenizer():
+    """A T5 (Unigram) tokenizer over T5_WORDS plus single letters, built without sentencepiece:
+    <pad>=0, </s>=1, <unk>=2 as in T5, no sentinel tokens."""
+    from transformers import T5TokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -5.0) for w in T5_WORDS]
+    pieces += [(c, -10.0) for c in letters] + [("\u2581" + c, -9.0) for c in letters]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def tiny_t5(tokenizer, width: int = 96):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=width,
+        d_kv=16,
+        d_ff=2 * width,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",  # T5 v1.1, as SD3's T5-XXL
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return T5EncoderModel(config)
+
+
+def tiny_vae(
+    latent_channels: int, scaling_factor: float, shift_factor: float | None, quant_conv: bool = True
+):
+    """A 2-level AutoencoderKL (downsample 2) with SD's normalisation constants in its config."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=quant_conv,
+        use_post_quant_conv=quant_conv,
+    )
+
+
+def build_tiny_sd3_folder(path: Path, seed: int = 0) -> Path:
+    """A complete random SD3 pipeline saved in diffusers layout (StableDiffusion3Pipeline.save_pretrained):
+    CLIP-L (32 wide, projection 24), CLIP-G (48 wide, projection 40, tokenizer padding with "!"),
+    T5 (96 wide, so the 80 CLIP features are zero-padded by 16), a 16-channel VAE with SD3's
+    scaling and shift, a 2-layer MM-DiT and SD3's flow-matching scheduler config."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = tiny_clip_tokenizer(), tiny_clip_tokenizer("!"), tiny_t5_tokenizer()
+    clip_l = tiny_clip(tokenizer, hidden=32, projection=24)
+    clip_g = tiny_clip(tokenizer_2, hidden=48, projection=40, heads=3, act="gelu")
+    t5 = tiny_t5(tokenizer_3, width=96)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=96,
+        caption_projection_dim=32,
+        pooled_projection_dim=24 + 40,
+        pos_embed_max_size=16,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=tiny_vae(16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False),
+        text_encoder=clip_l,
+        tokenizer=tokenizer,
+        text_encoder_2=clip_g,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=t5,
+        tokenizer_3=tokenizer_3,
+    )
+    pipe.save_pretrained(path)
+    for subfolder in ("tokenizer", "tokenizer_2"):
+        bpe_tokenizer_files(Path(path) / subfolder)
+    return Path(path)
+
+
+def build_tiny_sd15_folder(path: Path, seed: int = 0) -> Path:
+    """A complete random SD1.5 pipeline saved in diffusers layout (StableDiffusionPipeline.save_pretrained,
+    no safety checker): CLIP-L without projection (32 wide), a 4-channel VAE with scaling 0.18215,
+    a 3-level UNet (CrossAttnDown x2 + Down; Up + CrossAttnUp x2; cross-attention width 32) and
+    SD1.5's PNDM scheduler config (scaled_linear 0.00085..0.012, 1000 steps, steps_offset 1)."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    text_encoder = tiny_clip(tokenizer, hidden=32, projection=None)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,  # the number of heads (diffusers' legacy name)
+        norm_num_groups=8,
+    )
+    scheduler = PNDMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=tiny_vae(4, scaling_factor=0.18215, shift_factor=None),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    bpe_tokenizer_files(Path(path) / "tokenizer")
     return Path(path)

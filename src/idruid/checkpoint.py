@@ -1,7 +1,7 @@
 """idruid model checkpoints: a folder with ``idruid.json`` (format marker + model config)
 and ``model.safetensors`` (everything idruid trains; never the frozen text encoder).
 
-A model built on a base folder (``ModelConfig.base_model``, a local SD3 diffusers folder) keeps
+A model built on a base folder (``ModelConfig.base_model``, a local SD3 or SD1.5 diffusers folder) keeps
 the backbone's weights out of ``model.safetensors``: idruid.json records the folder's path and a
 SHA-256 of each config the model reads from it, and loading refuses a folder whose config differs.
 
@@ -24,9 +24,12 @@ from .config import ModelConfig, model_config_from_dict
 FORMAT = "idruid-checkpoint"
 VERSION = 1
 EMBEDDED_CHECKPOINT = Path(__file__).parent / "assets" / "shapes-model"
-# The files of a base folder that LayoutToImageModel reads (build_transformer): their configs are
-# what a checkpoint's weights depend on.
-BASE_CONFIGS = ("transformer/config.json",)
+# Per backbone, the files of a base folder that the model reads (its diffusers network, and for
+# SD1.5 the noise schedule): their configs are what a checkpoint's weights depend on.
+BASE_CONFIGS = {
+    "sd3": ("transformer/config.json",),
+    "sd15": ("unet/config.json", "scheduler/scheduler_config.json"),
+}
 # diffusers bookkeeping left out of the hash: they change when a folder is re-saved by another
 # diffusers version, copied or loaded with defaults filled in, never what the weights mean.
 # "_class_name" stays: another class is another model.
@@ -42,7 +45,7 @@ def base_config(folder: str | Path, name: str) -> dict:
     bookkeeping keys: what a checkpoint records and compares."""
     file = Path(folder) / name
     if not file.is_file():
-        raise CheckpointError(f"base model '{folder}': no {name} (expected an SD3 diffusers folder)")
+        raise CheckpointError(f"base model '{folder}': no {name} (expected a diffusers folder)")
     try:
         config = json.loads(file.read_text())
     except json.JSONDecodeError as err:
@@ -58,11 +61,11 @@ def config_sha256(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def describe_base(folder: str | Path) -> dict:
+def describe_base(folder: str | Path, backbone: str = "sd3") -> dict:
     """What idruid.json records about a base folder: its absolute path and, per config file the
     model reads, the canonical config and its SHA-256."""
     configs = {}
-    for name in BASE_CONFIGS:
+    for name in BASE_CONFIGS[backbone]:
         config = base_config(folder, name)
         configs[name] = {"sha256": config_sha256(config), "config": config}
     return {"path": str(Path(folder).resolve()), "configs": configs}
@@ -73,7 +76,7 @@ def save_checkpoint(model, out_dir: str | Path, extra: dict | None = None) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(model.config), **(extra or {})}
     if model.config.base_model is not None:
-        meta["base"] = describe_base(model.config.base_model)
+        meta["base"] = describe_base(model.config.base_model, model.config.backbone)
     state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     (out / "idruid.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -112,7 +115,7 @@ def load_checkpoint(
     A checkpoint trained on a base folder loads it from the path it recorded, or from
     ``base_model`` when the folder has moved; either must match the recorded config hash.
     """
-    from .models.sd3 import LayoutToImageModel
+    from .models import build_model
 
     path = Path(path) if path is not None else EMBEDDED_CHECKPOINT
     meta = read_checkpoint_meta(path)
@@ -128,7 +131,7 @@ def load_checkpoint(
         folder = Path(base_model) if base_model is not None else Path(record["path"])
         check_base(path, record, folder)
         config.base_model = str(folder)
-    model = LayoutToImageModel(config)
+    model = build_model(config)
     _load_weights(model, path)
     return model.to(device).eval()
 

@@ -20,6 +20,8 @@ USER_ERRORS = (LayoutError, CheckpointError, ConfigError, FileNotFoundError, Sco
 
 
 SAMPLING_DEFAULTS = {"steps": 20, "cfg": 3.0, "layout_fraction": 0.3, "shift": 1.0}
+# `idruid train --backbone B` without --config trains the embedded world's stage-1 preset of B
+BACKBONE_PRESETS = {"sd3": "shapes", "sd15": "shapes-sd15"}
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(gen)
 
     tr = sub.add_parser("train", help="stage-1 training (resumes when the run folder has checkpoints)")
-    tr.add_argument("--config", required=True, help=f"preset name ({', '.join(list_presets())}) or YAML file")
+    tr.add_argument(
+        "--config",
+        help=f"preset name ({', '.join(list_presets())}) or YAML file (default: the --backbone's preset)",
+    )
+    tr.add_argument(
+        "--backbone",
+        choices=sorted(BACKBONE_PRESETS),
+        help="sd3 (MM-DiT, flow matching) or sd15 (UNet, DDPM); without --config it picks "
+        + ", ".join(f"{b}: {p}" for b, p in BACKBONE_PRESETS.items())
+        + "; with one, the config must use it",
+    )
     tr.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 model.use_idm=false")
 
@@ -225,8 +237,14 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train import train
 
-    config = load_config(args.config, args.overrides)
-    out = Path(args.out or f"runs/{Path(args.config).stem}")
+    name = args.config or BACKBONE_PRESETS[args.backbone or "sd3"]
+    config = load_config(name, args.overrides)
+    if args.backbone is not None and config.model.backbone != args.backbone:
+        raise ConfigError(
+            f"--backbone {args.backbone}, but config '{name}' builds model.backbone={config.model.backbone} "
+            f"(the {args.backbone} preset is {BACKBONE_PRESETS[args.backbone]})"
+        )
+    out = Path(args.out or f"runs/{Path(name).stem}")
     export = train(config, out)
     print(f"model written to {export}")
     return 0

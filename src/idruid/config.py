@@ -22,15 +22,26 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    backbone: str = "sd3"  # "sd3": MM-DiT + flow matching (the only one so far)
-    text_encoder: str = "embedded"  # "embedded" (shipped mini-CLIP) or a local CLIP directory
-    base_model: str | None = None  # a local SD3 diffusers folder; None builds the tiny backbone below
-    resolution: int = 32  # image side in pixels (pixel space for the embedded world)
-    in_channels: int = 3  # 3 for pixel space
-    patch_size: int = 4
-    num_layers: int = 4
-    num_heads: int = 4
-    head_dim: int = 32
+    backbone: str = "sd3"  # "sd3": MM-DiT + flow matching; "sd15": UNet + DDPM noise prediction
+    # "embedded" (the shipped mini-CLIP), "base" (base_model's own: SD3's CLIP-L + CLIP-G + T5,
+    # SD1.5's CLIP-L) or a local folder holding one of those
+    text_encoder: str = "embedded"
+    # a local diffusers folder of the backbone (SD3 or SD1.5); None builds the tiny backbone below
+    base_model: str | None = None
+    resolution: int = 32  # image side in pixels
+    # what the backbone denoises (models/vae.py): "pixels" (the images themselves), "unshuffle"
+    # (a lossless 2x space-to-depth map, 12 channels at half the side: the embedded world's
+    # miniature of a VAE latent) or "vae" (the AutoencoderKL of base_model, with its factors)
+    codec: str = "pixels"
+    in_channels: int = 3  # channels of the backbone's input: the codec's (3 pixels, 12 unshuffle)
+    patch_size: int = 4  # sd3: pixels per token side
+    num_layers: int = 4  # sd3: MM-DiT blocks
+    # sd15: channels per UNet level (the tiny UNet: 3 levels, IDM at the mid block and the first
+    # cross-attention decoder level, SD1.5's 8x8 and 16x16 layers at 512 px; appendix B)
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    unet_layers_per_block: int = 1
+    num_heads: int = 4  # attention heads (sd3 and the tiny sd15)
+    head_dim: int = 32  # sd3
     prompt_max_length: int = 40  # tokens of the global prompt
     # word tokens per instance caption besides the pooled embedding; 0 = pooled only, the
     # contrastively aligned embedding (and 2x cheaper, see BENCHMARKS.md)
@@ -40,7 +51,7 @@ class ModelConfig:
     use_idm: bool = True  # False: adapter-only baseline (ablation row 1)
     idm_hidden: int = 128  # width of the IDM descriptor network
     geometry_rank: int = 32  # width of the per-instance pixel-geometry features (IDM mask branch)
-    # What the backbone's raw output is; the model always returns a velocity. "velocity": SD3's
+    # sd3 only: what the backbone's raw output is; the model always returns a velocity. "velocity": SD3's
     # own parameterisation (real weights). "x0": the clean image, turned into v = (x_t - x0) / sigma,
     # for pixel space with big patches (4x4x3 = 48 values per token into a 128-wide network), where
     # a velocity output has to copy the noise through the network (Li & He 2025, "JiT")
@@ -72,7 +83,8 @@ class RLConfig:
     group_size: int = 4  # GRPO: trajectories per prompt (batch_size / group_size prompts)
     steps: int = 10  # sampling steps of a rollout
     rl_fraction: float = 0.2  # leading share of the steps that explore and are trained; 1 = full
-    noise_level: float = 0.7  # a of Eq. 5
+    noise_level: float = 0.7  # a of Eq. 5 (flow backbones: the SDE policy's noise)
+    eta: float = 1.0  # eps backbones (SD1.5): DDIM eta of the policy step; 1 = the DDPM transition
     cfg: float = 3.0  # guidance of the rollout policy
     clip_range: float = 1e-4  # zeta of Eq. 10
     kl_weight: float = 1.0  # weight of the KL term of Eq. 10

@@ -1,8 +1,9 @@
-"""Training losses as pure functions: flow matching (Eq. 11) and the instance
-disentanglement constraint, CAS (Eq. 3) and L_dis (Eq. 4).
+"""Training losses as pure functions: flow matching (Eq. 11), noise prediction (SD1.5's L_ldm,
+appendix B) and the instance disentanglement constraint, CAS (Eq. 3) and L_dis (Eq. 4).
 
-Time convention (SD3): sigma = 1 is pure noise, x_t = (1 - sigma) x_0 + sigma * noise,
-and the velocity target is v = noise - x_0.
+Flow (SD3): sigma = 1 is pure noise, x_t = (1 - sigma) x_0 + sigma * noise, and the velocity
+target is v = noise - x_0. DDPM (SD1.5): x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) noise,
+and the target is the noise itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """L_ldm of Eq. 11: mean squared error between predicted and true velocity."""
     return F.mse_loss(v_pred.float(), velocity_target(x0, noise).float())
+
+
+def diffuse(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x_t of DDPM's forward process; alpha_bar (B,) is the cumulative product of (1 - beta)."""
+    a = alpha_bar.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+
+
+def noise_prediction_loss(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """L_ldm for a noise-predicting backbone (SD1.5, Ho et al. 2020): MSE to the true noise."""
+    return F.mse_loss(eps_pred.float(), noise.float())
 
 
 def sample_sigmas(

@@ -1,4 +1,5 @@
-"""Checks of local model folders (GroundingDINO, SAM, VLMs, ...) before transformers reads them.
+"""Checks of local model folders (GroundingDINO, SAM, VLMs, SD3 and SD1.5 diffusers folders) before
+transformers or diffusers reads them.
 
 Offline, transformers reads a path that is not a folder as a hub id and fails with a network
 error; checking the files first gives an error that names what is missing.
@@ -20,3 +21,84 @@ def missing_files(directory: Path, required: RequiredFiles) -> list[str]:
         for what, names in required
         if not any((directory / name).is_file() for name in names)
     ]
+
+
+# ----------------------------------------------------------------------------- diffusers folders
+
+# A diffusers folder holds one subfolder per component: (subfolder, the files it needs)
+Components = Sequence[tuple[str, RequiredFiles]]
+
+_CONFIG = ("config.json", ("config.json",))
+DIFFUSERS_MODEL: RequiredFiles = (  # a diffusers model (transformer, unet, vae)
+    _CONFIG,
+    (
+        "weights",
+        (
+            "diffusion_pytorch_model.safetensors",
+            "diffusion_pytorch_model.safetensors.index.json",
+            "diffusion_pytorch_model.bin",
+        ),
+    ),
+)
+TRANSFORMERS_MODEL: RequiredFiles = (  # a transformers model (the text encoders)
+    _CONFIG,
+    ("weights", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")),
+)
+CLIP_TOKENIZER: RequiredFiles = (  # a tokenizer.json holds both the vocabulary and the merges
+    ("vocab.json", ("vocab.json", "tokenizer.json")),
+    ("merges.txt", ("merges.txt", "tokenizer.json")),
+)
+T5_TOKENIZER: RequiredFiles = (("tokenizer file", ("tokenizer.json", "spiece.model")),)
+SCHEDULER: RequiredFiles = (("scheduler_config.json", ("scheduler_config.json",)),)
+
+SD3_COMPONENTS: Components = (
+    ("transformer", DIFFUSERS_MODEL),
+    ("vae", DIFFUSERS_MODEL),
+    ("text_encoder", TRANSFORMERS_MODEL),  # CLIP-L with projection
+    ("text_encoder_2", TRANSFORMERS_MODEL),  # CLIP-G with projection
+    ("text_encoder_3", TRANSFORMERS_MODEL),  # T5 encoder
+    ("tokenizer", CLIP_TOKENIZER),
+    ("tokenizer_2", CLIP_TOKENIZER),
+    ("tokenizer_3", T5_TOKENIZER),
+    ("scheduler", SCHEDULER),
+)
+SD15_COMPONENTS: Components = (
+    ("unet", DIFFUSERS_MODEL),
+    ("vae", DIFFUSERS_MODEL),
+    ("text_encoder", TRANSFORMERS_MODEL),  # CLIP-L without projection
+    ("tokenizer", CLIP_TOKENIZER),
+    ("scheduler", SCHEDULER),
+)
+
+
+def missing_components(root: Path, components: Components) -> list[str]:
+    """What ``root`` lacks of ``components``: ``"sub/ (folder)"`` for an absent subfolder, else
+    ``"sub/<file>"`` for each missing file (empty when complete)."""
+    missing = []
+    for subfolder, required in components:
+        if not (root / subfolder).is_dir():
+            missing.append(f"{subfolder}/ (folder)")
+        else:
+            missing += [f"{subfolder}/{what}" for what in missing_files(root / subfolder, required)]
+    return missing
+
+
+def check_components(path: str | Path, components: Components, what: str) -> Path:
+    """``path`` as a Path if it holds every component; else FileNotFoundError naming all gaps."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{what} folder {root} does not exist")
+    missing = missing_components(root, components)
+    if missing:
+        raise FileNotFoundError(f"{root} is not a complete {what} folder: missing {'; '.join(missing)}")
+    return root
+
+
+def check_sd3_dir(path: str | Path) -> Path:
+    """A local Stable Diffusion 3 folder in diffusers layout (e.g. stable-diffusion-3-medium-diffusers)."""
+    return check_components(path, SD3_COMPONENTS, "SD3 (diffusers layout)")
+
+
+def check_sd15_dir(path: str | Path) -> Path:
+    """A local Stable Diffusion 1.5 folder in diffusers layout (e.g. stable-diffusion-v1-5)."""
+    return check_components(path, SD15_COMPONENTS, "SD1.5 (diffusers layout)")

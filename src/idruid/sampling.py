@@ -1,10 +1,10 @@
 """One sampling loop for inference, evaluation and RL rollouts.
 
-Euler integration of the flow-matching ODE on the schedule of diffusers'
-``FlowMatchEulerDiscreteScheduler``, with classifier-free guidance and the layout branch
-(adapter + IDM) active for the first ``layout_fraction`` of the steps only, vanilla joint
-attention after (paper 4.1, after CreatiLayout). Step functions are plain functions on
-tensors so that RL swaps in one that also records log-probabilities (idruid.rl.rollout).
+The loop walks the time grid of the model's diffusion process (idruid.processes: Euler on the
+flow-matching ODE for SD3, DDIM for SD1.5) with classifier-free guidance and the layout branch
+(adapter + IDM) active for the first ``layout_fraction`` of the steps only, vanilla attention
+after (paper 4.1, after CreatiLayout). Step functions are plain functions on tensors so that RL
+swaps in one that also records log-probabilities (idruid.rl.rollout).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from .layout import Layout
 
 if TYPE_CHECKING:
-    from .models.sd3 import TextConditioning
+    from .models.base import TextConditioning
 
+# (prediction, x_t, t, t_next) -> x_next, with t and t_next (B,) in the process's time convention
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -32,6 +33,17 @@ def euler_step(
     """x_{t+dt} = x_t + dt * v with dt = sigma_next - sigma < 0 (sigma, sigma_next: (B,))."""
     dt = (sigma_next - sigma).view(-1, *([1] * (x_t.ndim - 1)))
     return x_t + dt * v_pred
+
+
+def ddim_step(
+    eps_pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_next: torch.Tensor
+) -> torch.Tensor:
+    """The deterministic DDIM step (eta = 0) from x_t at alpha_bar (B,) to alpha_bar_next (B,):
+    x_next = sqrt(a_next) x0_pred + sqrt(1 - a_next) eps_pred, x0_pred = (x_t - sqrt(1 - a) eps) / sqrt(a)."""
+    a = alpha_bar.view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
+    a_next = alpha_bar_next.view_as(a).to(x_t.dtype)
+    x0_pred = (x_t - (1.0 - a).sqrt() * eps_pred) / a.sqrt()
+    return a_next.sqrt() * x0_pred + (1.0 - a_next).sqrt() * eps_pred
 
 
 def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -68,16 +80,17 @@ def guidance_conditioning(model, layouts: Sequence[Layout], cfg: float, device) 
     return type(cond).cat([cond, model.unconditional(cond)]) if cfg != 1.0 else cond
 
 
-def guided_velocity(
-    model, x_t: torch.Tensor, sigma: torch.Tensor, cond, cfg: float, layout_on: bool
+def guided_prediction(
+    model, x_t: torch.Tensor, t: torch.Tensor, cond, cfg: float, layout_on: bool
 ) -> torch.Tensor:
-    """v for x_t (B, ...) at sigma (B,) with classifier-free guidance at scale ``cfg``; ``cond``
-    comes from guidance_conditioning (2B rows when cfg != 1)."""
+    """The model's prediction (velocity or noise) for x_t (B, ...) at times t (B,) with
+    classifier-free guidance at scale ``cfg``; ``cond`` comes from guidance_conditioning (2B
+    rows when cfg != 1)."""
     if cfg == 1.0:
-        return model(x_t, sigma, cond, layout_on=layout_on)[0]
-    v, _ = model(torch.cat([x_t, x_t]), sigma.repeat(2), cond, layout_on=layout_on)
-    v_cond, v_uncond = v.chunk(2)
-    return v_uncond + cfg * (v_cond - v_uncond)
+        return model(x_t, t, cond, layout_on=layout_on)[0]
+    prediction, _ = model(torch.cat([x_t, x_t]), t.repeat(2), cond, layout_on=layout_on)
+    conditional, unconditional = prediction.chunk(2)
+    return unconditional + cfg * (conditional - unconditional)
 
 
 @torch.no_grad()
@@ -89,24 +102,26 @@ def sample(
     seed: int = 0,
     layout_fraction: float = 0.3,
     shift: float = 1.0,
-    step_fn: StepFn = euler_step,
+    step_fn: StepFn | None = None,
     x_init: torch.Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Generate images (B, C, H, W) in [-1, 1] for a batch of layouts."""
+    """Generate images (B, 3, H, W) in [-1, 1] for a batch of layouts: denoise latents of
+    ``model.latent_shape`` (from ``x_init`` if given), then decode them with the model's codec.
+    ``step_fn`` None takes the deterministic step of the model's process (Euler for flow, DDIM
+    for eps)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    config = model.config
-    shape = (config.in_channels, config.resolution, config.resolution)
-    x = (initial_noise(layouts, shape, seed) if x_init is None else x_init).to(device)
+    x = (initial_noise(layouts, model.latent_shape, seed) if x_init is None else x_init).to(device)
     cond = guidance_conditioning(model, layouts, cfg, device)
-    sigmas = flow_sigmas(steps, shift).to(device)
+    times = model.process.times(steps, shift).to(device)
+    step_fn = step_fn or model.process.step
     with_layout = layout_steps(steps, layout_fraction)
     batch = len(layouts)
     for i in range(steps):
-        sigma = sigmas[i].expand(batch)
-        v = guided_velocity(model, x, sigma, cond, cfg, layout_on=i < with_layout)
-        x = step_fn(v, x, sigma, sigmas[i + 1].expand(batch))
-    return x.clamp(-1.0, 1.0)
+        t = times[i].expand(batch)
+        prediction = guided_prediction(model, x, t, cond, cfg, layout_on=i < with_layout)
+        x = step_fn(prediction, x, t, times[i + 1].expand(batch))
+    return model.decode_latents(x).clamp(-1.0, 1.0)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

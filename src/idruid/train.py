@@ -29,8 +29,9 @@ from .checkpoint import EMBEDDED_CHECKPOINT, load_trained_weights, save_checkpoi
 from .config import TrainConfig, check_data, save_config
 from .data.shapes import ShapesPairedDataset
 from .layout import box_masks
-from .losses import add_noise, disentangle_loss, flow_matching_loss, sample_sigmas
-from .models.sd3 import LayoutToImageModel
+from .losses import disentangle_loss
+from .models import build_model
+from .models.base import LayoutModel
 from .rl.stage import RLStage, RLStats
 
 
@@ -65,24 +66,28 @@ class EMA:
             shadow.copy_(saved)
 
 
-def idc_loss(
-    attention_maps: list, boxes: torch.Tensor, valid: torch.Tensor, grid: tuple[int, int]
-) -> torch.Tensor:
-    """L_dis averaged over the IDM blocks (each block's maps are (B, N, heads, HW)).
+def idc_loss(attention_maps: list, boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """L_dis averaged over the IDM layers; each layer left (attn_pos, attn_neg, grid), maps
+    (B, N, heads, h * w) on its own token grid (one for MM-DiT, two sizes in a UNet).
 
     The model drops instance slots that no sample uses, so N may be below the padded 10.
     """
     num = attention_maps[0][0].shape[1]
     boxes, valid = boxes[:, :num], valid[:, :num]
-    masks = box_masks(boxes, *grid) * valid.unsqueeze(-1).to(boxes.dtype)
-    losses = [disentangle_loss(pos, neg, masks, valid) for pos, neg in attention_maps]
+    masks = {}
+    losses = []
+    for pos, neg, grid in attention_maps:
+        if grid not in masks:
+            masks[grid] = box_masks(boxes, *grid) * valid.unsqueeze(-1).to(boxes.dtype)
+        losses.append(disentangle_loss(pos, neg, masks[grid], valid))
     return torch.stack(losses).mean()
 
 
 def paired_draws(
-    x0: torch.Tensor, config: TrainConfig, rank: int = 0, world: int = 1
+    x0: torch.Tensor, config: TrainConfig, process, rank: int = 0, world: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prompt and layout dropout (B,), noise like x0 (B, C, H, W) and sigma (B,) for this process.
+    """Prompt and layout dropout (B,), noise like x0 (B, C, H, W) and training times t (B,) of
+    the diffusion ``process`` for this process rank.
 
     Every process draws the whole global batch (world x B rows) from the same seeded stream and
     keeps rows [rank * B, (rank + 1) * B), the rows of the images its data shard holds. So P
@@ -94,31 +99,33 @@ def paired_draws(
     drop_prompt = (torch.rand(total) < config.drop_prompt)[rows]
     drop_layout = (torch.rand(total) < config.drop_layout)[rows]
     noise = torch.randn((total, *x0.shape[1:]), dtype=x0.dtype, device=x0.device)[rows]
-    sigma = sample_sigmas(total, config.sigma_sampling, device=x0.device)[rows]
-    return drop_prompt, drop_layout, noise, sigma
+    t = process.train_times(total, config.sigma_sampling, device=x0.device)[rows]
+    return drop_prompt, drop_layout, noise, t
 
 
 def paired_losses(
-    model, raw_model: LayoutToImageModel, x0: torch.Tensor, layouts: list, config: TrainConfig, accelerator
+    model, raw_model: LayoutModel, images: torch.Tensor, layouts: list, config: TrainConfig, accelerator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """L_ldm + lambda_dis * L_dis, L_ldm (Eq. 11) and L_dis (Eq. 4, None without IDC) on a batch
-    of paired images (B, C, H, W).
+    """L_ldm + lambda_dis * L_dis, L_ldm (Eq. 11; noise prediction for an eps backbone) and L_dis
+    (Eq. 4, None without IDC) on a batch of paired images (B, 3, H, W) in [-1, 1].
 
     L_dis is a softplus of batch means, so across processes it is taken per process (what each
     rank's gradient sees); L_ldm is a plain mean and matches one process at the global batch.
     """
-    drop_prompt, drop_layout, noise, sigma = paired_draws(
-        x0, config, accelerator.process_index, accelerator.num_processes
+    process = raw_model.process
+    x0 = raw_model.encode_images(images)  # latents: the images themselves in pixel space
+    drop_prompt, drop_layout, noise, t = paired_draws(
+        x0, config, process, accelerator.process_index, accelerator.num_processes
     )
     cond = raw_model.encode_text(layouts, drop_prompt, drop_layout).to(x0.device)
-    x_t = add_noise(x0, noise, sigma)
+    x_t = process.add_noise(x0, noise, t)
     use_idc = config.model.use_idm and config.lambda_dis > 0
     with accelerator.autocast():
-        v_pred, maps = model(x_t, sigma, cond, record_attention=use_idc)
-    l_ldm = flow_matching_loss(v_pred, x0, noise)
+        prediction, maps = model(x_t, t, cond, record_attention=use_idc)
+    l_ldm = process.loss(prediction, x0, noise)
     if not use_idc:
         return l_ldm, l_ldm, None
-    l_dis = idc_loss(maps, cond.boxes, cond.valid & cond.enabled.bool()[:, None], raw_model.token_grid)
+    l_dis = idc_loss(maps, cond.boxes, cond.valid & cond.enabled.bool()[:, None])
     return l_ldm + config.lambda_dis * l_dis, l_ldm, l_dis
 
 
@@ -180,13 +187,13 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
         save_config(config, out / "config.yaml")
     config.rl.check()
     check_data(config)
-    model = LayoutToImageModel(config.model)
+    model = build_model(config.model)
     if config.init_from is not None:
         load_trained_weights(
             model, EMBEDDED_CHECKPOINT if config.init_from == "embedded" else config.init_from
         )
     if config.gradient_checkpointing:
-        model.transformer.enable_gradient_checkpointing()  # diffusers' per-block torch checkpoint
+        model.backbone.enable_gradient_checkpointing()  # diffusers' per-block torch checkpoint
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     lr_factor(config.warmup_steps, config)  # an unknown lr_schedule fails now, not after warm-up
@@ -198,7 +205,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     ema = EMA(params, config.ema_decay)
     accelerator.register_for_checkpointing(ema)
-    raw_model: LayoutToImageModel = accelerator.unwrap_model(model)
+    raw_model: LayoutModel = accelerator.unwrap_model(model)
     rl = config.rl
     stage = RLStage(config, raw_model, accelerator.device) if rl.algorithm != "none" else None
     if stage is not None:

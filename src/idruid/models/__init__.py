@@ -1,1 +1,31 @@
-"""Model components: text encoders, layout adapter, attention processors, backbones."""
+"""Model components: text encoders, layout adapter, attention processors, backbones.
+
+``BACKBONES`` maps ``ModelConfig.backbone`` to the model class; ``build_model`` is what the
+trainer, checkpoints and tools call, so a new backbone is one entry here.
+"""
+
+from __future__ import annotations
+
+from ..config import ConfigError, ModelConfig
+
+
+def _sd3():
+    from .sd3 import LayoutToImageModel
+
+    return LayoutToImageModel
+
+
+def _sd15():
+    from .sd15 import LayoutUNetModel
+
+    return LayoutUNetModel
+
+
+BACKBONES = {"sd3": _sd3, "sd15": _sd15}
+
+
+def build_model(config: ModelConfig, text_encoder=None):
+    """The layout-to-image model of ``config.backbone`` ("sd3": MM-DiT + flow, "sd15": UNet + DDPM)."""
+    if config.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone '{config.backbone}': expected one of {', '.join(BACKBONES)}")
+    return BACKBONES[config.backbone]()(config, text_encoder)

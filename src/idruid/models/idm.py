@@ -1,11 +1,14 @@
-"""Instance disentanglement module (IDM, paper Eq. 1-2) as a diffusers attention processor.
+"""Instance disentanglement module (IDM, paper Eq. 1-2) as diffusers attention processors.
 
-Installed on every joint-attention block of the MM-DiT (paper 4.1). The processor first runs
-the backbone's own joint attention unchanged, then an instance branch:
+Installed on every joint-attention block of the MM-DiT (paper 4.1, ``LayoutJointAttnProcessor``)
+and on the 8x8 mid-block and 16x16 decoder cross-attention layers of the SD1.5 UNet (appendix B,
+``LayoutCrossAttnProcessor``; every other UNet attention layer gets ``PromptAttnProcessor``, the
+plain one, conditioned on the global prompt only). The processor first runs the backbone's own
+attention unchanged, then an instance branch:
 
 1. enhanced features E (Eq. 1 inputs): e_i = cross-attention of the image queries to instance
    i's tokens (all instances at once), and e_{n+1} = the global-prompt-enhanced feature, i.e.
-   the image part of the joint attention output;
+   the image part of the joint attention output (the prompt cross-attention's in a UNet);
 2. masks M: 1 inside box i, and all ones for the global feature;
 3. alpha = IDM(E, M) in (0, 1)^C per feature (channel-wise weights), from masked descriptors of
    each feature that interact across instances through one self-attention layer;
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
 from ..layout import patch_geometry
@@ -44,9 +48,32 @@ class LayoutCondition:
     grid: tuple[int, int]  # (h, w) of the image token grid
     patch: int = 1  # pixels per token side (the backbone's patch size)
     record_attention: bool = False  # store R+/R- attention maps for L_dis
-    attention_maps: list = field(default_factory=list)  # per block: (attn_pos, attn_neg)
+    # per IDM layer: (attn_pos, attn_neg, grid), maps (B, N, heads, h * w) on that layer's grid
+    attention_maps: list = field(default_factory=list)
     _geometry: torch.Tensor | None = None
     _bias: torch.Tensor | None = None
+    _views: dict = field(default_factory=dict)
+
+    def at(self, grid: tuple[int, int], patch: int) -> LayoutCondition:
+        """The same layouts seen by a layer with another token grid (a UNet's 8x8 mid block and
+        16x16 decoder), sharing the token bias and the list of recorded attention maps; each
+        grid's geometry is computed once per forward pass."""
+        if (grid, patch) == (self.grid, self.patch):
+            return self
+        if (grid, patch) not in self._views:
+            self._views[grid, patch] = LayoutCondition(
+                tokens=self.tokens,
+                token_mask=self.token_mask,
+                boxes=self.boxes,
+                valid=self.valid,
+                enabled=self.enabled,
+                grid=grid,
+                patch=patch,
+                record_attention=self.record_attention,
+                attention_maps=self.attention_maps,
+                _bias=self._bias,
+            )
+        return self._views[grid, patch]
 
     @property
     def key_bias(self) -> torch.Tensor:
@@ -274,7 +301,9 @@ class LayoutJointAttnProcessor(nn.Module):
             spurious = (1.0 - alpha[:, :num]) * enhanced  # R-
             probs_neg = _token_attention(spurious, refined_keys, layout.key_bias)
             # attention mass on the instance's own tokens (positions 1:), appendix H
-            layout.attention_maps.append((probs_pos[..., 1:].sum(-1), probs_neg[..., 1:].sum(-1)))
+            layout.attention_maps.append(
+                (probs_pos[..., 1:].sum(-1), probs_neg[..., 1:].sum(-1), layout.grid)
+            )
         # 5. compose with the masks: (sum_i m_i CA(R+_i) + R+_{n+1}) / (sum_i m_i + 1)
         instance_out = probs_pos @ values  # (B, N, h, P, d)
         composed = (masks[:, :, None, :, None] * instance_out).sum(1) + refined_global
@@ -333,7 +362,7 @@ class LayoutJointAttnProcessor(nn.Module):
         p_pos = layout_attention(alpha[:, :num])
         if layout.record_attention:
             p_neg = layout_attention(1.0 - alpha[:, :num])
-            layout.attention_maps.append((p_pos.permute(0, 3, 1, 2), p_neg.permute(0, 3, 1, 2)))
+            layout.attention_maps.append((p_pos.permute(0, 3, 1, 2), p_neg.permute(0, 3, 1, 2), layout.grid))
         # 5. compose: (sum_i m_i CA(R+_i) + R+_{n+1}) / (sum_i m_i + 1), CA(R+_i) = v0_i + p_pos dv_i
         weights = torch.cat([m.expand_as(p_pos), m * p_pos], dim=-1)  # (B, h, P, 2N)
         composed = weights @ torch.cat([v0, dv], dim=1).transpose(1, 2)  # (B, h, P, d)
@@ -350,5 +379,77 @@ class LayoutJointAttnProcessor(nn.Module):
         if layout.record_attention:
             per_instance = probs[:, 0].unflatten(-1, (num, length))[..., 1:].sum(-1)  # (B, h, P, N)
             maps = per_instance.permute(0, 3, 1, 2)
-            layout.attention_maps.append((maps, maps))
+            layout.attention_maps.append((maps, maps, layout.grid))
         return (probs @ flat_values)[:, 0].transpose(1, 2).flatten(-2)
+
+
+def cross_attention(attn, hidden_states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """A UNet attention layer's own attention, (B, P, C) before ``to_out``: the same computation as
+    diffusers' ``AttnProcessor2_0`` for the layers of SD1.5's transformer blocks (no group or
+    spatial norm, no residual inside the layer, which this refuses rather than mis-computes)."""
+    if attn.group_norm is not None or attn.spatial_norm is not None or attn.residual_connection:
+        raise NotImplementedError(
+            "IDM on a UNet attention layer with group/spatial norm or an inner residual"
+        )
+    if getattr(attn, "norm_q", None) is not None or attn.rescale_output_factor != 1.0:
+        raise NotImplementedError("IDM on a UNet attention layer with q/k norms or a rescaled output")
+    context = hidden_states if context is None else context
+    if attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+
+    def split(x):  # (B, S, C) -> (B, heads, S, d)
+        return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+
+    query, key, value = split(attn.to_q(hidden_states)), split(attn.to_k(context)), split(attn.to_v(context))
+    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+    return out.transpose(1, 2).flatten(-2)
+
+
+class LayoutCrossAttnProcessor(LayoutJointAttnProcessor):
+    """The prompt cross-attention of a UNet layer + the layout branch (IDM or adapter-only).
+
+    ``downsample`` is the layer's spatial factor against the model input (8 for SD1.5's mid block
+    at 64x64 latents): the layer's token grid is the input's divided by it, and each token cell
+    covers downsample x downsample input pixels for the IDM's pixel-precision geometry.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        token_dim: int,
+        downsample: int,
+        use_idm: bool = True,
+        idm_hidden: int = 128,
+        geometry_rank: int = 32,
+    ):
+        super().__init__(dim, heads, token_dim, use_idm, idm_hidden, downsample, geometry_rank)
+        self.downsample = downsample
+
+    def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, layout=None):
+        if attention_mask is not None:
+            raise NotImplementedError("LayoutCrossAttnProcessor takes no attention mask (SD1.5 passes none)")
+        global_features = cross_attention(attn, hidden_states, encoder_hidden_states)  # e_{n+1}
+        out = attn.to_out[1](attn.to_out[0](global_features))
+        if layout is not None:
+            height, width = layout.grid[0] * layout.patch, layout.grid[1] * layout.patch  # model input
+            grid = (height // self.downsample, width // self.downsample)
+            if grid[0] * grid[1] != hidden_states.shape[1]:
+                raise ValueError(
+                    f"a layer with downsample {self.downsample} of a {height}x{width} input should see "
+                    f"{grid[0]}x{grid[1]} tokens, got {hidden_states.shape[1]}"
+                )
+            view = layout.at(grid, self.downsample * layout.patch)
+            branch = self.instance_branch(hidden_states, global_features, view)
+            out = out + layout.enabled.to(branch.dtype)[:, None, None] * branch
+        return out
+
+
+class PromptAttnProcessor(AttnProcessor2_0):
+    """diffusers' own attention for the UNet layers without IDM; it names ``layout`` so that the
+    layout passed to every layer through ``cross_attention_kwargs`` is dropped without a warning."""
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, layout=None
+    ):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)

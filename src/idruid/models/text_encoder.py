@@ -13,6 +13,10 @@ Two folder layouts load with ``FrozenTextEncoder.from_pretrained``:
 
 The embedded encoder (``EMBEDDED_TEXT_ENCODER``, written by scripts/pretrain_text_encoder.py)
 uses the flat layout: it holds a copy of the tokenizer files of ``EMBEDDED_TOKENIZER``.
+
+``load_text_encoder(spec)`` picks the encoder for a spec: the embedded one, SD3's three encoders
+(idruid.models.sd3_text) or one CLIP (SD1.5 / flat folder). ``CachedTextEncoder`` holds what the
+encoders share: the per-text cache, freezing and the ``encode`` interface the models call.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+if TYPE_CHECKING:
+    from .sd3_text import SD3TextEncoder
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED_TOKENIZER = ASSETS / "tokenizer"  # written by scripts/build_tokenizer.py
@@ -37,9 +45,73 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 @dataclass
 class TextEmbeddings:
-    hidden: Tensor  # (B, L, D) last hidden states, padded to max_length
-    pooled: Tensor  # (B, D) EOS state (or its projection)
+    hidden: Tensor  # (B, L, D) token states, padded to max_length
+    pooled: Tensor  # (B, P) EOS state (or its projection)
     mask: Tensor  # (B, L) bool, True on real tokens (BOS, words, EOS)
+
+
+def default_cache_size(row_elements: int, element_bytes: int = 4) -> int:
+    """How many cached rows of ``row_elements`` numbers fit in CACHE_BYTES."""
+    return CACHE_BYTES // (row_elements * element_bytes)
+
+
+class CachedTextEncoder(nn.Module):
+    """Base of the frozen text encoders: always in eval mode, no trainable parameters, and an
+    LRU cache of one (hidden, pooled, mask) row per distinct text around ``_encode_batch``.
+
+    Subclasses implement ``_encode_batch(texts) -> TextEmbeddings`` and the properties
+    ``hidden_size``, ``pooled_size`` and ``max_length``, and call ``_freeze()`` at the end of
+    ``__init__``."""
+
+    def __init__(self, cache_size: int):
+        super().__init__()
+        self.cache_size = cache_size  # distinct texts kept; 0 disables the cache
+        self._cache: OrderedDict[str, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
+
+    def _freeze(self) -> None:
+        self.requires_grad_(False)
+        self.eval()
+
+    def _encode_batch(self, texts: list[str]) -> TextEmbeddings:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def train(self, mode: bool = True) -> CachedTextEncoder:
+        """Always eval mode (frozen): ``train()`` is a no-op."""
+        return super().train(False)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], use_cache: bool = True) -> TextEmbeddings:
+        """Embed ``texts``; with the cache, only texts not seen before go through the model."""
+        if isinstance(texts, str):
+            raise TypeError("encode takes a sequence of strings; wrap a single text in a list")
+        texts = list(texts)
+        if not use_cache or self.cache_size <= 0:
+            return self._encode_batch(texts)
+        misses = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        fresh: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        if misses:
+            out = self._encode_batch(misses)
+            fresh = {t: (out.hidden[i], out.pooled[i], out.mask[i]) for i, t in enumerate(misses)}
+        rows = [fresh[t] if t in fresh else self._cache[t] for t in texts]
+        for t in texts:
+            if t in fresh:
+                self._cache[t] = fresh[t]
+            self._cache.move_to_end(t)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        device = self.device
+        hidden, pooled, mask = (torch.stack(parts).to(device) for parts in zip(*rows, strict=True))
+        return TextEmbeddings(hidden=hidden, pooled=pooled, mask=mask)
+
+    def forward(self, texts: Sequence[str]) -> TextEmbeddings:
+        return self.encode(texts)
 
 
 def load_tokenizer(path: str | Path = EMBEDDED_TOKENIZER) -> CLIPTokenizer:
@@ -66,7 +138,7 @@ def _missing_model_files(path: Path) -> str | None:
     return None
 
 
-class FrozenTextEncoder(nn.Module):
+class FrozenTextEncoder(CachedTextEncoder):
     """A frozen CLIP text model plus its tokenizer; ``encode(texts) -> TextEmbeddings``."""
 
     def __init__(
@@ -80,23 +152,20 @@ class FrozenTextEncoder(nn.Module):
         smaller of the model's max_position_embeddings and the tokenizer's model_max_length.
         cache_size: distinct texts kept (least recently used dropped first); 0 disables; None:
         as many as fit in CACHE_BYTES (25k texts for the tiny encoder, 1k for SD's CLIP-L)."""
-        super().__init__()
         config = model.config
         if len(tokenizer) > config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size}")
         limit = config.max_position_embeddings
-        self.max_length = max_length or min(limit, tokenizer.model_max_length)
-        if self.max_length > limit:
-            raise ValueError(f"max_length {self.max_length} exceeds max_position_embeddings {limit}")
+        max_length = max_length or min(limit, tokenizer.model_max_length)
+        if max_length > limit:
+            raise ValueError(f"max_length {max_length} exceeds max_position_embeddings {limit}")
+        if cache_size is None:
+            cache_size = default_cache_size(max_length * (config.hidden_size + 1) + config.hidden_size)
+        super().__init__(cache_size)
+        self.max_length = max_length
         self.model = model
         self.tokenizer = tokenizer
-        if cache_size is None:
-            row_bytes = 4 * (self.max_length * (config.hidden_size + 1) + config.hidden_size)
-            cache_size = CACHE_BYTES // row_bytes
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
-        self.requires_grad_(False)
-        self.eval()
+        self._freeze()
 
     @classmethod
     def from_pretrained(
@@ -143,17 +212,6 @@ class FrozenTextEncoder(nn.Module):
             return self.model.config.projection_dim
         return self.hidden_size
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def train(self, mode: bool = True) -> FrozenTextEncoder:
-        """Always eval mode (frozen): ``train()`` is a no-op."""
-        return super().train(False)
-
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """input_ids and attention_mask (B, max_length), padded with EOS and truncated."""
         return self.tokenizer(
@@ -163,30 +221,6 @@ class FrozenTextEncoder(nn.Module):
             truncation=True,
             return_tensors="pt",
         )
-
-    @torch.no_grad()
-    def encode(self, texts: Sequence[str], use_cache: bool = True) -> TextEmbeddings:
-        """Embed ``texts``; with the cache, only texts not seen before go through the model."""
-        if isinstance(texts, str):
-            raise TypeError("encode takes a sequence of strings; wrap a single text in a list")
-        texts = list(texts)
-        if not use_cache or self.cache_size <= 0:
-            return self._encode_batch(texts)
-        misses = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        fresh: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
-        if misses:
-            out = self._encode_batch(misses)
-            fresh = {t: (out.hidden[i], out.pooled[i], out.mask[i]) for i, t in enumerate(misses)}
-        rows = [fresh[t] if t in fresh else self._cache[t] for t in texts]
-        for t in texts:
-            if t in fresh:
-                self._cache[t] = fresh[t]
-            self._cache.move_to_end(t)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        device = self.device
-        hidden, pooled, mask = (torch.stack(parts).to(device) for parts in zip(*rows, strict=True))
-        return TextEmbeddings(hidden=hidden, pooled=pooled, mask=mask)
 
     def _encode_batch(self, texts: list[str]) -> TextEmbeddings:
         tokens = self.tokenize(texts)
@@ -198,9 +232,6 @@ class FrozenTextEncoder(nn.Module):
             hidden=out.last_hidden_state, pooled=pooled, mask=tokens["attention_mask"].to(self.device).bool()
         )
 
-    def forward(self, texts: Sequence[str]) -> TextEmbeddings:
-        return self.encode(texts)
-
 
 def load_embedded_text_encoder(**kwargs) -> FrozenTextEncoder:
     """The tiny text encoder shipped in idruid/assets/text_encoder (contrastively pretrained)."""
@@ -210,3 +241,38 @@ def load_embedded_text_encoder(**kwargs) -> FrozenTextEncoder:
             "build it with `python scripts/pretrain_text_encoder.py`"
         )
     return FrozenTextEncoder.from_pretrained(EMBEDDED_TEXT_ENCODER, **kwargs)
+
+
+def load_text_encoder(spec: str | Path, **kwargs) -> FrozenTextEncoder | SD3TextEncoder:
+    """The text encoder a spec names; ``kwargs`` go to the chosen class's ``from_pretrained``.
+
+    - ``"embedded"``: the tiny shipped CLIP (``load_embedded_text_encoder``);
+    - an SD3 folder in diffusers layout (has text_encoder_3/ or tokenizer_3/, or a model_index.json
+      naming a StableDiffusion3 pipeline): ``SD3TextEncoder`` (CLIP-L + CLIP-G + T5);
+    - an SD1.5 folder in diffusers layout (text_encoder/ + tokenizer/) or a flat CLIP folder
+      (config.json, weights, vocab.json, merges.txt): ``FrozenTextEncoder`` (one CLIP).
+    """
+    if str(spec) == "embedded":
+        return load_embedded_text_encoder(**kwargs)
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"text encoder {spec!r} is neither 'embedded' nor an existing folder")
+    if _is_sd3_folder(path):
+        from .sd3_text import SD3TextEncoder
+
+        return SD3TextEncoder.from_pretrained(path, **kwargs)
+    if (path / "text_encoder").is_dir() or (path / "config.json").is_file():
+        return FrozenTextEncoder.from_pretrained(path, **kwargs)
+    raise FileNotFoundError(
+        f"{path} holds no text encoder: expected text_encoder_3/ (SD3 diffusers folder), text_encoder/ "
+        "(SD1.5 diffusers folder) or config.json (a flat CLIP folder)"
+    )
+
+
+def _is_sd3_folder(path: Path) -> bool:
+    if (path / "text_encoder_3").is_dir() or (path / "tokenizer_3").is_dir():
+        return True
+    index = path / "model_index.json"
+    if index.is_file():
+        return str(json.loads(index.read_text()).get("_class_name", "")).startswith("StableDiffusion3")
+    return False

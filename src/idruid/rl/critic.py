@@ -35,7 +35,7 @@ def box_crops(x: torch.Tensor, boxes: torch.Tensor, size: int = CROP) -> torch.T
 
 
 class Critic(nn.Module):
-    """phi(x_t, sigma, layout) -> (B,) predicted reward (Eq. 7)."""
+    """phi(x_t, t, layout) -> (B,) predicted reward (Eq. 7); t is the process's unit time."""
 
     def __init__(self, in_channels: int, caption_dim: int, hidden: int = 256, fourier_freqs: int = 8):
         super().__init__()
@@ -49,7 +49,7 @@ class Critic(nn.Module):
     def forward(
         self,
         x_t: torch.Tensor,  # (B, C, H, W)
-        sigma: torch.Tensor,  # (B,)
+        time: torch.Tensor,  # (B,) in [0, 1], 1 = pure noise (the process's unit_time)
         caption_pooled: torch.Tensor,  # (B, N, Dt)
         boxes: torch.Tensor,  # (B, N, 4)
         valid: torch.Tensor,  # (B, N) bool
@@ -57,7 +57,7 @@ class Critic(nn.Module):
         x_t = x_t.float()
         num = boxes.shape[1]
         summary = self.summary(F.adaptive_avg_pool2d(x_t, GLOBAL_POOL).flatten(1))  # (B, hidden)
-        time = fourier_embed(sigma.float()[:, None], self.fourier_freqs)  # (B, 2F)
+        time = fourier_embed(time.float()[:, None], self.fourier_freqs)  # (B, 2F)
         features = torch.cat(
             [
                 box_crops(x_t, boxes),

@@ -1,4 +1,5 @@
-"""The flow-matching ODE step turned into an SDE policy with log-probabilities (paper Eq. 5).
+"""Policy steps with log-probabilities: the flow-matching ODE step turned into an SDE (paper
+Eq. 5, SD3) and the DDPM transition as a DDIM step with eta = 1 (appendix B, SD1.5, as DDPO).
 
 Time runs from sigma = 1 (pure noise) to sigma = 0 (data), as in SD3; dt = sigma_next - sigma < 0.
 The step keeps the ODE's marginals while injecting noise of std ``std * sqrt(-dt)``, with
@@ -68,6 +69,50 @@ def sde_step_with_logprob(
         return x_next, torch.zeros(x_t.shape[0], device=x_t.device), mean, std
     log_density = (
         -((x_next.detach() - mean) ** 2) / (2.0 * scale**2) - torch.log(scale) - 0.5 * math.log(2.0 * math.pi)
+    )
+    return x_next, log_density.mean(dim=tuple(range(1, x_t.ndim))), mean, std
+
+
+def ddim_step_with_logprob(
+    eps_pred: torch.Tensor,
+    x_t: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    alpha_bar_next: torch.Tensor,
+    eta: float = 1.0,
+    x_next: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One DDIM step from alpha_bar (B,) to alpha_bar_next (B,) as a Gaussian policy: returns
+    (x_next, log_prob, mean, std), like ``sde_step_with_logprob``; std is (B, 1, ..., 1).
+
+    x0_pred = (x_t - sqrt(1 - a) eps) / sqrt(a); std = eta sqrt((1 - a_next) / (1 - a) (1 - a / a_next));
+    mean = sqrt(a_next) x0_pred + sqrt(1 - a_next - std^2) eps. With eta = 1 this is the DDPM
+    posterior q(x_next | x_t, x0_pred) (Ho et al. 2020); eta = 0 is the deterministic DDIM step,
+    whose log_prob is returned as zeros. log_prob (B,) averages the Gaussian log-density over the
+    non-batch dimensions, in float32.
+    """
+    batch = x_t.shape[0]
+    if alpha_bar.shape != (batch,) or alpha_bar_next.shape != (batch,):
+        raise ValueError(
+            f"alpha_bar and alpha_bar_next must have shape ({batch},), got {tuple(alpha_bar.shape)} and "
+            f"{tuple(alpha_bar_next.shape)}"
+        )
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    x_t, eps_pred = x_t.float(), eps_pred.float()
+    a, a_next = _per_sample(alpha_bar.float(), x_t), _per_sample(alpha_bar_next.float(), x_t)
+    x0_pred = (x_t - (1.0 - a).sqrt() * eps_pred) / a.sqrt()
+    variance = (1.0 - a_next) / (1.0 - a) * (1.0 - a / a_next)
+    std = eta * variance.clamp(min=0.0).sqrt()
+    mean = a_next.sqrt() * x0_pred + (1.0 - a_next - std**2).clamp(min=0.0).sqrt() * eps_pred
+    if x_next is None:
+        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        x_next = mean + std * noise
+    x_next = x_next.float()
+    if eta == 0.0:
+        return x_next, torch.zeros(batch, device=x_t.device), mean, std
+    log_density = (
+        -((x_next.detach() - mean) ** 2) / (2.0 * std**2) - torch.log(std) - 0.5 * math.log(2.0 * math.pi)
     )
     return x_next, log_density.mean(dim=tuple(range(1, x_t.ndim))), mean, std
 

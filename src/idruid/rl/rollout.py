@@ -1,8 +1,9 @@
 """Policy rollouts through the one sampling loop, and their log-probabilities under a model.
 
 A rollout samples a batch of layouts with ``idruid.sampling.sample`` where the step function is
-the SDE policy of Eq. 5 (idruid.rl.logprob) for the first ``rl_steps`` steps and the Euler ODE
-step after ("RL speed-up", paper 3.3: only the first 20% of the steps explore and are trained;
+the model's policy step (idruid.processes: the SDE of Eq. 5 for flow, the DDPM transition for
+eps) for the first ``rl_steps`` steps and the deterministic step after ("RL speed-up", paper
+3.3: only the first 20% of the steps explore and are trained;
 ``rl_steps = steps`` is full-trajectory RL, appendix E). The states x_t, the actions x_{t-1},
 their log-probabilities and the policy means are recorded for those steps: what the action
 pool keeps of an old policy. ``policy_log_probs`` re-scores recorded actions under the current
@@ -18,8 +19,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..layout import Layout
-from ..sampling import euler_step, flow_sigmas, guidance_conditioning, guided_velocity, layout_steps, sample
-from .logprob import sde_step_with_logprob
+from ..sampling import guidance_conditioning, guided_prediction, layout_steps, sample
 
 
 def rl_step_count(steps: int, rl_fraction: float) -> int:
@@ -38,7 +38,7 @@ class Rollout:
     x_next: torch.Tensor  # (K, B, C, H, W) actions
     log_prob: torch.Tensor  # (K, B) log pi_old(action | state)
     mean: torch.Tensor  # (K, B, C, H, W) the old policy's means (for the KL term)
-    sigmas: torch.Tensor  # (K + 1,) noise levels of the recorded steps and the one after
+    times: torch.Tensor  # (K + 1,) times of the recorded steps and the one after (process convention)
     images: torch.Tensor  # (B, C, H, W) final samples in [-1, 1]
     reward: torch.Tensor | None = None  # (B,)
     group_advantage: torch.Tensor | None = None  # (B,) GRPO only
@@ -52,24 +52,24 @@ class Rollout:
         from ..layout import layout_from_dict
 
         layouts = [layout_from_dict(item) for item in state["layouts"]]
+        state = {("times" if k == "sigmas" else k): v for k, v in state.items()}  # older checkpoints
         return cls(**{**{k: v for k, v in state.items() if k != "layouts"}, "layouts": layouts})
 
 
 class _RecordingStep:
-    """Step function for ``sample``: the SDE policy on the first ``rl_steps`` steps, recorded."""
+    """Step function for ``sample``: the policy on the first ``rl_steps`` steps, recorded; the
+    process's deterministic step after."""
 
-    def __init__(self, rl_steps: int, sigma_max: float, noise_level: float):
-        self.rl_steps, self.sigma_max, self.noise_level = rl_steps, sigma_max, noise_level
+    def __init__(self, rl_steps: int, policy, deterministic):
+        self.rl_steps, self.policy, self.deterministic = rl_steps, policy, deterministic
         self.index = 0
         self.x_t, self.x_next, self.log_prob, self.mean = [], [], [], []
 
-    def __call__(self, v_pred, x_t, sigma, sigma_next):
+    def __call__(self, prediction, x_t, t, t_next):
         self.index += 1
         if self.index > self.rl_steps:
-            return euler_step(v_pred, x_t, sigma, sigma_next)
-        x_next, log_prob, mean, _ = sde_step_with_logprob(
-            v_pred, x_t, sigma, sigma_next, self.sigma_max, self.noise_level
-        )
+            return self.deterministic(prediction, x_t, t, t_next)
+        x_next, log_prob, mean, _ = self.policy(prediction, x_t, t, t_next)
         self.x_t.append(x_t.float().cpu())
         self.x_next.append(x_next.cpu())
         self.log_prob.append(log_prob.cpu())
@@ -87,16 +87,18 @@ def rollout(
     noise_level: float = 0.7,
     shift: float = 1.0,
     x_init: torch.Tensor | None = None,
+    eta: float = 1.0,
 ) -> Rollout:
-    """Sample ``layouts`` with the SDE policy on the first ``rl_steps`` steps and record them."""
+    """Sample ``layouts`` with the policy on the first ``rl_steps`` steps and record them.
+    ``noise_level`` is the flow SDE's a (Eq. 5), ``eta`` the eps process's DDIM eta."""
     if steps < 2:
-        raise ValueError("a rollout needs at least 2 sampling steps (sigma_max is the second noise level)")
-    sigmas = flow_sigmas(steps, shift)
+        raise ValueError("a rollout needs at least 2 sampling steps")
+    process = model.process
+    times = process.times(steps, shift)
     device = next(model.parameters()).device
     if x_init is None:
-        shape = (len(layouts), model.config.in_channels, model.config.resolution, model.config.resolution)
-        x_init = torch.randn(shape)
-    recorder = _RecordingStep(rl_steps, float(sigmas[1]), noise_level)
+        x_init = torch.randn((len(layouts), *model.latent_shape))
+    recorder = _RecordingStep(rl_steps, process.policy(times, noise_level, eta), process.step)
     images = sample(
         model,
         layouts,
@@ -113,7 +115,7 @@ def rollout(
         x_next=torch.stack(recorder.x_next),
         log_prob=torch.stack(recorder.log_prob),
         mean=torch.stack(recorder.mean),
-        sigmas=sigmas[: rl_steps + 1].clone(),
+        times=times[: rl_steps + 1].clone(),
         images=images.float().cpu(),
     )
 
@@ -127,6 +129,7 @@ def policy_log_probs(
     noise_level: float = 0.7,
     shift: float = 1.0,
     network=None,
+    eta: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log pi_theta(action | state) of the recorded steps under the current weights, with grad.
 
@@ -134,30 +137,28 @@ def policy_log_probs(
     training, the accelerate-prepared module, so that gradients synchronise across processes.
 
     Returns (log_prob (K, B), mean (K, B, C, H, W), scale (K, B, 1, 1, 1)), scale being the
-    step's std * sqrt(-dt). All K steps of all B trajectories go through the model as one batch
-    (two when the layout branch switches off inside the recorded steps).
+    standard deviation of the step's action. All K steps of all B trajectories go through the
+    model as one batch (two when the layout branch switches off inside the recorded steps).
     """
     device = next(model.parameters()).device
     num_steps, batch = recorded.log_prob.shape
-    sigma_max = float(flow_sigmas(steps, shift)[1])
+    process = model.process
+    policy = process.policy(process.times(steps, shift), noise_level, eta)
     with_layout = layout_steps(steps, layout_fraction)
     x_t = recorded.x_t.to(device).flatten(0, 1)  # (K * B, C, H, W), step-major
     x_next = recorded.x_next.to(device).flatten(0, 1)
-    sigma = recorded.sigmas[:-1].to(device).repeat_interleave(batch)
-    sigma_next = recorded.sigmas[1:].to(device).repeat_interleave(batch)
+    t = recorded.times[:-1].to(device).repeat_interleave(batch)
+    t_next = recorded.times[1:].to(device).repeat_interleave(batch)
     cond = guidance_conditioning(model, recorded.layouts * num_steps, cfg, device)  # step-major, as x_t
     layout_on = torch.arange(num_steps).repeat_interleave(batch) < with_layout
-    velocity = torch.empty_like(x_t)
+    prediction = torch.empty_like(x_t)
     for flag in (True, False):
         rows = (layout_on == flag).nonzero(as_tuple=True)[0]
         if len(rows) == 0:
             continue
         part = _select(cond, rows, len(x_t)) if len(rows) < len(x_t) else cond
-        velocity[rows] = guided_velocity(network or model, x_t[rows], sigma[rows], part, cfg, layout_on=flag)
-    _, log_prob, mean, std = sde_step_with_logprob(
-        velocity, x_t, sigma, sigma_next, sigma_max, noise_level, x_next=x_next
-    )
-    scale = std * torch.sqrt(sigma - sigma_next).view(-1, *([1] * (x_t.ndim - 1)))
+        prediction[rows] = guided_prediction(network or model, x_t[rows], t[rows], part, cfg, layout_on=flag)
+    _, log_prob, mean, scale = policy(prediction, x_t, t, t_next, x_next)
     shape = (num_steps, batch)
     return log_prob.view(shape), mean.view(*shape, *mean.shape[1:]), scale.view(*shape, *scale.shape[1:])
 

@@ -61,7 +61,7 @@ class RLStage:
         self.critic = None
         if self.rl.algorithm == "ppo":
             self.critic = Critic(
-                model.config.in_channels, model.text_encoder.pooled_size, hidden=self.rl.critic_hidden
+                model.latent_shape[0], model.text_encoder.pooled_size, hidden=self.rl.critic_hidden
             ).to(self.device)
             self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.rl.critic_lr)
 
@@ -94,7 +94,7 @@ class RLStage:
         cond = model.encode_text(recorded.layouts).to(self.device)
         values = self.critic(
             recorded.x_t.to(self.device).flatten(0, 1),
-            recorded.sigmas[:-1].to(self.device).repeat_interleave(batch),
+            model.process.unit_time(recorded.times[:-1]).to(self.device).repeat_interleave(batch),
             cond.caption_pooled.repeat(steps, 1, 1),
             cond.boxes.repeat(steps, 1, 1),
             cond.valid.repeat(steps, 1),
@@ -122,6 +122,7 @@ class RLStage:
             self.config.layout_fraction,
             rl.noise_level,
             self.config.shift,
+            eta=rl.eta,
         )
         model.train(was_training)
         # ------------------------------------------------ REWARD (Eq. 6)
@@ -158,6 +159,7 @@ class RLStage:
             rl.noise_level,
             self.config.shift,
             network,
+            eta=rl.eta,
         )
         kl = gaussian_kl(mean.flatten(0, 1), old.mean.to(self.device).flatten(0, 1), scale.flatten(0, 1))
         terms = ppo_loss(

@@ -21,17 +21,17 @@ import numpy as np
 from PIL import Image
 
 from ..layout import Layout
-from ..sampling import StepFn, euler_step, generate
+from ..sampling import StepFn, generate
 from .payload import GenerateRequest
 
 
-def counting_step(on_step: Callable[[int], None], step_fn: StepFn = euler_step) -> StepFn:
+def counting_step(on_step: Callable[[int], None], step_fn: StepFn) -> StepFn:
     """``step_fn`` that calls ``on_step(k)`` after its k-th step (k = 1, 2, ...)."""
     done = 0
 
-    def step(v_pred, x_t, sigma, sigma_next):
+    def step(prediction, x_t, t, t_next):
         nonlocal done
-        x_next = step_fn(v_pred, x_t, sigma, sigma_next)
+        x_next = step_fn(prediction, x_t, t, t_next)
         done += 1
         on_step(done)
         return x_next
@@ -86,7 +86,7 @@ class JobRunner:
         device: str = "cpu",
         workers: int = 1,
         keep: int = 64,
-        step_fn: StepFn = euler_step,
+        step_fn: StepFn | None = None,  # None: the model's own deterministic step
     ):
         self.model = model
         self.layout_fraction = layout_fraction
@@ -141,7 +141,7 @@ class JobRunner:
                     layout_fraction=self.layout_fraction,
                     shift=self.shift,
                     device=self.device,
-                    step_fn=counting_step(on_step, self.step_fn),
+                    step_fn=counting_step(on_step, self.step_fn or self.model.process.step),
                 )[0]
                 job.seconds = time.perf_counter() - started
             job.png = png_bytes(image)

@@ -1,0 +1,300 @@
+"""What both layout-to-image backbones share: the frozen text encoder, the layout adapter's
+inputs, text conditioning, optional LoRA and the bookkeeping of what idruid trains and saves.
+
+A backbone model (models/sd3.py, models/sd15.py) subclasses ``LayoutModel`` and provides
+``forward(x_t, t, cond, layout_on, record_attention) -> (prediction, attention_maps)`` and a
+``process`` (idruid.processes) whose ``prediction_type`` names what the prediction is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, ModelConfig
+from ..layout import Layout, boxes_tensor
+from .text_encoder import CachedTextEncoder, load_text_encoder
+from .vae import LatentCodec, PixelCodec, UnshuffleCodec, VaeCodec
+
+
+@dataclass
+class TextConditioning:
+    """Frozen-text-encoder outputs and layout tensors for a batch of layouts."""
+
+    prompt_hidden: torch.Tensor  # (B, Lp, Dt)
+    prompt_pooled: torch.Tensor  # (B, Dt)
+    caption_hidden: torch.Tensor  # (B, N, T, Dt)
+    caption_pooled: torch.Tensor  # (B, N, Dt)
+    caption_mask: torch.Tensor  # (B, N, T) bool
+    boxes: torch.Tensor  # (B, N, 4)
+    valid: torch.Tensor  # (B, N) bool
+    enabled: torch.Tensor  # (B,) float: 0 drops the layout (classifier-free guidance, dropout)
+
+    def to(self, device) -> TextConditioning:
+        return TextConditioning(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @staticmethod
+    def cat(parts: Sequence[TextConditioning]) -> TextConditioning:
+        return TextConditioning(
+            **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])}
+        )
+
+    def trimmed(self) -> TextConditioning:
+        """Drop instance slots and caption tokens that no sample of the batch uses.
+
+        Padding to 10 instances keeps shapes fixed, but every padded slot costs attention;
+        the outputs are unchanged because padded slots and tokens are masked out anyway.
+        """
+        num = max(int(self.valid.sum(1).max()), 1)
+        tokens = max(int(self.caption_mask.sum(-1).max()), 1)
+        return TextConditioning(
+            prompt_hidden=self.prompt_hidden,
+            prompt_pooled=self.prompt_pooled,
+            caption_hidden=self.caption_hidden[:, :num, :tokens],
+            caption_pooled=self.caption_pooled[:, :num],
+            caption_mask=self.caption_mask[:, :num, :tokens],
+            boxes=self.boxes[:, :num],
+            valid=self.valid[:, :num],
+            enabled=self.enabled,
+        )
+
+    def __len__(self) -> int:
+        return self.prompt_hidden.shape[0]
+
+
+def lora_modules(
+    backbone: nn.Module, targets: Sequence[str] | None, defaults: Sequence[str] = ()
+) -> list[str]:
+    """Full names of the backbone modules that LoRA adapts: those whose name ends with a target,
+    never a module of the IDM processors (they have their own ``to_q`` / ``to_out``, trained whole).
+    ``targets`` None takes the ``defaults`` that the backbone has; a given target must match."""
+    names = [name for name, _ in backbone.named_modules() if name and "processor" not in name.split(".")]
+
+    def matches(target: str) -> list[str]:
+        return [name for name in names if name == target or name.endswith("." + target)]
+
+    if targets is None:
+        found = [name for target in defaults for name in matches(target)]
+        if not found:
+            raise ConfigError(f"model.lora_targets: the backbone has none of {', '.join(defaults)}")
+        return sorted(found)
+    if isinstance(targets, str) or not targets:
+        raise ConfigError(f"model.lora_targets must be a non-empty list of module names, got {targets!r}")
+    found = set()
+    for target in targets:
+        hit = matches(target)
+        if not hit:
+            raise ConfigError(
+                f"model.lora_targets: '{target}' matches no module of the backbone "
+                f"(the attention projections are {', '.join(defaults)})"
+            )
+        found.update(hit)
+    return sorted(found)
+
+
+def add_lora(backbone: nn.Module, config: ModelConfig, defaults: Sequence[str] = ()) -> list[str]:
+    """Inject LoRA layers (peft, through diffusers' ``add_adapter``) into the backbone's
+    ``lora_targets``; B starts at zero, so the model's predictions are unchanged. Returns the
+    adapted modules' names. The attention processors set on the backbone stay where they are."""
+    if config.lora_rank < 0:
+        raise ConfigError(f"model.lora_rank must be >= 0 (0 = no LoRA), got {config.lora_rank}")
+    alpha = config.lora_rank if config.lora_alpha is None else config.lora_alpha
+    if alpha <= 0:
+        raise ConfigError(f"model.lora_alpha must be > 0, got {config.lora_alpha}")
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ImportError(
+            f"model.lora_rank={config.lora_rank} needs peft: pip install 'idruid[lora]'"
+        ) from None
+    modules = lora_modules(backbone, config.lora_targets, defaults)
+    backbone.add_adapter(
+        LoraConfig(r=config.lora_rank, lora_alpha=alpha, init_lora_weights=True, target_modules=modules)
+    )
+    return modules
+
+
+CODECS = ("pixels", "unshuffle", "vae")
+FROZEN = ("text_encoder.", "codec.")  # parameters idruid neither trains nor saves
+
+
+def build_codec(config: ModelConfig) -> LatentCodec:
+    """The frozen map between images and what the backbone denoises (``ModelConfig.codec``)."""
+    if config.codec == "pixels":
+        return PixelCodec()
+    if config.codec == "unshuffle":
+        return UnshuffleCodec(2)
+    if config.codec == "vae":
+        if config.base_model is None:
+            raise ConfigError("model.codec=vae loads the VAE of model.base_model, which is not set")
+        return VaeCodec.from_pretrained(config.base_model)
+    raise ConfigError(f"model.codec '{config.codec}': expected one of {', '.join(CODECS)}")
+
+
+class LayoutModel(nn.Module):
+    """A diffusers backbone (the attribute named ``backbone_attr``) conditioned on layouts, on the
+    latents of a frozen codec (``codec``: images <-> latents)."""
+
+    backbone_attr = "backbone"  # where the subclass keeps its diffusers model
+    lora_defaults: tuple[str, ...] = ()  # modules LoRA adapts when model.lora_targets is None
+
+    def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
+        """``text_encoder`` None loads ``config.text_encoder``: "embedded", "base" (the base
+        folder's), an SD3 folder (CLIP-L, CLIP-G and T5) or an SD1.5 / CLIP folder
+        (models/text_encoder.py, load_text_encoder)."""
+        super().__init__()
+        self.config = config
+        if text_encoder is None:
+            spec = config.text_encoder
+            if spec == "base":
+                if config.base_model is None:
+                    raise ConfigError("model.text_encoder=base reads model.base_model, which is not set")
+                spec = config.base_model
+            text_encoder = load_text_encoder(spec)
+        self.text_encoder = text_encoder
+        self.codec = build_codec(config)
+        if config.resolution % self.codec.downsample:
+            raise ConfigError(
+                f"model.resolution {config.resolution} is not a multiple of the codec's "
+                f"downsampling factor {self.codec.downsample}"
+            )
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self, self.backbone_attr)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of what the backbone denoises for a ``config.resolution`` image."""
+        side = self.config.resolution // self.codec.downsample
+        return self.codec.latent_channels, side, side
+
+    def check_latents(self, x_t: torch.Tensor) -> None:
+        if x_t.ndim != 4 or x_t.shape[1] != self.codec.latent_channels:
+            raise ValueError(
+                f"x_t has shape {tuple(x_t.shape)}, expected (B, {self.codec.latent_channels}, h, w)"
+            )
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> latents x_0 (B, C, h, w) for the training losses."""
+        return self.codec.encode(images)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1]."""
+        return self.codec.decode(latents)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.process.prediction_type
+
+    def _finish_backbone(self) -> None:
+        """After the processors are set: LoRA (which must not adapt them) and freezing. Real
+        weights, and any backbone under LoRA, stay frozen; idruid trains adapter + IDM (+ LoRA).
+        This also undoes peft's freezing of everything but LoRA, which would catch the processors."""
+        backbone_channels = self.backbone.config.in_channels
+        if backbone_channels != self.codec.latent_channels:
+            raise ConfigError(
+                f"the backbone takes {backbone_channels} input channels but model.codec "
+                f"'{self.config.codec}' gives {self.codec.latent_channels} "
+                "(set model.in_channels or model.codec)"
+            )
+        if self.config.lora_rank:
+            add_lora(self.backbone, self.config, self.lora_defaults)
+        if self.config.base_model is not None or self.config.lora_rank:
+            prefix = self.backbone_attr + "."
+            for name, param in self.named_parameters():
+                if name.startswith(prefix):
+                    param.requires_grad_(not self._is_base_weight(name))
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_text(
+        self,
+        layouts: Sequence[Layout],
+        drop_prompt: torch.Tensor | None = None,
+        drop_layout: torch.Tensor | None = None,
+    ) -> TextConditioning:
+        """Encode prompts and captions with the frozen text encoder.
+
+        drop_prompt / drop_layout: (B,) bool. A dropped prompt becomes "" and drops the layout
+        too (the unconditional branch of classifier-free guidance).
+        """
+        batch, cap = len(layouts), self.config.max_instances
+        drop_prompt = torch.zeros(batch, dtype=torch.bool) if drop_prompt is None else drop_prompt.cpu()
+        drop_layout = torch.zeros(batch, dtype=torch.bool) if drop_layout is None else drop_layout.cpu()
+        prompts = [
+            "" if drop else layout.prompt for layout, drop in zip(layouts, drop_prompt.tolist(), strict=True)
+        ]
+        prompt = self.text_encoder.encode(prompts)
+        length = self.config.prompt_max_length
+        boxes, valid = boxes_tensor(layouts, cap)
+        captions = [c for layout in layouts for c in layout.captions[:cap]]
+        where = valid.nonzero(as_tuple=True)  # (b, n) of every kept instance, in order
+        words = self.text_encoder.encode(captions) if captions else None
+        dim, tokens = self.text_encoder.hidden_size, self.config.caption_max_length
+        caption_hidden = torch.zeros(batch, cap, tokens, dim)
+        caption_pooled = torch.zeros(batch, cap, self.text_encoder.pooled_size)
+        caption_mask = torch.zeros(batch, cap, tokens, dtype=torch.bool)
+        if words is not None:
+            caption_hidden[where] = words.hidden[:, :tokens].float()
+            caption_pooled[where] = words.pooled.float()
+            caption_mask[where] = words.mask[:, :tokens]
+        enabled = (~(drop_prompt | drop_layout)).float()
+        return TextConditioning(
+            prompt_hidden=prompt.hidden[:, :length].float(),
+            prompt_pooled=prompt.pooled.float(),
+            caption_hidden=caption_hidden,
+            caption_pooled=caption_pooled,
+            caption_mask=caption_mask,
+            boxes=boxes,
+            valid=valid,
+            enabled=enabled,
+        )
+
+    def unconditional(self, cond: TextConditioning) -> TextConditioning:
+        """The classifier-free-guidance partner of ``cond``: empty prompt, no layout."""
+        empty = self.text_encoder.encode([""])
+        batch = len(cond)
+        device = cond.prompt_hidden.device
+        return TextConditioning(
+            prompt_hidden=empty.hidden[:, : cond.prompt_hidden.shape[1]]
+            .float()
+            .to(device)
+            .expand(batch, -1, -1),
+            prompt_pooled=empty.pooled.float().to(device).expand(batch, -1),
+            caption_hidden=cond.caption_hidden,
+            caption_pooled=cond.caption_pooled,
+            caption_mask=cond.caption_mask,
+            boxes=cond.boxes,
+            valid=cond.valid,
+            enabled=torch.zeros_like(cond.enabled),
+        )
+
+    # ------------------------------------------------------------------ parameters
+    def _is_base_weight(self, name: str) -> bool:
+        """A weight of the backbone itself (not of the IDM processors set into its attention),
+        which comes from the base folder when ``config.base_model`` is set."""
+        own = name.startswith(self.backbone_attr + ".") and ".processor." not in name
+        return own and "lora_" not in name  # LoRA adapters on the backbone are idruid's (peft names)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What an idruid checkpoint stores: everything but the frozen text encoder, and without the
+        backbone's own weights when they come from a base folder (they are loaded from it). LoRA
+        weights (``lora_`` keys) are always stored; a LoRA model without a base folder also stores
+        its frozen backbone, which nothing else could rebuild."""
+        based = self.config.base_model is not None
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if not k.startswith(FROZEN) and not (based and self._is_base_weight(k))
+        }
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [
+            p for n, p in self.named_parameters() if not n.startswith(FROZEN) and p.requires_grad
+        ]

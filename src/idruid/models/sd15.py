@@ -1,0 +1,156 @@
+"""The UNet layout-to-image model: diffusers ``UNet2DConditionModel`` (SD1.5) + layout adapter + IDM.
+
+Appendix B: IDM sits at the 8x8 mid-block and 16x16 decoder cross-attention layers of SD1.5
+(at 512 px, 64x64 latents); every other cross-attention layer is conditioned on the global
+prompt only. Here those layers are found by structure, not by size: the mid block's and the
+first decoder level with cross-attention's (``idm_layers``), which are exactly SD1.5's two at
+any resolution and the 8x8 / 16x16 layers of the tiny 3-level UNet at 32x32.
+
+The calling contract is the MM-DiT's (models/base.py): ``model(x_t, t, cond)`` returns the
+predicted noise (the "eps" process: t is the DDPM timestep) and the attention maps for L_dis.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from ..config import ModelConfig
+from ..processes import EpsProcess
+from .adapter import LayoutAdapter
+from .base import LayoutModel, TextConditioning
+from .idm import LayoutCondition, LayoutCrossAttnProcessor, PromptAttnProcessor
+from .text_encoder import CachedTextEncoder
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection of the UNet
+
+
+def build_unet(config: ModelConfig, text_dim: int) -> UNet2DConditionModel:
+    """The tiny UNet of the embedded world (SD1.5's block pattern at ``unet_channels``), or the
+    ``unet`` of a local SD1.5 diffusers folder."""
+    if config.base_model is not None:
+        path = Path(config.base_model)
+        if not (path / "unet" / "config.json").is_file():
+            raise FileNotFoundError(
+                f"base_model '{path}': no unet/config.json (expected an SD1.5 diffusers folder)"
+            )
+        return UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+    channels = list(config.unet_channels)
+    if len(channels) < 2:
+        raise ValueError(f"model.unet_channels needs at least 2 levels, got {channels}")
+    levels = len(channels)
+    return UNet2DConditionModel(
+        sample_size=config.resolution,
+        in_channels=config.in_channels,
+        out_channels=config.in_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        block_out_channels=channels,
+        layers_per_block=config.unet_layers_per_block,
+        cross_attention_dim=text_dim,
+        attention_head_dim=config.num_heads,  # diffusers' name for the number of heads (STACK.md)
+        norm_num_groups=math.gcd(*channels, 8),
+    )
+
+
+def idm_layers(unet: UNet2DConditionModel) -> dict[str, int]:
+    """The cross-attention processors that carry IDM, with each layer's downsampling factor:
+    the mid block's and those of the first decoder level that has cross-attention."""
+    factor = 2 ** sum(block.downsamplers is not None for block in unet.down_blocks)
+    prefixes = {"mid_block.": factor}
+    for index, block in enumerate(unet.up_blocks):
+        if getattr(block, "attentions", None):
+            prefixes[f"up_blocks.{index}."] = factor
+            break
+        if block.upsamplers is not None:
+            factor //= 2
+    return {
+        name: prefixes[prefix]
+        for name in unet.attn_processors
+        for prefix in prefixes
+        if name.startswith(prefix) and ".attn2." in name
+    }
+
+
+class LayoutUNetModel(LayoutModel):
+    """SD1.5 (UNet, DDPM noise prediction) with the layout adapter and IDM where appendix B puts it."""
+
+    backbone_attr = "unet"
+    lora_defaults = LORA_TARGETS
+
+    def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
+        if config.output != "velocity":
+            raise ValueError(
+                f"model.output '{config.output}' applies to the sd3 backbone; sd15 predicts the noise"
+            )
+        super().__init__(config, text_encoder)
+        self.process = EpsProcess.from_folder(config.base_model) if config.base_model else EpsProcess()
+        text_dim = self.text_encoder.hidden_size
+        self.unet = build_unet(config, text_dim)
+        if self.unet.config.cross_attention_dim != text_dim:
+            raise ValueError(
+                f"the UNet's cross_attention_dim {self.unet.config.cross_attention_dim} differs from the "
+                f"text encoder's width {text_dim} (model.text_encoder must be the base model's)"
+            )
+        self.adapter = LayoutAdapter(text_dim, text_dim, config.fourier_freqs, self.text_encoder.pooled_size)
+        layers = idm_layers(self.unet)
+        modules = dict(self.unet.named_modules())
+        processors = {}
+        for name in self.unet.attn_processors:
+            if name not in layers:
+                processors[name] = PromptAttnProcessor()
+                continue
+            attn = modules[name.removesuffix(".processor")]
+            processors[name] = LayoutCrossAttnProcessor(
+                attn.inner_dim,
+                attn.heads,
+                text_dim,
+                layers[name],
+                config.use_idm,
+                config.idm_hidden,
+                config.geometry_rank,
+            )
+        self.unet.set_attn_processor(processors)
+        self._finish_backbone()
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: TextConditioning,
+        layout_on: bool = True,
+        record_attention: bool = False,
+    ) -> tuple[torch.Tensor, list]:
+        """Predict the noise in x_t (B, C, H, W) at DDPM timesteps t (B,).
+
+        Returns (eps_pred, attention_maps); attention_maps holds one (attn_pos, attn_neg, grid) of
+        (B, N, heads, h * w) maps per IDM layer when ``record_attention`` (for L_dis).
+        """
+        self.check_latents(x_t)
+        layout = None
+        if layout_on:
+            cond = cond.trimmed()
+            inst = self.adapter(
+                cond.boxes, cond.valid, cond.caption_hidden, cond.caption_pooled, cond.caption_mask
+            )
+            layout = LayoutCondition(
+                tokens=inst.tokens,
+                token_mask=inst.token_mask,
+                boxes=cond.boxes,
+                valid=cond.valid,
+                enabled=cond.enabled,
+                grid=(x_t.shape[-2], x_t.shape[-1]),  # the input; each IDM layer takes its own view
+                patch=1,
+                record_attention=record_attention,
+            )
+        out = self.unet(
+            x_t,
+            t,
+            encoder_hidden_states=cond.prompt_hidden.to(x_t.dtype),
+            cross_attention_kwargs={"layout": layout},
+            return_dict=False,
+        )[0]
+        return out, (layout.attention_maps if layout is not None else [])

@@ -1,0 +1,98 @@
+"""The diffusion processes (flow for SD3, eps for SD1.5) against diffusers' own schedulers."""
+
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from idruid.losses import add_noise, flow_matching_loss
+from idruid.processes import PROCESSES, EpsProcess, FlowProcess
+from idruid.rl.logprob import sde_step_with_logprob
+from idruid.sampling import flow_sigmas
+
+SD15 = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "clip_sample": False,
+}
+
+
+def test_registry_is_keyed_by_prediction_type():
+    assert {name: cls.prediction_type for name, cls in PROCESSES.items()} == {"flow": "flow", "eps": "eps"}
+
+
+def test_flow_process_is_the_rectified_flow():
+    process = FlowProcess()
+    torch.testing.assert_close(process.times(7, 3.0), flow_sigmas(7, 3.0))
+    x0, noise, sigma = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.tensor([0.1, 0.5, 0.9])
+    torch.testing.assert_close(process.add_noise(x0, noise, sigma), add_noise(x0, noise, sigma))
+    v = torch.randn_like(x0)
+    assert process.loss(v, x0, noise) == flow_matching_loss(v, x0, noise)
+    # the policy's scale is the SDE step's std * sqrt(-dt)
+    times = process.times(4)
+    t, t_next = times[1].expand(3), times[2].expand(3)
+    x_next, log_prob, mean, scale = process.policy(times, noise_level=0.7)(v, x0, t, t_next)
+    _, _, ref_mean, std = sde_step_with_logprob(v, x0, t, t_next, float(times[1]), 0.7, x_next=x_next)
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(scale.flatten(), std.flatten() * math.sqrt(float(times[1] - times[2])))
+    with pytest.raises(ValueError, match="at least 2 sampling steps"):
+        process.policy(process.times(1))
+
+
+def test_eps_time_grid_and_alphas_are_ddims():
+    process = EpsProcess()
+    reference = DDIMScheduler(**SD15)
+    reference.set_timesteps(10)
+    times = process.times(10)
+    assert times[:-1].tolist() == reference.timesteps.float().tolist()
+    assert times[-1].item() == reference.timesteps[-1].item() - 100  # the step the last one lands on
+    t = torch.tensor([999.0, 500.0, 0.0, -99.0])
+    expected = [reference.alphas_cumprod[999], reference.alphas_cumprod[500], reference.alphas_cumprod[0]]
+    expected.append(reference.final_alpha_cumprod)  # past the last step (set_alpha_to_one=False)
+    torch.testing.assert_close(process.alpha_bar(t), torch.stack(expected).float())
+    assert process.unit_time(torch.tensor([999.0, 0.0, -99.0])).tolist() == pytest.approx([0.999, 0.0, 0.0])
+    with pytest.raises(ValueError, match="flow-matching setting"):
+        process.times(10, shift=3.0)
+
+
+def test_eps_forward_process_and_loss_match_ddpm():
+    process = EpsProcess()
+    reference = DDPMScheduler(**{k: v for k, v in SD15.items() if k != "set_alpha_to_one"})
+    x0, noise = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
+    t = torch.tensor([0, 10, 500, 999])
+    torch.testing.assert_close(
+        process.add_noise(x0, noise, t.float()), reference.add_noise(x0, noise, t), rtol=1e-5, atol=1e-5
+    )
+    eps = torch.randn_like(noise)
+    assert process.loss(eps, x0, noise).item() == pytest.approx(((eps - noise) ** 2).mean().item(), rel=1e-6)
+
+
+def test_eps_training_times():
+    process = EpsProcess()
+    torch.manual_seed(0)
+    uniform = process.train_times(4000, "uniform")
+    assert uniform.min() >= 0 and uniform.max() <= 999 and torch.equal(uniform, uniform.round())
+    assert abs(uniform.mean().item() - 499.5) < 20  # uniform over [0, 1000)
+    logit = process.train_times(4000, "logit_normal")
+    assert logit.min() >= 0 and logit.max() <= 999 and abs(logit.median().item() - 500) < 30
+    with pytest.raises(ValueError, match="sigma_sampling"):
+        process.train_times(2, "cosine")
+
+
+def test_eps_process_reads_a_scheduler_config_and_refuses_other_predictions(tmp_path):
+    from diffusers import PNDMScheduler
+
+    pndm = {k: v for k, v in SD15.items() if k != "clip_sample"}  # SD1.5 ships a PNDM config
+    PNDMScheduler(**{**pndm, "beta_end": 0.02}).save_pretrained(tmp_path / "scheduler")
+    process = EpsProcess.from_folder(tmp_path)
+    expected = DDIMScheduler(**{**SD15, "beta_end": 0.02}).alphas_cumprod
+    torch.testing.assert_close(process.alphas_cumprod, expected.float())
+    with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
+        EpsProcess.from_folder(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="v_prediction"):
+        EpsProcess({"prediction_type": "v_prediction"})
