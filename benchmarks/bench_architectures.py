@@ -85,9 +85,10 @@ def sd3_transformer(num_layers: int = 24) -> SD3Transformer2DModel:
     return SD3Transformer2DModel(**{**SD3_MEDIUM, "num_layers": num_layers})
 
 
-def layout_model(num_layers: int = 24) -> sd3.LayoutToImageModel:
+def layout_model(num_layers: int = 24, share_query: bool = False) -> sd3.LayoutToImageModel:
     """idruid's model around an SD3-medium-sized MM-DiT: the adapter and the IDM processors are
-    attached by LayoutToImageModel itself, only the backbone builder is swapped."""
+    attached by LayoutToImageModel itself, only the backbone builder is swapped. ``share_query``:
+    the sd3-medium preset's setting (the branch reuses the backbone's image queries)."""
     config = ModelConfig(
         resolution=SD3_MEDIUM["sample_size"] * VAE_FACTOR,
         in_channels=SD3_MEDIUM["in_channels"],
@@ -96,6 +97,7 @@ def layout_model(num_layers: int = 24) -> sd3.LayoutToImageModel:
         num_heads=SD3_MEDIUM["num_attention_heads"],
         head_dim=SD3_MEDIUM["attention_head_dim"],
         output="velocity",
+        share_query=share_query,
     )
     with (
         mock.patch.object(sd3, "build_transformer", lambda *_: sd3_transformer(num_layers)),
@@ -154,7 +156,7 @@ def param_counts(model: sd3.LayoutToImageModel) -> ParamCounts:
     processors = [m for m in model.transformer.modules() if isinstance(m, LayoutJointAttnProcessor)]
     first = processors[0]
     parts = {
-        "to_q": count(first.to_q.parameters()),
+        "to_q": count(first.to_q.parameters()) if first.to_q is not None else 0,
         "to_kv": count(first.to_kv.parameters()),
         "idm": count(first.idm.parameters()),
         "geometry": sum(
@@ -204,8 +206,9 @@ def branch_flops(image_tokens: int, instances: int, num_layers: int, model_confi
     fourier = 4 * 2 * model_config.fourier_freqs
     pixels_per_token = SD3_MEDIUM["patch_size"] ** 2
     adapter = 2 * n * ((fourier + RealTextWidths.pooled_size) * d + d * d + fourier * d)
+    projections = 1 if model_config.share_query else 2  # to_out, and to_q unless the query is shared
     per_block = 2 * (
-        2 * p * d * d  # to_q on the image tokens, to_out
+        projections * p * d * d  # to_q on the image tokens (unless shared), to_out
         + 2 * n * d * 3 * d  # keys, values and refined keys of the 2 tokens of each instance
         + p * d * n  # each pixel's logit for each instance's layout token
         + n * p * d  # the global feature's mean inside each box
@@ -397,8 +400,10 @@ def main() -> None:
     with torch.device("meta"):
         plain = sd3_transformer()
         model = layout_model()
+        shared_model = layout_model(share_query=True)
         unet = sd15_unet()
     params = param_counts(model)
+    shared = param_counts(shared_model)
     assert params.backbone == count(plain.parameters())  # attaching idruid leaves the backbone as it is
     print("## Parameters")
     print(f"SD3-medium MM-DiT: {params.backbone:,}")
@@ -407,6 +412,8 @@ def main() -> None:
     for part, n in params.branch_per_block.items():
         print(f"  per block {part:<9} {n:>12,}  x {params.blocks} = {n * params.blocks:,}")
     print(f"adapter + IDM:     {params.extra:,}  = {params.extra / params.backbone:.1%} of the MM-DiT")
+    print(f"  share_query (the sd3-medium preset: no to_q, the backbone's queries): {shared.extra:,}"
+          f"  = {shared.extra / shared.backbone:.1%} of the MM-DiT")  # fmt: skip
 
     # ------------------------------------------------------------ FLOPs at 1024x1024 (meta device)
     side = 1024 // VAE_FACTOR
@@ -423,8 +430,12 @@ def main() -> None:
               measured_flops(model, latents, sigma, cond, layout_on=False))  # fmt: skip
         check("idruid model, adapter + IDM on (meta)", full_backbone + full_branch,
               measured_flops(model, latents, sigma, cond, layout_on=True))  # fmt: skip
+        shared_branch = branch_flops(tokens, INSTANCES, SD3_MEDIUM["num_layers"], shared_model.config)
+        check("idruid model, share_query, adapter + IDM on (meta)", full_backbone + shared_branch,
+              measured_flops(shared_model, latents, sigma, cond, layout_on=True))  # fmt: skip
     share = full_branch / full_backbone
-    print(f"  adapter + IDM add {full_branch / 1e9:.1f} GFLOP = {share:.1%} of the backbone")
+    print(f"  adapter + IDM add {full_branch / 1e9:.1f} GFLOP = {share:.1%} of the backbone; "
+          f"with share_query {shared_branch / 1e9:.1f} GFLOP = {shared_branch / full_backbone:.1%}")
     unet_side = 512 // VAE_FACTOR
     with counting() as counter:
         unet(

@@ -320,3 +320,29 @@ def test_patch_geometry_relative_coordinates():
     # the quadratic terms are products of the linear ones
     assert torch.allclose(geo[..., 3], geo[..., 1] ** 2) and torch.allclose(geo[..., 4], geo[..., 2] ** 2)
     assert torch.allclose(geo[..., 5], geo[..., 1] * geo[..., 2])
+
+
+@pytest.mark.parametrize("use_idm", [True, False])
+def test_shared_query_is_the_backbones_own_projection(use_idm):
+    """With share_query the branch uses the backbone's image queries: the same output as an own
+    to_q holding the backbone's to_q weights, and dim^2 + dim fewer parameters per block."""
+    model = tiny_transformer()
+    names = list(model.attn_processors)
+    torch.manual_seed(1)
+    own = {n: LayoutJointAttnProcessor(DIM, HEADS, DIM, use_idm, idm_hidden=16, patch=4) for n in names}
+    shared = {
+        n: LayoutJointAttnProcessor(DIM, HEADS, DIM, use_idm, idm_hidden=16, patch=4, share_query=True)
+        for n in names
+    }
+    for name in names:
+        torch.nn.init.normal_(own[name].to_out.weight, std=0.2)
+        own[name].to_q.load_state_dict(model.get_submodule(name.removesuffix(".processor")).to_q.state_dict())
+        rest = {k: v for k, v in own[name].state_dict().items() if not k.startswith("to_q.")}
+        shared[name].load_state_dict(rest)  # strict: everything but to_q is the same
+    outputs = []
+    for procs in (own, shared):
+        model.set_attn_processor(dict(procs))
+        outputs.append(model(**inputs(), joint_attention_kwargs={"layout": condition()})[0])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    size = [sum(p.numel() for proc in procs.values() for p in proc.parameters()) for procs in (own, shared)]
+    assert size[0] - size[1] == 2 * (DIM * DIM + DIM)  # two blocks

@@ -125,3 +125,18 @@ def test_folder_settings_that_cannot_work_are_refused(folders):
         build_model(ModelConfig(base_model=str(folders["sd3"]), text_encoder="base", prompt_max_length=333))
     with pytest.raises(FileNotFoundError, match="no unet/config.json"):
         build_model(config_for("sd15", folders["sd3"]))
+
+
+@pytest.mark.parametrize(("preset", "backbone"), [("sd3-medium", "sd3"), ("sd15", "sd15")])
+def test_real_weight_presets_build_on_a_folder_and_name_what_they_need(folders, preset, backbone):
+    from idruid.config import load_config
+
+    config = load_config(preset, [f"model.base_model={folders[backbone]}", "model.resolution=32"])
+    model = build_model(config.model)
+    assert model.prediction_type == ("flow" if backbone == "sd3" else "eps")
+    assert model.text_encoder.max_length == config.model.prompt_max_length  # the whole prompt is kept
+    with pytest.raises(ConfigError, match="rl.prompts is not set"):
+        config.rl.check()
+    config.rl.prompts = "shapes"
+    with pytest.raises(ConfigError, match="rl.detector is not set"):
+        config.rl.check()

@@ -202,3 +202,19 @@ def test_loss_plot_adds_the_rl_diagnostics(tmp_path):
         plot_losses(log, tmp_path / f"{name}.png")
         heights.append(Image.open(tmp_path / f"{name}.png").size[1])
     assert heights[1] == 2 * heights[0]
+
+
+def test_prompt_only_layouts_from_a_file_are_read_in_order_and_cycled(model, tmp_path):
+    from idruid.layout import load_layouts, save_layouts
+
+    file = tmp_path / "prompts.jsonl"
+    save_layouts(prompt_only_layouts(5), file)
+    expected = load_layouts(file)
+    config = load_config("tiny", ["rl.algorithm=ppo", f"rl.prompts={file}", "rl.batch_size=3"])
+    stage = RLStage(config, model)
+    first = stage.next_layouts()
+    stage.iteration += 1
+    second = stage.next_layouts()
+    assert first == expected[:3] and second == [expected[3], expected[4], expected[0]]
+    with pytest.raises(ConfigError, match="only the shapes world has"):
+        RLStage(load_config("tiny", ["rl.algorithm=sft", f"rl.prompts={file}"]), model)

@@ -198,3 +198,23 @@ def test_unet_trains_with_ppo_and_resumes(tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
     assert log[0]["l_dis"] is not None and log[0]["l_rl"] is None and log[2]["l_rl"] is not None
     assert isinstance(load_checkpoint(export), LayoutUNetModel)
+
+
+def test_shared_query_uses_the_unets_own_queries():
+    """share_query on the UNet: the same output as an own to_q holding each layer's to_q weights."""
+    torch.manual_seed(0)
+    own = build_model(load_config("tiny-sd15").model).eval()
+    shared = build_model(load_config("tiny-sd15", ["model.share_query=true"]).model).eval()
+    modules = dict(own.unet.named_modules())
+    for name, processor in own.unet.attn_processors.items():
+        if isinstance(processor, LayoutCrossAttnProcessor):
+            torch.nn.init.normal_(processor.to_out.weight, std=0.3)
+            with torch.no_grad():  # the UNet's to_q has no bias
+                processor.to_q.weight.copy_(modules[name.removesuffix(".processor")].to_q.weight)
+                processor.to_q.bias.zero_()
+    state = {k: v for k, v in own.state_dict().items() if ".processor.to_q." not in k}
+    shared.load_state_dict(state)  # strict: the shared model has no to_q, and nothing else differs
+    cond = own.encode_text(layouts())
+    x, t = torch.randn(2, 12, 16, 16), torch.tensor([600.0, 60.0])
+    with torch.no_grad():
+        torch.testing.assert_close(own(x, t, cond)[0], shared(x, t, cond)[0], rtol=1e-5, atol=1e-5)

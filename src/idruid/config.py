@@ -51,6 +51,9 @@ class ModelConfig:
     use_idm: bool = True  # False: adapter-only baseline (ablation row 1)
     idm_hidden: int = 128  # width of the IDM descriptor network
     geometry_rank: int = 32  # width of the per-instance pixel-geometry features (IDM mask branch)
+    # the layout branch queries the instance tokens with the backbone's own image queries
+    # (IP-Adapter's decoupled cross-attention) instead of its own to_q: for pretrained backbones
+    share_query: bool = False
     # sd3 only: what the backbone's raw output is; the model always returns a velocity. "velocity": SD3's
     # own parameterisation (real weights). "x0": the clean image, turned into v = (x_t - x0) / sigma,
     # for pixel space with big patches (4x4x3 = 48 values per token into a 128-wide network), where
@@ -90,12 +93,15 @@ class RLConfig:
     kl_weight: float = 1.0  # weight of the KL term of Eq. 10
     reward: str = "iou_conf"  # "iou", "iou_conf" or "false" (idruid.rl.rewards.REWARDS)
     confidence_weight: float = 1.0  # k in IoU + k * confidence (Table 4)
-    detector: str = "analytic"  # a registered detector name or a local GroundingDINO folder
+    detector: str | None = "analytic"  # a registered detector name or a local GroundingDINO folder
     critic_lr: float = 1e-3
     critic_hidden: int = 256
     critic_warmup: int = 5  # critic updates before it joins the actor (paper 4.1)
     pool_size: int = 4  # rollouts kept in the action pool
-    prompt_seed: int = 1  # seed of the prompt-only set (idruid.data.shapes.prompt_only_layout)
+    # the prompt-only (unpaired) layouts: "shapes" (the embedded world's generator) or a layout file
+    # (idruid JSON, e.g. COCO-MIG's prompts through `idruid convert`), read in order and cycled
+    prompts: str | None = "shapes"
+    prompt_seed: int = 1  # seed of the shapes prompt-only set (idruid.data.shapes.prompt_only_layout)
 
     def check(self) -> None:
         """Refuse settings the RL stage cannot run, before any training starts."""
@@ -109,6 +115,10 @@ class RLConfig:
             raise ConfigError(f"rl.steps must be at least 2, got {self.steps}")
         if self.every < 1 or self.batch_size < 1 or self.pool_size < 1:
             raise ConfigError("rl.every, rl.batch_size and rl.pool_size must be at least 1")
+        if self.algorithm != "none" and self.prompts is None:
+            raise ConfigError("rl.prompts is not set: give a layout file of prompt-only layouts (or shapes)")
+        if self.algorithm in ("ppo", "grpo") and self.detector is None:
+            raise ConfigError("rl.detector is not set: give a local GroundingDINO folder (or analytic)")
         if self.algorithm == "grpo" and (self.group_size < 2 or self.batch_size % self.group_size):
             raise ConfigError(
                 f"rl.group_size={self.group_size} must be >= 2 and divide rl.batch_size={self.batch_size}"

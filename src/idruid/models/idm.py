@@ -154,7 +154,8 @@ def joint_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: to
     """The backbone's MM-DiT joint attention, returning the pre-projection image features too.
 
     Same computation as diffusers' ``JointAttnProcessor2_0``; returns (image_out, context_out,
-    image_features) where image_features (B, HW, C) is e_{n+1} before ``to_out``.
+    image_features, image_query) where image_features (B, HW, C) is e_{n+1} before ``to_out`` and
+    image_query (B, heads, HW, d) the image tokens' queries (after the backbone's q-norm, if any).
     """
     batch = hidden_states.shape[0]
     heads = attn.heads
@@ -171,6 +172,7 @@ def joint_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: to
         query = attn.norm_q(query)
     if attn.norm_k is not None:
         key = attn.norm_k(key)
+    image_query = query
     num_image = hidden_states.shape[1]
     if encoder_hidden_states is not None:
         ctx_q = split(attn.add_q_proj(encoder_hidden_states))
@@ -188,10 +190,10 @@ def joint_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: to
     image_features, context = out[:, :num_image], out[:, num_image:]
     image_out = attn.to_out[1](attn.to_out[0](image_features))
     if encoder_hidden_states is None:
-        return image_out, None, image_features
+        return image_out, None, image_features, image_query
     if not attn.context_pre_only:
         context = attn.to_add_out(context)
-    return image_out, context, image_features
+    return image_out, context, image_features, image_query
 
 
 def _token_attention(queries: torch.Tensor, keys: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
@@ -234,11 +236,15 @@ class LayoutJointAttnProcessor(nn.Module):
         idm_hidden: int = 128,
         patch: int = 1,
         geometry_rank: int = 32,
+        share_query: bool = False,
     ):
+        """share_query: query the instance tokens with the backbone's own image queries, as
+        IP-Adapter's decoupled cross-attention does, instead of a trained ``to_q`` (dim^2 fewer
+        weights per block: for a pretrained, frozen backbone whose queries already mean something)."""
         super().__init__()
         self.heads = heads
         self.use_idm = use_idm
-        self.to_q = nn.Linear(dim, dim)
+        self.to_q = None if share_query else nn.Linear(dim, dim)
         # keys and values of the instance tokens, plus the keys seen by the refined features R+ / R-
         self.to_kv = nn.Linear(token_dim, (3 if use_idm else 2) * dim)
         if use_idm:
@@ -259,9 +265,11 @@ class LayoutJointAttnProcessor(nn.Module):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, layout)
 
     def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, layout=None):
-        image_out, context_out, global_features = joint_attention(attn, hidden_states, encoder_hidden_states)
+        image_out, context_out, global_features, query = joint_attention(
+            attn, hidden_states, encoder_hidden_states
+        )
         if layout is not None:
-            branch = self.instance_branch(hidden_states, global_features, layout)
+            branch = self.instance_branch(hidden_states, global_features, layout, query)
             image_out = image_out + layout.enabled.to(branch.dtype)[:, None, None] * branch
         if encoder_hidden_states is None:
             return image_out
@@ -272,10 +280,22 @@ class LayoutJointAttnProcessor(nn.Module):
         return x.unflatten(-1, (self.heads, -1)).transpose(-2, -3)
 
     def instance_branch(
-        self, hidden_states: torch.Tensor, global_features: torch.Tensor, layout: LayoutCondition
+        self,
+        hidden_states: torch.Tensor,
+        global_features: torch.Tensor,
+        layout: LayoutCondition,
+        backbone_query: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The layout branch's output (B, P, C) to add to the backbone's. ``backbone_query``
+        (B, h, P, d): the backbone's own image queries, used instead of ``to_q`` when the
+        processor shares them (``share_query``)."""
         num = layout.valid.shape[1]
-        query = self._heads(self.to_q(hidden_states)).unsqueeze(1)  # (B, 1, h, P, d)
+        if self.to_q is None:
+            if backbone_query is None:
+                raise ValueError("a processor with share_query needs the backbone's queries")
+            query = backbone_query.unsqueeze(1)  # (B, 1, h, P, d)
+        else:
+            query = self._heads(self.to_q(hidden_states)).unsqueeze(1)
         projected = [
             self._heads(t) for t in self.to_kv(layout.tokens).chunk(3 if self.use_idm else 2, dim=-1)
         ]
@@ -383,10 +403,13 @@ class LayoutJointAttnProcessor(nn.Module):
         return (probs @ flat_values)[:, 0].transpose(1, 2).flatten(-2)
 
 
-def cross_attention(attn, hidden_states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-    """A UNet attention layer's own attention, (B, P, C) before ``to_out``: the same computation as
-    diffusers' ``AttnProcessor2_0`` for the layers of SD1.5's transformer blocks (no group or
-    spatial norm, no residual inside the layer, which this refuses rather than mis-computes)."""
+def cross_attention(
+    attn, hidden_states: torch.Tensor, context: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A UNet attention layer's own attention: (features (B, P, C) before ``to_out``, queries
+    (B, heads, P, d)), the same computation as diffusers' ``AttnProcessor2_0`` for the layers of
+    SD1.5's transformer blocks (no group or spatial norm, no residual inside the layer, which this
+    refuses rather than mis-computes)."""
     if attn.group_norm is not None or attn.spatial_norm is not None or attn.residual_connection:
         raise NotImplementedError(
             "IDM on a UNet attention layer with group/spatial norm or an inner residual"
@@ -402,7 +425,7 @@ def cross_attention(attn, hidden_states: torch.Tensor, context: torch.Tensor | N
 
     query, key, value = split(attn.to_q(hidden_states)), split(attn.to_k(context)), split(attn.to_v(context))
     out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
-    return out.transpose(1, 2).flatten(-2)
+    return out.transpose(1, 2).flatten(-2), query
 
 
 class LayoutCrossAttnProcessor(LayoutJointAttnProcessor):
@@ -422,14 +445,15 @@ class LayoutCrossAttnProcessor(LayoutJointAttnProcessor):
         use_idm: bool = True,
         idm_hidden: int = 128,
         geometry_rank: int = 32,
+        share_query: bool = False,
     ):
-        super().__init__(dim, heads, token_dim, use_idm, idm_hidden, downsample, geometry_rank)
+        super().__init__(dim, heads, token_dim, use_idm, idm_hidden, downsample, geometry_rank, share_query)
         self.downsample = downsample
 
     def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, layout=None):
         if attention_mask is not None:
             raise NotImplementedError("LayoutCrossAttnProcessor takes no attention mask (SD1.5 passes none)")
-        global_features = cross_attention(attn, hidden_states, encoder_hidden_states)  # e_{n+1}
+        global_features, query = cross_attention(attn, hidden_states, encoder_hidden_states)  # e_{n+1}
         out = attn.to_out[1](attn.to_out[0](global_features))
         if layout is not None:
             height, width = layout.grid[0] * layout.patch, layout.grid[1] * layout.patch  # model input
@@ -440,7 +464,7 @@ class LayoutCrossAttnProcessor(LayoutJointAttnProcessor):
                     f"{grid[0]}x{grid[1]} tokens, got {hidden_states.shape[1]}"
                 )
             view = layout.at(grid, self.downsample * layout.patch)
-            branch = self.instance_branch(hidden_states, global_features, view)
+            branch = self.instance_branch(hidden_states, global_features, view, query)
             out = out + layout.enabled.to(branch.dtype)[:, None, None] * branch
         return out
 

@@ -112,6 +112,7 @@ class LayoutUNetModel(LayoutModel):
                 config.use_idm,
                 config.idm_hidden,
                 config.geometry_rank,
+                config.share_query,
             )
         self.unet.set_attn_processor(processors)
         self._finish_backbone()

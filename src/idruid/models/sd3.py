@@ -83,6 +83,7 @@ class LayoutToImageModel(LayoutModel):
                     config.idm_hidden,
                     self.transformer.config.patch_size,
                     config.geometry_rank,
+                    config.share_query,
                 )
                 for name in self.transformer.attn_processors
             }

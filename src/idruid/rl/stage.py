@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..data.shapes import image_to_tensor, prompt_only_layout, render_layout_scene
 from ..detectors import load_detector
-from ..layout import Layout
+from ..layout import Layout, load_layouts
 from ..sampling import to_uint8
 from .critic import Critic, advantages, critic_loss
 from .grpo import group_advantages
@@ -53,10 +53,16 @@ class RLStage:
         self.iteration = 0
         self.critic_updates = 0
         self.pool = ActionPool(self.rl.pool_size)
+        self.prompt_file = None if self.rl.prompts == "shapes" else load_layouts(self.rl.prompts)
+        if self.prompt_file is not None and self.rl.algorithm == "sft":
+            raise ConfigError(
+                "rl.algorithm=sft trains on the prompt-only layouts' rendered images, which only "
+                "the shapes world has (rl.prompts=shapes)"
+            )
         self.reward = None
         if self.rl.algorithm in ("ppo", "grpo"):
             self.reward = LayoutReward(
-                load_detector(self.rl.detector), self.rl.reward, self.rl.confidence_weight
+                load_detector(self.rl.detector, str(self.device)), self.rl.reward, self.rl.confidence_weight
             )
         self.critic = None
         if self.rl.algorithm == "ppo":
@@ -67,13 +73,17 @@ class RLStage:
 
     # ------------------------------------------------------------------ data
     def next_layouts(self) -> list[Layout]:
-        """The next prompt-only batch; for GRPO, batch_size / group_size prompts, each repeated."""
+        """The next prompt-only batch; for GRPO, batch_size / group_size prompts, each repeated.
+        From the shapes world's generator, or the layout file ``rl.prompts`` read in order (cycled)."""
         prompts = self.rl.batch_size // (self.rl.group_size if self.rl.algorithm == "grpo" else 1)
         start = self.iteration * prompts
-        layouts = [
-            prompt_only_layout(start + k, self.rl.prompt_seed, resolution=self.config.model.resolution)
-            for k in range(prompts)
-        ]
+        if self.prompt_file is not None:
+            layouts = [self.prompt_file[(start + k) % len(self.prompt_file)] for k in range(prompts)]
+        else:
+            layouts = [
+                prompt_only_layout(start + k, self.rl.prompt_seed, resolution=self.config.model.resolution)
+                for k in range(prompts)
+            ]
         if self.rl.algorithm == "grpo":
             layouts = [layout for layout in layouts for _ in range(self.rl.group_size)]
         return layouts
