@@ -192,3 +192,26 @@ def test_x0_output_is_turned_into_the_velocity():
         torch.testing.assert_close(net(x_t, sigma, cond, layout_on=False)[0], net._velocity(raw, x_t, sigma))
     with pytest.raises(ValueError, match="model.output"):
         LayoutToImageModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, output="eps"))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-sd15"])
+def test_a_model_cast_to_bf16_takes_float32_inputs(preset):
+    """DeepSpeed's bf16 engine casts the whole model and feeds it the loader's float32 tensors:
+    the model casts its inputs to its weights' dtype, and predicts what the float32 model does."""
+    from idruid.models import build_model
+
+    torch.manual_seed(0)
+    full = build_model(load_config(preset).model).eval()
+    for param in full.trainable_parameters():  # a trained-looking branch, not the zero residual
+        torch.nn.init.normal_(param, std=0.05) if param.ndim > 1 else None
+    half = build_model(load_config(preset).model).eval()
+    half.load_state_dict(full.state_dict())
+    half.to(torch.bfloat16)
+    cond = full.encode_text(layouts(2))
+    x = torch.randn(2, *full.latent_shape)
+    t = full.process.times(4)[1:3]
+    with torch.no_grad():
+        expected, _ = full(x, t, cond)
+        out, _ = half(x, t, cond)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - expected).abs().mean() < 0.05 * expected.abs().mean()

@@ -172,11 +172,26 @@ class LayoutModel(nn.Module):
         side = self.config.resolution // self.codec.downsample
         return self.codec.latent_channels, side, side
 
-    def check_latents(self, x_t: torch.Tensor) -> None:
+    def backbone_inputs(
+        self, x_t: torch.Tensor, cond: TextConditioning
+    ) -> tuple[torch.Tensor, TextConditioning]:
+        """Check x_t's shape, and cast x_t and the conditioning's float tensors to the weights'
+        dtype when the whole model was cast (DeepSpeed's bf16 and fp16 engines hold bf16 / fp16
+        weights and feed them what the data loader gives; under autocast the weights stay float32
+        and nothing changes here)."""
         if x_t.ndim != 4 or x_t.shape[1] != self.codec.latent_channels:
             raise ValueError(
                 f"x_t has shape {tuple(x_t.shape)}, expected (B, {self.codec.latent_channels}, h, w)"
             )
+        dtype = self.adapter.null_token.dtype
+        if x_t.dtype == dtype and cond.prompt_hidden.dtype == dtype:
+            return x_t, cond
+        cast = {
+            f.name: value.to(dtype) if value.is_floating_point() else value
+            for f in fields(cond)
+            for value in [getattr(cond, f.name)]
+        }
+        return x_t.to(dtype), TextConditioning(**cast)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -295,6 +310,4 @@ class LayoutModel(nn.Module):
         }
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [
-            p for n, p in self.named_parameters() if not n.startswith(FROZEN) and p.requires_grad
-        ]
+        return [p for n, p in self.named_parameters() if not n.startswith(FROZEN) and p.requires_grad]

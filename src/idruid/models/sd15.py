@@ -130,7 +130,7 @@ class LayoutUNetModel(LayoutModel):
         Returns (eps_pred, attention_maps); attention_maps holds one (attn_pos, attn_neg, grid) of
         (B, N, heads, h * w) maps per IDM layer when ``record_attention`` (for L_dis).
         """
-        self.check_latents(x_t)
+        x_t, cond = self.backbone_inputs(x_t, cond)
         layout = None
         if layout_on:
             cond = cond.trimmed()
@@ -150,7 +150,7 @@ class LayoutUNetModel(LayoutModel):
         out = self.unet(
             x_t,
             t,
-            encoder_hidden_states=cond.prompt_hidden.to(x_t.dtype),
+            encoder_hidden_states=cond.prompt_hidden,
             cross_attention_kwargs={"layout": layout},
             return_dict=False,
         )[0]

@@ -109,7 +109,7 @@ class LayoutToImageModel(LayoutModel):
         Returns (v_pred, attention_maps); attention_maps holds one (attn_pos, attn_neg, grid) of
         (B, N, heads, HW) maps per block when ``record_attention`` (for L_dis), else it is empty.
         """
-        self.check_latents(x_t)
+        x_t, cond = self.backbone_inputs(x_t, cond)
         kwargs = None
         layout = None
         if layout_on:
