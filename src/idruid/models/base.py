@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from ..layout import Layout, boxes_tensor
+from .idm import LayoutCondition
 from .text_encoder import CachedTextEncoder, load_text_encoder
 from .vae import LatentCodec, PixelCodec, UnshuffleCodec, VaeCodec
 
@@ -192,6 +193,26 @@ class LayoutModel(nn.Module):
             for value in [getattr(cond, f.name)]
         }
         return x_t.to(dtype), TextConditioning(**cast)
+
+    def layout_condition(
+        self, cond: TextConditioning, grid: Sequence[int], patch: int, record_attention: bool
+    ) -> LayoutCondition:
+        """The layout branch's input for a batch: the adapter's instance tokens of the used
+        instance slots, on a token grid of ``grid`` cells of ``patch`` x ``patch`` latent pixels."""
+        cond = cond.trimmed()
+        inst = self.adapter(
+            cond.boxes, cond.valid, cond.caption_hidden, cond.caption_pooled, cond.caption_mask
+        )
+        return LayoutCondition(
+            tokens=inst.tokens,
+            token_mask=inst.token_mask,
+            boxes=cond.boxes,
+            valid=cond.valid,
+            enabled=cond.enabled,
+            grid=(int(grid[0]), int(grid[1])),
+            patch=patch,
+            record_attention=record_attention,
+        )
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

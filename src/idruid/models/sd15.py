@@ -22,7 +22,7 @@ from ..config import ModelConfig
 from ..processes import EpsProcess
 from .adapter import LayoutAdapter
 from .base import LayoutModel, TextConditioning
-from .idm import LayoutCondition, LayoutCrossAttnProcessor, PromptAttnProcessor
+from .idm import LayoutCrossAttnProcessor, PromptAttnProcessor
 from .text_encoder import CachedTextEncoder
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection of the UNet
@@ -131,22 +131,8 @@ class LayoutUNetModel(LayoutModel):
         (B, N, heads, h * w) maps per IDM layer when ``record_attention`` (for L_dis).
         """
         x_t, cond = self.backbone_inputs(x_t, cond)
-        layout = None
-        if layout_on:
-            cond = cond.trimmed()
-            inst = self.adapter(
-                cond.boxes, cond.valid, cond.caption_hidden, cond.caption_pooled, cond.caption_mask
-            )
-            layout = LayoutCondition(
-                tokens=inst.tokens,
-                token_mask=inst.token_mask,
-                boxes=cond.boxes,
-                valid=cond.valid,
-                enabled=cond.enabled,
-                grid=(x_t.shape[-2], x_t.shape[-1]),  # the input; each IDM layer takes its own view
-                patch=1,
-                record_attention=record_attention,
-            )
+        # the input's grid; each IDM layer takes its own view of it (LayoutCondition.at)
+        layout = self.layout_condition(cond, x_t.shape[-2:], 1, record_attention) if layout_on else None
         out = self.unet(
             x_t,
             t,

@@ -17,7 +17,7 @@ from ..config import ModelConfig
 from ..processes import FlowProcess
 from .adapter import LayoutAdapter
 from .base import LayoutModel, TextConditioning
-from .idm import LayoutCondition, LayoutJointAttnProcessor
+from .idm import LayoutJointAttnProcessor
 from .text_encoder import CachedTextEncoder
 
 __all__ = ["LayoutToImageModel", "TextConditioning", "build_transformer", "LORA_TARGETS"]
@@ -110,33 +110,15 @@ class LayoutToImageModel(LayoutModel):
         (B, N, heads, HW) maps per block when ``record_attention`` (for L_dis), else it is empty.
         """
         x_t, cond = self.backbone_inputs(x_t, cond)
-        kwargs = None
-        layout = None
-        if layout_on:
-            cond = cond.trimmed()
-            inst = self.adapter(
-                cond.boxes, cond.valid, cond.caption_hidden, cond.caption_pooled, cond.caption_mask
-            )
-            layout = LayoutCondition(
-                tokens=inst.tokens,
-                token_mask=inst.token_mask,
-                boxes=cond.boxes,
-                valid=cond.valid,
-                enabled=cond.enabled,
-                grid=(
-                    x_t.shape[-2] // self.transformer.config.patch_size,
-                    x_t.shape[-1] // self.transformer.config.patch_size,
-                ),
-                patch=self.transformer.config.patch_size,
-                record_attention=record_attention,
-            )
-            kwargs = {"layout": layout}
+        patch = self.transformer.config.patch_size
+        grid = (x_t.shape[-2] // patch, x_t.shape[-1] // patch)
+        layout = self.layout_condition(cond, grid, patch, record_attention) if layout_on else None
         out = self.transformer(
             hidden_states=x_t,
             encoder_hidden_states=cond.prompt_hidden,
             pooled_projections=cond.prompt_pooled,
             timestep=sigma * 1000.0,  # diffusers' SD3 takes sigma * 1000 (STACK.md)
-            joint_attention_kwargs=kwargs,
+            joint_attention_kwargs=None if layout is None else {"layout": layout},
             return_dict=False,
         )[0]
         return self._velocity(out, x_t, sigma), (layout.attention_maps if layout is not None else [])
