@@ -58,7 +58,7 @@ def main() -> None:
     layouts = [prompt_only_layout(HELD_OUT_START + k, rl.prompt_seed) for k in range(args.layouts)]
     reward = LayoutReward(load_detector(rl.detector), rl.reward, rl.confidence_weight)
     sigmas = flow_sigmas(rl.steps, config.shift)
-    shape = (len(layouts), model.config.in_channels, model.config.resolution, model.config.resolution)
+    shape = (len(layouts), *model.latent_shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
     def rewards(step_fn) -> torch.Tensor:

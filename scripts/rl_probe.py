@@ -65,7 +65,7 @@ def main() -> None:
         prompt_only_layout(HELD_OUT_START + k, config.rl.prompt_seed, resolution=config.model.resolution)
         for k in range(args.held_out)
     ]
-    shape = (len(layouts), model.config.in_channels, model.config.resolution, model.config.resolution)
+    shape = (len(layouts), *model.latent_shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
     def held_out_reward() -> float:
