@@ -28,7 +28,7 @@ from .text_encoder import CachedTextEncoder
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection of the UNet
 
 
-def build_unet(config: ModelConfig, text_dim: int) -> UNet2DConditionModel:
+def build_unet(config: ModelConfig, text_dim: int, latent_side: int | None = None) -> UNet2DConditionModel:
     """The tiny UNet of the embedded world (SD1.5's block pattern at ``unet_channels``), or the
     ``unet`` of a local SD1.5 diffusers folder."""
     if config.base_model is not None:
@@ -43,7 +43,7 @@ def build_unet(config: ModelConfig, text_dim: int) -> UNet2DConditionModel:
         raise ValueError(f"model.unet_channels needs at least 2 levels, got {channels}")
     levels = len(channels)
     return UNet2DConditionModel(
-        sample_size=config.resolution,
+        sample_size=config.resolution if latent_side is None else latent_side,
         in_channels=config.in_channels,
         out_channels=config.in_channels,
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
@@ -89,7 +89,7 @@ class LayoutUNetModel(LayoutModel):
         super().__init__(config, text_encoder)
         self.process = EpsProcess.from_folder(config.base_model) if config.base_model else EpsProcess()
         text_dim = self.text_encoder.hidden_size
-        self.unet = build_unet(config, text_dim)
+        self.unet = build_unet(config, text_dim, self.latent_shape[-1])
         if self.unet.config.cross_attention_dim != text_dim:
             raise ValueError(
                 f"the UNet's cross_attention_dim {self.unet.config.cross_attention_dim} differs from the "

@@ -23,7 +23,9 @@ from .text_encoder import CachedTextEncoder
 __all__ = ["LayoutToImageModel", "TextConditioning", "build_transformer", "LORA_TARGETS"]
 
 
-def build_transformer(config: ModelConfig, text_dim: int, pooled_dim: int) -> SD3Transformer2DModel:
+def build_transformer(
+    config: ModelConfig, text_dim: int, pooled_dim: int, latent_side: int | None = None
+) -> SD3Transformer2DModel:
     """The tiny MM-DiT of the embedded world, or the transformer of a local SD3 folder."""
     if config.base_model is not None:
         path = Path(config.base_model)
@@ -33,9 +35,10 @@ def build_transformer(config: ModelConfig, text_dim: int, pooled_dim: int) -> SD
             )
         return SD3Transformer2DModel.from_pretrained(path, subfolder="transformer")
     inner = config.num_heads * config.head_dim
-    tokens_per_side = config.resolution // config.patch_size
+    side = config.resolution if latent_side is None else latent_side  # what the backbone sees
+    tokens_per_side = side // config.patch_size
     return SD3Transformer2DModel(
-        sample_size=config.resolution,
+        sample_size=side,
         patch_size=config.patch_size,
         in_channels=config.in_channels,
         out_channels=config.in_channels,
@@ -70,7 +73,9 @@ class LayoutToImageModel(LayoutModel):
         super().__init__(config, text_encoder)
         self.process = FlowProcess()
         text_dim = self.text_encoder.hidden_size
-        self.transformer = build_transformer(config, text_dim, self.text_encoder.pooled_size)
+        self.transformer = build_transformer(
+            config, text_dim, self.text_encoder.pooled_size, self.latent_shape[-1]
+        )
         inner = self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
         self.adapter = LayoutAdapter(text_dim, inner, config.fourier_freqs, self.text_encoder.pooled_size)
         self.transformer.set_attn_processor(
