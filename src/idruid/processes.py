@@ -119,11 +119,8 @@ class EpsProcess:
 
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """alpha_bar at timesteps t (B,); a negative t (past the last step) is the final alpha_bar."""
-        index = t.long().clamp(min=0).cpu()
-        values = self.alphas_cumprod[index]
-        return torch.where(t.cpu() < 0, torch.full_like(values, self.final_alpha_cumprod), values).to(
-            t.device
-        )
+        values = self.alphas_cumprod.to(t.device)[t.long().clamp(min=0)]  # t stays on its device
+        return torch.where(t < 0, torch.full_like(values, self.final_alpha_cumprod), values)
 
     def times(self, steps: int, shift: float = 1.0) -> torch.Tensor:
         """(steps + 1,) DDIM timesteps, then the step the last one lands on (t - T // steps)."""
