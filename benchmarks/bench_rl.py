@@ -4,7 +4,8 @@ against I-DRUID's default in the same run:
 - early-step RL (the first 20% of the steps explore and are trained) vs full-trajectory RL
   (paper appendix E: 15.4 s vs 82.6 s per iteration, 5.4x);
 - PPO with the critic vs GRPO with group size 4 (paper 4.4: 15.4 s vs about 60 s, 3.9x): GRPO
-  needs group_size trajectories per prompt, so it rolls out 4x the trajectories for the same prompts.
+  needs group_size trajectories per prompt, so it rolls out 4x the trajectories for the same prompts;
+- the paper's image credit vs per-instance credit (``rl.credit=instance``, our option).
 
     python benchmarks/bench_rl.py [--repeats 3] [--threads 2] [--checkpoint DIR]
 
@@ -21,6 +22,12 @@ CONFIGS = {
     # name: RLConfig overrides; batch_size counts trajectories, prompts = batch_size / group size
     "ppo, early steps (I-DRUID)": {"algorithm": "ppo", "rl_fraction": 0.2, "batch_size": 8},
     "ppo, full trajectory": {"algorithm": "ppo", "rl_fraction": 1.0, "batch_size": 8},
+    "ppo, early steps, per-instance credit": {
+        "algorithm": "ppo",
+        "rl_fraction": 0.2,
+        "batch_size": 8,
+        "credit": "instance",
+    },
     "grpo x4, early steps": {"algorithm": "grpo", "rl_fraction": 0.2, "batch_size": 32, "group_size": 4},
     "grpo x4, full trajectory": {"algorithm": "grpo", "rl_fraction": 1.0, "batch_size": 32, "group_size": 4},
 }

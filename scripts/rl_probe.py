@@ -32,9 +32,15 @@ from idruid.sampling import sample, to_uint8
 HELD_OUT_START = 10_000  # prompt-only indices far from the ones the RL stage draws
 
 
-def brightness(images: np.ndarray, layouts: Sequence[Layout]) -> torch.Tensor:
-    """(B,) mean pixel value on a 0..10 scale."""
-    return torch.from_numpy(images.astype(np.float32).mean(axis=(1, 2, 3)) / 25.5)
+class Brightness:
+    """A reward with the interface of idruid.rl.rewards.LayoutReward: the mean pixel value on a
+    0..10 scale, credited as one term per image."""
+
+    def instance_rewards(self, images: np.ndarray, layouts: Sequence[Layout]) -> torch.Tensor:
+        return torch.from_numpy(images.astype(np.float32).mean(axis=(1, 2, 3)) / 25.5)[:, None]
+
+    def __call__(self, images: np.ndarray, layouts: Sequence[Layout]) -> torch.Tensor:
+        return self.instance_rewards(images, layouts).sum(dim=1)
 
 
 def main() -> None:
@@ -58,7 +64,7 @@ def main() -> None:
     model = load_checkpoint(args.checkpoint)
     stage = RLStage(config, model)
     if args.reward == "brightness":
-        stage.reward = brightness
+        stage.reward = Brightness()
     reward = stage.reward
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=args.lr, weight_decay=0.0)
     layouts = [

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from idruid.rl.logprob import ddim_step_with_logprob, gaussian_kl, sde_step_with_logprob
+from idruid.layout import box_masks
+from idruid.rl.logprob import box_log_probs, ddim_step_with_logprob, gaussian_kl, sde_step_with_logprob
 from idruid.sampling import ddim_step, euler_step
 
 
@@ -186,3 +187,31 @@ def test_ddim_rejects_bad_shapes():
         ddim_step_with_logprob(two, two, torch.full((3,), 0.5), torch.full((2,), 0.6))
     with pytest.raises(ValueError, match="eta must be >= 0"):
         ddim_step_with_logprob(one, one, torch.tensor([0.5]), torch.tensor([0.6]), eta=-1.0)
+
+
+def test_box_log_probs_match_a_loop_over_boxes():
+    """Per-instance log-probs (rl.credit=instance) against torch.distributions.Normal summed cell by
+    cell inside each box; a box over the whole latent gives the step's image log-prob."""
+    torch.manual_seed(0)
+    x_t, v = torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 8)
+    sigma, sigma_next = torch.tensor([1.0, 0.6]), torch.tensor([0.8, 0.4])
+    x_next, log_prob, mean, std = sde_step_with_logprob(v, x_t, sigma, sigma_next, 0.9)
+    scale = std * (sigma - sigma_next).sqrt().view(2, 1, 1, 1)
+    boxes = torch.tensor(
+        [
+            [[0.0, 0.0, 0.5, 0.5], [0.25, 0.4, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]],
+            [[0.1, 0.1, 0.3, 0.9], [0.0] * 4, [0.0] * 4],
+        ]
+    )
+    masks = box_masks(boxes, 6, 8)
+    got = box_log_probs(x_next, mean, scale, masks)
+    density = torch.distributions.Normal(mean, scale.expand_as(mean)).log_prob(x_next)  # (B, C, H, W)
+    for b in range(2):
+        for n in range(3):
+            cells = [(i, j) for i in range(6) for j in range(8) if masks[b, n, i * 8 + j] > 0]
+            expected = sum(density[b, :, i, j].sum() for i, j in cells) / (3 * len(cells)) if cells else 0.0
+            assert got[b, n].item() == pytest.approx(float(expected), abs=1e-5)
+    assert got[0, 2].item() == pytest.approx(log_prob[0].item(), abs=1e-5)
+    assert got[1, 1].item() == 0.0  # a padded (empty) box
+    with pytest.raises(ValueError, match="do not fit"):
+        box_log_probs(x_next, mean, scale, masks[:, :, :10])

@@ -53,3 +53,28 @@ def test_group_advantages_by_hand():
         group_advantages(torch.zeros(5), 2)
     with pytest.raises(ValueError, match="group_size >= 2"):
         group_advantages(torch.zeros(4), 1)
+
+
+def test_weight_leaves_padded_entries_out():
+    """Per-instance credit pads instances: a zero weight removes an entry from the loss, its
+    gradient and the clip fraction, as if it were not there."""
+    log_prob = torch.tensor([[-1.0, -2.0, 0.3]], requires_grad=True)
+    old = torch.tensor([[-1.0, -2.0, 0.0]])  # the padded third entry also sits outside the clip range
+    advantages = torch.tensor([[1.0, -3.0, 5.0]])
+    weight = torch.tensor([[True, True, False]])
+    terms = ppo_loss(log_prob, old, advantages, weight=weight)
+    assert terms.loss.item() == pytest.approx(-(1.0 - 3.0) / 2)
+    assert terms.clip_fraction.item() == 0.0
+    terms.loss.backward()
+    torch.testing.assert_close(log_prob.grad, torch.tensor([[-0.5, 1.5, 0.0]]))
+    alone = ppo_loss(log_prob[:, :2], old[:, :2], advantages[:, :2])
+    assert alone.loss.item() == pytest.approx(terms.loss.item())
+
+
+def test_group_advantages_per_instance():
+    """(B, N) rewards are standardised per instance column within each group."""
+    rewards = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 5.0], [2.0, 1.0]])  # groups of 2
+    advantages = group_advantages(rewards, group_size=2, eps=1e-12)
+    torch.testing.assert_close(advantages, torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]))
+    with pytest.raises(ValueError, match="multiple"):
+        group_advantages(torch.zeros(3, 2), 2)

@@ -47,7 +47,20 @@ def test_matches_by_hand():
 )
 def test_reward_variants(variant, weight, expected):
     matches = match_instances(_detections(), _layouts())
-    torch.testing.assert_close(REWARDS[variant](matches, weight), torch.tensor(expected))
+    torch.testing.assert_close(REWARDS[variant](matches, weight).sum(dim=1), torch.tensor(expected))
+
+
+def test_instance_rewards_are_the_terms_of_the_reward():
+    """LayoutReward keeps each instance's term (for rl.credit=instance); they sum to the reward."""
+
+    class Fixed:
+        def detect(self, images, captions):
+            return _detections()
+
+    reward = LayoutReward(Fixed(), "iou_conf", 1.0)
+    terms = reward.instance_rewards(np.zeros((2, 8, 8, 3), np.uint8), _layouts())
+    torch.testing.assert_close(terms, torch.tensor([[1.9, 0.9], [0.0, 0.0]]))
+    torch.testing.assert_close(reward(np.zeros((2, 8, 8, 3), np.uint8), _layouts()), torch.tensor([2.8, 0.0]))
 
 
 def test_layout_reward_on_renders_prefers_the_right_layout():
@@ -106,8 +119,22 @@ def test_critic_ignores_padding_and_learns_a_reward():
     assert loss.item() < 0.01 * first
 
 
+def test_critic_per_instance_scores_sum_to_its_value():
+    torch.manual_seed(0)
+    critic = Critic(in_channels=3, caption_dim=8, hidden=16)
+    x, sigma = torch.randn(3, 3, 8, 8), torch.rand(3)
+    captions, boxes = torch.randn(3, 4, 8), torch.rand(3, 4, 4).sort(-1).values
+    valid = torch.tensor([[True, True, False, False], [True, True, True, True], [True, False, False, False]])
+    scores = critic(x, sigma, captions, boxes, valid, per_instance=True)
+    assert scores.shape == (3, 4) and (scores[~valid] == 0).all()
+    torch.testing.assert_close(scores.sum(1), critic(x, sigma, captions, boxes, valid))
+
+
 def test_critic_loss_and_advantage_by_hand():
     predicted, reward = torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([2.0, 0.0])
     assert critic_loss(predicted, reward).item() == pytest.approx((1.0 + 4.0) / 2)
+    per_instance = torch.tensor([[1.0, 2.0, 7.0]])  # the third instance is padding
+    target, valid = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[True, True, False]])
+    assert critic_loss(per_instance, target, valid).item() == pytest.approx((1.0 + 4.0) / 2)
     advantage = advantages(reward, predicted)
     assert advantage.tolist() == [1.0, -2.0] and not advantage.requires_grad

@@ -116,6 +116,31 @@ def test_grpo_stage_rolls_out_groups_without_a_critic(model):
     torch.testing.assert_close(entry.group_advantage.view(2, 2).sum(1), torch.zeros(2), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_per_instance_credit(model, algorithm):
+    """rl.credit=instance keeps each rollout's per-instance reward terms, credits them per box and
+    is on-policy at the first draw: the ratio of every valid instance is 1."""
+    stage = RLStage(_config(algorithm, credit="instance", critic_warmup=0, pool_size=1, group_size=2), model)
+    loss, stats = stage.loss(model)
+    entry = stage.pool.entries[-1]
+    layouts = entry.layouts
+    assert entry.instance_reward.shape == (4, max(len(layout.instances) for layout in layouts))
+    torch.testing.assert_close(entry.instance_reward.sum(1), entry.reward)
+    assert loss is not None and loss.requires_grad and np.isfinite(stats.l_rl)
+    assert stats.ratio == pytest.approx(1.0, abs=1e-4) and stats.clip_fraction == 0.0
+    if algorithm == "grpo":
+        torch.testing.assert_close(
+            entry.group_advantage.view(2, 2, -1).sum(1),
+            torch.zeros(2, entry.instance_reward.shape[1]),
+            atol=1e-4,
+            rtol=0,
+        )
+    # a rollout recorded with image credit, as after a resume with rl.credit changed
+    entry.instance_reward = None
+    with pytest.raises(RuntimeError, match="rl.credit"):
+        stage._rewards(entry, model.encode_text(entry.layouts))
+
+
 def test_sft_batch_renders_the_prompt_only_layouts(model):
     stage = RLStage(_config("sft"), model)
     images, layouts = stage.sft_batch()
@@ -126,6 +151,7 @@ def test_sft_batch_renders_the_prompt_only_layouts(model):
 def test_bad_rl_configs_are_refused():
     for key, value, message in [
         ("algorithm", "dpo", "rl.algorithm"),
+        ("credit", "pixel", "rl.credit"),
         ("start_fraction", 1.0, "start_fraction"),
         ("rl_fraction", 0.0, "rl_fraction"),
         ("group_size", 3, "group_size"),
@@ -136,10 +162,13 @@ def test_bad_rl_configs_are_refused():
             config.check()
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "sft"])
-def test_rl_training_runs_and_resumes(tmp_path, algorithm):
+@pytest.mark.parametrize(
+    ("algorithm", "credit"), [("ppo", "image"), ("ppo", "instance"), ("grpo", "image"), ("sft", "image")]
+)
+def test_rl_training_runs_and_resumes(tmp_path, algorithm, credit):
     overrides = [
         f"rl.algorithm={algorithm}",
+        f"rl.credit={credit}",
         "rl.start_fraction=0",
         "rl.steps=3",
         "rl.batch_size=2",

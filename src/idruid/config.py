@@ -69,6 +69,7 @@ class ModelConfig:
 
 
 RL_ALGORITHMS = ("none", "ppo", "grpo", "sft")
+RL_CREDITS = ("image", "instance")
 
 
 @dataclass
@@ -90,6 +91,10 @@ class RLConfig:
     eta: float = 1.0  # eps backbones (SD1.5): DDIM eta of the policy step; 1 = the DDPM transition
     cfg: float = 3.0  # guidance of the rollout policy
     clip_range: float = 1e-4  # zeta of Eq. 10
+    # how the reward is credited to actions: "image" (the paper: the image's reward, Eq. 6, for the
+    # density of the whole latent) or "instance" (each instance's term of Eq. 6 for the density
+    # inside its own box, with per-instance critic values or group statistics as baselines)
+    credit: str = "image"
     kl_weight: float = 1.0  # weight of the KL term of Eq. 10
     reward: str = "iou_conf"  # "iou", "iou_conf" or "false" (idruid.rl.rewards.REWARDS)
     confidence_weight: float = 1.0  # k in IoU + k * confidence (Table 4)
@@ -107,6 +112,8 @@ class RLConfig:
         """Refuse settings the RL stage cannot run, before any training starts."""
         if self.algorithm not in RL_ALGORITHMS:
             raise ConfigError(f"rl.algorithm '{self.algorithm}': expected one of {', '.join(RL_ALGORITHMS)}")
+        if self.credit not in RL_CREDITS:
+            raise ConfigError(f"rl.credit '{self.credit}': expected one of {', '.join(RL_CREDITS)}")
         if not 0.0 <= self.start_fraction < 1.0:
             raise ConfigError(f"rl.start_fraction must be in [0, 1), got {self.start_fraction}")
         if not 0.0 < self.rl_fraction <= 1.0:

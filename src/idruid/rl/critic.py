@@ -35,7 +35,9 @@ def box_crops(x: torch.Tensor, boxes: torch.Tensor, size: int = CROP) -> torch.T
 
 
 class Critic(nn.Module):
-    """phi(x_t, t, layout) -> (B,) predicted reward (Eq. 7); t is the process's unit time."""
+    """phi(x_t, t, layout) -> (B,) predicted reward (Eq. 7); t is the process's unit time. With
+    ``per_instance=True`` it returns the instances' scores (B, N) before they are summed (zero for
+    padding): the baselines of per-instance credit (``rl.credit=instance``)."""
 
     def __init__(self, in_channels: int, caption_dim: int, hidden: int = 256, fourier_freqs: int = 8):
         super().__init__()
@@ -53,6 +55,7 @@ class Critic(nn.Module):
         caption_pooled: torch.Tensor,  # (B, N, Dt)
         boxes: torch.Tensor,  # (B, N, 4)
         valid: torch.Tensor,  # (B, N) bool
+        per_instance: bool = False,
     ) -> torch.Tensor:
         x_t = x_t.float()
         num = boxes.shape[1]
@@ -68,13 +71,20 @@ class Critic(nn.Module):
             ],
             dim=-1,
         )
-        per_instance = self.score(features).squeeze(-1)  # (B, N)
-        return (per_instance * valid.to(per_instance.dtype)).sum(dim=1)
+        scores = self.score(features).squeeze(-1) * valid.to(x_t.dtype)  # (B, N)
+        return scores if per_instance else scores.sum(dim=1)
 
 
-def critic_loss(predicted: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
-    """Eq. 7: mean of (phi(s_t) - r)^2."""
-    return ((predicted - reward.detach()) ** 2).mean()
+def critic_loss(
+    predicted: torch.Tensor, reward: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 7: mean of (phi(s_t) - r)^2; over the ``valid`` entries only when given (per-instance
+    values and rewards, where padded instances must not count)."""
+    squared = (predicted - reward.detach()) ** 2
+    if valid is None:
+        return squared.mean()
+    weight = valid.to(squared.dtype).expand_as(squared)
+    return (squared * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def advantages(reward: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:

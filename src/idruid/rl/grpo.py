@@ -11,14 +11,17 @@ import torch
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
-    """rewards (B,), ordered as B / group_size consecutive groups of one prompt each -> (B,)."""
+    """rewards (B,) or (B, N), ordered as B / group_size consecutive groups of one prompt each ->
+    the same shape. Per-instance rewards (B, N) are standardised per instance over the group, whose
+    members share the prompt and so the instances."""
     if group_size < 2:
         raise ValueError(f"GRPO needs group_size >= 2, got {group_size}")
-    if rewards.ndim != 1 or rewards.shape[0] % group_size:
+    if rewards.ndim not in (1, 2) or rewards.shape[0] % group_size:
         raise ValueError(
-            f"rewards must be (B,) with B a multiple of group_size={group_size}, got {tuple(rewards.shape)}"
+            f"rewards must be (B,) or (B, N) with B a multiple of group_size={group_size}, got "
+            f"{tuple(rewards.shape)}"
         )
-    groups = rewards.float().view(-1, group_size)
+    groups = rewards.float().view(-1, group_size, *rewards.shape[1:])
     mean = groups.mean(dim=1, keepdim=True)
     std = groups.std(dim=1, unbiased=False, keepdim=True)
-    return ((groups - mean) / (std + eps)).view(-1)
+    return ((groups - mean) / (std + eps)).view(rewards.shape)

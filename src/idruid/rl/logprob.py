@@ -26,6 +26,16 @@ def sde_std(sigma: torch.Tensor, sigma_max: float, noise_level: float) -> torch.
     return noise_level * torch.sqrt(sigma / denominator)
 
 
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mean, scale^2) in float32; no gradient flows into the action x."""
+    scale = scale.float()
+    return (
+        -((x.detach().float() - mean.float()) ** 2) / (2.0 * scale**2)
+        - torch.log(scale)
+        - 0.5 * math.log(2.0 * math.pi)
+    )
+
+
 def sde_step_with_logprob(
     v_pred: torch.Tensor,
     x_t: torch.Tensor,
@@ -67,9 +77,7 @@ def sde_step_with_logprob(
     x_next = x_next.float()
     if noise_level == 0.0:
         return x_next, torch.zeros(x_t.shape[0], device=x_t.device), mean, std
-    log_density = (
-        -((x_next.detach() - mean) ** 2) / (2.0 * scale**2) - torch.log(scale) - 0.5 * math.log(2.0 * math.pi)
-    )
+    log_density = gaussian_log_density(x_next, mean, scale)
     return x_next, log_density.mean(dim=tuple(range(1, x_t.ndim))), mean, std
 
 
@@ -111,9 +119,7 @@ def ddim_step_with_logprob(
     x_next = x_next.float()
     if eta == 0.0:
         return x_next, torch.zeros(batch, device=x_t.device), mean, std
-    log_density = (
-        -((x_next.detach() - mean) ** 2) / (2.0 * std**2) - torch.log(std) - 0.5 * math.log(2.0 * math.pi)
-    )
+    log_density = gaussian_log_density(x_next, mean, std)
     return x_next, log_density.mean(dim=tuple(range(1, x_t.ndim))), mean, std
 
 
@@ -123,3 +129,24 @@ def gaussian_kl(mean: torch.Tensor, mean_old: torch.Tensor, scale: torch.Tensor)
     squared distance of the means in units of that std (Eq. 10's KL term)."""
     per_dim = (mean.float() - mean_old.float()) ** 2 / (2.0 * scale.float() ** 2)
     return per_dim.mean(dim=tuple(range(1, mean.ndim)))
+
+
+def box_log_probs(
+    x_next: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, masks: torch.Tensor
+) -> torch.Tensor:
+    """Per-instance log-probabilities of an action: the Gaussian log-density of x_next (M, C, H, W)
+    under N(mean, scale^2) (scale (M, 1, 1, 1)), averaged over the channels and the cells of each
+    instance's box, masks (M, N, H * W) (``idruid.layout.box_masks``) -> (M, N), 0 for empty masks.
+
+    Eq. 6's reward is a sum over instances, and what decides an instance's term lies mostly in its
+    box: crediting each term to its own box's density (``rl.credit=instance``) leaves out the
+    noise of the other boxes, which only adds variance to the policy gradient.
+    """
+    if masks.shape[0] != x_next.shape[0] or masks.shape[-1] != x_next.shape[-2] * x_next.shape[-1]:
+        raise ValueError(
+            f"masks {tuple(masks.shape)} do not fit actions {tuple(x_next.shape)}: expected "
+            f"({x_next.shape[0]}, N, {x_next.shape[-2] * x_next.shape[-1]})"
+        )
+    per_cell = gaussian_log_density(x_next, mean, scale).mean(dim=1).flatten(1)  # (M, H * W)
+    masks = masks.to(per_cell.dtype)
+    return torch.einsum("mp,mnp->mn", per_cell, masks) / masks.sum(dim=-1).clamp(min=1.0)

@@ -29,9 +29,12 @@ def ppo_loss(
     clip_range: float = 1e-4,
     kl: torch.Tensor | None = None,
     kl_weight: float = 1.0,
+    weight: torch.Tensor | None = None,
 ) -> PPOTerms:
     """L_rl of Eq. 10. log_prob (with grad), old_log_prob and advantages: same shape, e.g.
-    (B, steps); kl: the per-element KL to the old policy (same shape), or None to leave it out."""
+    (B, steps), or (steps, B, N) for per-instance credit; kl: the KL to the old policy (any
+    shape, averaged), or None to leave it out; weight: 0/1 of the log_prob's shape, which
+    entries count (padded instances do not), default all."""
     if log_prob.shape != old_log_prob.shape or log_prob.shape != advantages.shape:
         raise ValueError(
             f"log_prob {tuple(log_prob.shape)}, old_log_prob {tuple(old_log_prob.shape)} and "
@@ -43,7 +46,11 @@ def ppo_loss(
     ratio = torch.exp(log_prob - old_log_prob.detach())
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    surrogate = torch.maximum(unclipped, clipped).mean()
+    weight = (
+        torch.ones_like(advantages) if weight is None else weight.to(advantages.dtype).expand_as(advantages)
+    )
+    count = weight.sum().clamp(min=1.0)
+    surrogate = (torch.maximum(unclipped, clipped) * weight).sum() / count
     kl_mean = kl.mean() if kl is not None else torch.zeros((), device=log_prob.device)
-    outside = ((ratio - 1.0).abs() > clip_range).float().mean()
+    outside = (((ratio - 1.0).abs() > clip_range).to(weight.dtype) * weight).sum() / count
     return PPOTerms(surrogate + kl_weight * kl_mean, surrogate, kl_mean, outside, ratio.detach())

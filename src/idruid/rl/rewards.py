@@ -2,6 +2,7 @@
 
 r = sum_i [IoU(b_pred,i, b_i) + k * c_pred,i]: for every instance, the detector is asked for
 its caption and returns its best box and confidence; the box is compared with the layout's.
+The per-instance terms are kept too, for the RL stage's per-instance credit (``rl.credit``).
 Variants, selected by name (REWARDS):
 
 - ``iou``: the IoU term alone (Table 4, "+ IoU");
@@ -58,23 +59,24 @@ def match_instances(detections: Sequence[Sequence[Detections]], layouts: Sequenc
     )
 
 
-def iou_reward(matches: InstanceMatches, confidence_weight: float = 1.0) -> torch.Tensor:
-    """(B,) sum of the instances' IoU."""
-    return matches.iou.sum(dim=1)
+def iou_terms(matches: InstanceMatches, confidence_weight: float = 1.0) -> torch.Tensor:
+    """(B, N) each instance's IoU."""
+    return matches.iou
 
 
-def iou_confidence_reward(matches: InstanceMatches, confidence_weight: float = 1.0) -> torch.Tensor:
-    """(B,) Eq. 6: sum of IoU + confidence_weight * confidence over the instances."""
-    return (matches.iou + confidence_weight * matches.confidence).sum(dim=1)
+def iou_confidence_terms(matches: InstanceMatches, confidence_weight: float = 1.0) -> torch.Tensor:
+    """(B, N) Eq. 6's terms: IoU + confidence_weight * confidence per instance."""
+    return matches.iou + confidence_weight * matches.confidence
 
 
-def false_reward(matches: InstanceMatches, confidence_weight: float = 1.0) -> torch.Tensor:
-    """(B,) the negated Eq. 6 reward: appendix G's deliberately wrong signal."""
-    return -iou_confidence_reward(matches, confidence_weight)
+def false_terms(matches: InstanceMatches, confidence_weight: float = 1.0) -> torch.Tensor:
+    """(B, N) the negated Eq. 6 terms: appendix G's deliberately wrong signal."""
+    return -iou_confidence_terms(matches, confidence_weight)
 
 
+# each variant gives the per-instance terms (B, N), zero for padding; the reward is their sum
 RewardFn = Callable[[InstanceMatches, float], torch.Tensor]
-REWARDS: dict[str, RewardFn] = {"iou": iou_reward, "iou_conf": iou_confidence_reward, "false": false_reward}
+REWARDS: dict[str, RewardFn] = {"iou": iou_terms, "iou_conf": iou_confidence_terms, "false": false_terms}
 
 
 class LayoutReward:
@@ -89,5 +91,10 @@ class LayoutReward:
         """Detect every caption of a batch in one detector call and match the boxes."""
         return match_instances(self.detector.detect(images, [layout.captions for layout in layouts]), layouts)
 
-    def __call__(self, images: np.ndarray, layouts: Sequence[Layout]) -> torch.Tensor:
+    def instance_rewards(self, images: np.ndarray, layouts: Sequence[Layout]) -> torch.Tensor:
+        """(B, N) each instance's term of the reward, N the batch's largest layout, 0 for padding."""
         return REWARDS[self.variant](self.matches(images, layouts), self.confidence_weight)
+
+    def __call__(self, images: np.ndarray, layouts: Sequence[Layout]) -> torch.Tensor:
+        """(B,) the reward of each image: its instances' terms summed (Eq. 6)."""
+        return self.instance_rewards(images, layouts).sum(dim=1)

@@ -41,7 +41,8 @@ class Rollout:
     times: torch.Tensor  # (K + 1,) times of the recorded steps and the one after (process convention)
     images: torch.Tensor  # (B, C, H, W) final samples in [-1, 1]
     reward: torch.Tensor | None = None  # (B,)
-    group_advantage: torch.Tensor | None = None  # (B,) GRPO only
+    instance_reward: torch.Tensor | None = None  # (B, N) the reward's per-instance terms (rl.credit=instance)
+    group_advantage: torch.Tensor | None = None  # (B,), or (B, N) with per-instance credit; GRPO only
 
     def state_dict(self) -> dict:
         state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layouts"}

@@ -8,7 +8,10 @@ L_ldm + lambda_dis * L_dis (Eq. 12) and takes one optimiser step for all of it.
 
 ``RLConfig.algorithm`` picks the variant: "ppo" (I-DRUID), "grpo" (group-normalised advantages,
 no critic, each prompt rolled out ``group_size`` times) or "sft" (no RL: the prompt-only layouts'
-rendered images feed the paired losses, Table 3 row 3; see ``sft_batch``).
+rendered images feed the paired losses, Table 3 row 3; see ``sft_batch``). ``RLConfig.credit``
+picks what an advantage is credited to: the whole latent's log-density (the paper) or, per
+instance, the log-density inside the instance's box (``idruid.rl.logprob.box_log_probs``), with
+the instance's reward term and the critic's score of that instance as its baseline.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ import torch
 from ..config import ConfigError, TrainConfig
 from ..data.shapes import image_to_tensor, prompt_only_layout, render_layout_scene
 from ..detectors import load_detector
-from ..layout import Layout, load_layouts
+from ..layout import Layout, box_masks, load_layouts
 from ..sampling import to_uint8
 from .critic import Critic, advantages, critic_loss
 from .grpo import group_advantages
-from .logprob import gaussian_kl
+from .logprob import box_log_probs, gaussian_kl
 from .pool import ActionPool
 from .ppo import ppo_loss
 from .rewards import LayoutReward
@@ -98,18 +101,44 @@ class RLStage:
         return torch.stack(images).to(self.device), layouts
 
     # ------------------------------------------------------------------ one iteration
-    def _critic_values(self, model, recorded: Rollout) -> torch.Tensor:
-        """phi(s_t) for every recorded state: (K, B)."""
+    @property
+    def per_instance(self) -> bool:
+        return self.rl.credit == "instance"
+
+    def _critic_values(self, model, recorded: Rollout, cond) -> torch.Tensor:
+        """phi(s_t) for every recorded state: (K, B), or the instances' scores (K, B, N)."""
         steps, batch = recorded.log_prob.shape
-        cond = model.encode_text(recorded.layouts).to(self.device)
         values = self.critic(
             recorded.x_t.to(self.device).flatten(0, 1),
             model.process.unit_time(recorded.times[:-1]).to(self.device).repeat_interleave(batch),
             cond.caption_pooled.repeat(steps, 1, 1),
             cond.boxes.repeat(steps, 1, 1),
             cond.valid.repeat(steps, 1),
+            per_instance=self.per_instance,
         )
-        return values.view(steps, batch)
+        return values.view(steps, batch, *values.shape[1:])
+
+    def _rewards(self, recorded: Rollout, cond) -> torch.Tensor:
+        """The rewards the critic regresses: (B,), or per instance (B, N) padded like ``cond``."""
+        if not self.per_instance:
+            return recorded.reward.to(self.device)
+        if recorded.instance_reward is None:
+            raise RuntimeError(
+                "the action pool holds rollouts without per-instance rewards: was the run resumed "
+                "with rl.credit changed to 'instance'? Resume with the credit it started with"
+            )
+        return _pad_instances(recorded.instance_reward.to(self.device), cond)
+
+    def _box_log_probs(
+        self, recorded: Rollout, mean: torch.Tensor, scale: torch.Tensor, cond
+    ) -> torch.Tensor:
+        """The recorded actions re-scored per instance box under the policy means ``mean``
+        (K, B, C, H, W) and step scales (K, B, 1, 1, 1): (K, B, N)."""
+        steps, batch = recorded.log_prob.shape
+        x_next = recorded.x_next.to(self.device).flatten(0, 1)
+        masks = box_masks(cond.boxes, *x_next.shape[-2:]) * cond.valid[..., None]  # (B, N, H * W)
+        per_box = box_log_probs(x_next, mean.flatten(0, 1), scale.flatten(0, 1), masks.repeat(steps, 1, 1))
+        return per_box.view(steps, batch, -1)
 
     def loss(self, model, network=None) -> tuple[torch.Tensor | None, RLStats]:
         """L_rl for this iteration (None while the critic warms up), and what to log.
@@ -136,15 +165,21 @@ class RLStage:
         )
         model.train(was_training)
         # ------------------------------------------------ REWARD (Eq. 6)
-        fresh.reward = self.reward(to_uint8(fresh.images), layouts).float()
+        instance_terms = self.reward.instance_rewards(to_uint8(fresh.images), layouts).float()  # (B, N)
+        fresh.reward = instance_terms.sum(dim=1)
+        if self.per_instance:
+            fresh.instance_reward = instance_terms
         if rl.algorithm == "grpo":
-            fresh.group_advantage = group_advantages(fresh.reward, rl.group_size)
+            credited = instance_terms if self.per_instance else fresh.reward
+            fresh.group_advantage = group_advantages(credited, rl.group_size)
         self.pool.add(fresh)
         stats = RLStats(reward=float(fresh.reward.mean()))
         # ------------------------------------------------ CRITIC (Eq. 7)
         if self.critic is not None:
-            values = self._critic_values(model, fresh)
-            loss_critic = critic_loss(values, fresh.reward.to(self.device)[None].expand_as(values))
+            cond = model.encode_text(fresh.layouts).to(self.device)
+            values = self._critic_values(model, fresh, cond)
+            valid = cond.valid[None] if self.per_instance else None
+            loss_critic = critic_loss(values, self._rewards(fresh, cond)[None].expand_as(values), valid)
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss_critic.backward()
             self.critic_optimizer.step()
@@ -154,11 +189,15 @@ class RLStage:
                 return None, stats
         # ------------------------------------------------ ADVANTAGE (Eq. 8 or group-relative)
         old = self.pool.draw()
+        cond = model.encode_text(old.layouts).to(self.device)
+        steps = old.log_prob.shape[0]
         if self.critic is not None:
             with torch.no_grad():
-                advantage = advantages(old.reward.to(self.device)[None], self._critic_values(model, old))
+                advantage = advantages(self._rewards(old, cond)[None], self._critic_values(model, old, cond))
         else:
-            advantage = old.group_advantage.to(self.device)[None].expand_as(old.log_prob)
+            group = old.group_advantage.to(self.device)
+            group = _pad_instances(group, cond) if self.per_instance else group
+            advantage = group[None].expand(steps, *group.shape)
         # ------------------------------------------------ PPO (Eq. 9-10) on the drawn old policy
         log_prob, mean, scale = policy_log_probs(
             model,
@@ -171,17 +210,26 @@ class RLStage:
             network,
             eta=rl.eta,
         )
-        kl = gaussian_kl(mean.flatten(0, 1), old.mean.to(self.device).flatten(0, 1), scale.flatten(0, 1))
+        old_mean = old.mean.to(self.device)
+        kl = gaussian_kl(mean.flatten(0, 1), old_mean.flatten(0, 1), scale.flatten(0, 1))
+        old_log_prob, weight = old.log_prob.to(self.device), None
+        if self.per_instance:
+            log_prob, old_log_prob = (
+                self._box_log_probs(old, means, scale, cond) for means in (mean, old_mean)
+            )
+            weight = cond.valid[None].expand_as(advantage)
         terms = ppo_loss(
             log_prob,
-            old.log_prob.to(self.device),
+            old_log_prob,
             advantage.to(log_prob.dtype),
             rl.clip_range,
-            kl.view_as(log_prob),
+            kl,
             rl.kl_weight,
+            weight,
         )
         stats.l_rl, stats.kl = terms.loss.item(), terms.kl.item()
-        stats.clip_fraction, stats.ratio = float(terms.clip_fraction), float(terms.ratio.mean())
+        ratio = terms.ratio if weight is None else terms.ratio[weight]
+        stats.clip_fraction, stats.ratio = float(terms.clip_fraction), float(ratio.mean())
         return terms.loss, stats
 
     # ------------------------------------------------------------------ checkpointing
@@ -202,3 +250,8 @@ class RLStage:
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+
+def _pad_instances(terms: torch.Tensor, cond) -> torch.Tensor:
+    """(B, n) per-instance values of a batch's largest layout -> (B, N) as the conditioning pads."""
+    return torch.nn.functional.pad(terms, (0, cond.valid.shape[1] - terms.shape[1]))
