@@ -130,15 +130,19 @@ class RLStage:
         return _pad_instances(recorded.instance_reward.to(self.device), cond)
 
     def _box_log_probs(
-        self, recorded: Rollout, mean: torch.Tensor, scale: torch.Tensor, cond
-    ) -> torch.Tensor:
-        """The recorded actions re-scored per instance box under the policy means ``mean``
-        (K, B, C, H, W) and step scales (K, B, 1, 1, 1): (K, B, N)."""
+        self, recorded: Rollout, scale: torch.Tensor, cond, *means: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The recorded actions re-scored per instance box under each of the policy ``means``
+        (K, B, C, H, W), with step scales (K, B, 1, 1, 1): one (K, B, N) tensor per mean. The box
+        masks are built once for all of them."""
         steps, batch = recorded.log_prob.shape
         x_next = recorded.x_next.to(self.device).flatten(0, 1)
         masks = box_masks(cond.boxes, *x_next.shape[-2:]) * cond.valid[..., None]  # (B, N, H * W)
-        per_box = box_log_probs(x_next, mean.flatten(0, 1), scale.flatten(0, 1), masks.repeat(steps, 1, 1))
-        return per_box.view(steps, batch, -1)
+        masks = masks.repeat(steps, 1, 1)
+        return tuple(
+            box_log_probs(x_next, mean.flatten(0, 1), scale.flatten(0, 1), masks).view(steps, batch, -1)
+            for mean in means
+        )
 
     def loss(self, model, network=None) -> tuple[torch.Tensor | None, RLStats]:
         """L_rl for this iteration (None while the critic warms up), and what to log.
@@ -214,9 +218,7 @@ class RLStage:
         kl = gaussian_kl(mean.flatten(0, 1), old_mean.flatten(0, 1), scale.flatten(0, 1))
         old_log_prob, weight = old.log_prob.to(self.device), None
         if self.per_instance:
-            log_prob, old_log_prob = (
-                self._box_log_probs(old, means, scale, cond) for means in (mean, old_mean)
-            )
+            log_prob, old_log_prob = self._box_log_probs(old, scale, cond, mean, old_mean)
             weight = cond.valid[None].expand_as(advantage)
         terms = ppo_loss(
             log_prob,
