@@ -36,6 +36,7 @@ from idruid.config import ModelConfig
 from idruid.losses import add_noise, flow_matching_loss
 from idruid.models import base, sd3, sd15
 from idruid.models.adapter import LayoutAdapter
+from idruid.models.druid_arch import IDM_REDUCTION, DruidSD3Transformer, is_layout_key
 from idruid.models.idm import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
 from idruid.train import idc_loss
 
@@ -354,6 +355,64 @@ def time_sd15_gpu(repeats: int) -> tuple[float, float]:
     return seconds, torch.cuda.max_memory_allocated() / 2**30
 
 
+def druid_branch_flops(image_tokens: int, slots: int, num_layers: int) -> int:
+    """Matrix-product FLOPs of the I-DRUID authors' layout branch (models/druid_arch.py) in one
+    forward (batch 1): position_net once, then per block norm1_bbox's modulation (6D, 2D on the
+    last block), the fuser's q/k/v for image and layout tokens, one attention over the N + K
+    tokens (the layout rows are computed, then dropped, as theirs), the ip keys / values and
+    attention, the IDM's pooling and 1x1 convolutions, ip_adapter, to_out.0 and bbox_forward."""
+    d, n, k = SD3_MEDIUM["num_attention_heads"] * SD3_MEDIUM["attention_head_dim"], image_tokens, slots
+    caption = SD3_MEDIUM["pooled_projection_dim"]
+    position_net = 2 * k * (caption * d + d * d + (d + 64) * (d // 2) + (d // 2) * d)
+    per_block = (
+        2 * 3 * n * d * d  # to_q, to_k, to_v
+        + 2 * 3 * k * d * d  # add_q_proj, add_k_proj, add_v_proj
+        + 4 * (n + k) ** 2 * d  # softmax(QK)V over image + layout tokens
+        + 2 * 2 * k * d * d  # add_k_proj_ip, add_v_proj_ip
+        + 4 * n * k * d  # the ip attention
+        + 2 * n * d + 2 * 2 * d * (d // IDM_REDUCTION)  # IDM pooling, fc1, fc2
+        + 2 * 3 * n * d * d  # ip_adapter, to_out.0, bbox_forward
+    )
+    modulation = 2 * d * 6 * d * (num_layers - 1) + 2 * d * 2 * d
+    return position_net + num_layers * per_block + modulation
+
+
+def druid_report(image_tokens: int) -> None:
+    """Parameters and FLOPs (meta device) of the authors' layout branch on SD3-medium, beside
+    idruid's adapter + IDM above."""
+    with torch.device("meta"):
+        druid = DruidSD3Transformer(max_boxes=INSTANCES, **SD3_MEDIUM)
+    branch = count(p for n, p in druid.named_parameters() if is_layout_key(n))
+    backbone = count(p for n, p in druid.named_parameters() if not is_layout_key(n))
+    print("\n## The I-DRUID authors' released architecture (sd3-druid) on SD3-medium")
+    print(f"  parameters: backbone {backbone:,} (= SD3-medium's); layout branch {branch:,} = "
+          f"{branch / backbone:.1%} of the MM-DiT")  # fmt: skip
+    side = int(image_tokens**0.5)
+    latents = torch.empty(1, SD3_MEDIUM["in_channels"], side * 2, side * 2, device="meta")
+    args = (
+        latents,
+        torch.empty(1, SD3_PROMPT_TOKENS, SD3_MEDIUM["joint_attention_dim"], device="meta"),
+        torch.empty(1, SD3_MEDIUM["pooled_projection_dim"], device="meta"),
+        torch.empty(1, device="meta"),
+    )
+    layout = {
+        "boxes": torch.empty(1, INSTANCES, 4, device="meta"),
+        "positive_embeddings": torch.empty(1, INSTANCES, SD3_MEDIUM["pooled_projection_dim"], device="meta"),
+        "masks": torch.empty(1, INSTANCES, device="meta"),
+    }
+    masks = torch.empty(1, INSTANCES, side, side, device="meta")
+    flops = {}
+    for scale in (1.0, 0.0):
+        with counting() as counter:
+            druid(*args, layout=layout, spatial_mask=masks, bbox_scale=scale)
+        flops[scale] = counter.get_total_flops()
+    added = flops[1.0] - flops[0.0]
+    analytic = druid_branch_flops(image_tokens, INSTANCES, SD3_MEDIUM["num_layers"])
+    check("authors' layout branch (1024 px, 10 slots)", analytic, added)
+    print(f"  FLOPs: backbone {flops[0.0] / 1e9:.1f} GFLOP; their layout branch adds {added / 1e9:.1f} GFLOP "
+          f"= {added / flops[0.0]:.1%} per forward with the branch on (first 30% of the steps)")  # fmt: skip
+
+
 def sd15_report(latent_side: int) -> None:
     """Parameters and FLOPs (FlopCounterMode, meta device) that the adapter + IDM add to SD1.5."""
     with torch.device("meta"):
@@ -447,6 +506,7 @@ def main() -> None:
     print(f"  SD1.5 UNet, 512x512 ({unet_side}x{unet_side} latents, {SD15_PROMPT_TOKENS} text tokens): "
           f"{unet_flops / 1e9:.1f} GFLOP (FlopCounterMode, meta)")  # fmt: skip
     sd15_report(unet_side)
+    druid_report(tokens)
 
     # ------------------------------------------------------------ a real run at the real widths (CPU)
     small_layers, small_side = 2, 32

@@ -219,6 +219,55 @@ def build_tiny_sam(path: Path) -> Path:
     return Path(path)
 
 
+def build_tiny_sam_hq(path: Path) -> Path:
+    """A SAM-HQ (the I-DRUID authors' COCO-MIG segmenter) at the tiny SAM's sizes."""
+    from transformers import (
+        SamHQConfig,
+        SamHQMaskDecoderConfig,
+        SamHQModel,
+        SamHQProcessor,
+        SamHQPromptEncoderConfig,
+        SamHQVisionConfig,
+        SamImageProcessorPil,
+    )
+
+    config = SamHQConfig(
+        vision_config=SamHQVisionConfig(
+            hidden_size=16,
+            output_channels=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=8,
+            window_size=4,
+            global_attn_indexes=[1],
+            num_pos_feats=8,
+            mlp_dim=32,
+        ),
+        prompt_encoder_config=SamHQPromptEncoderConfig(
+            hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4
+        ),
+        mask_decoder_config=SamHQMaskDecoderConfig(
+            hidden_size=16,
+            mlp_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            iou_head_hidden_dim=16,
+            vit_dim=16,
+        ),
+    )
+    torch.manual_seed(0)
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": 64},
+        pad_size={"height": 64, "width": 64},
+        mask_size={"longest_edge": 16},
+        mask_pad_size={"height": 16, "width": 16},
+    )
+    SamHQModel(config).save_pretrained(path)
+    SamHQProcessor(image_processor=image_processor).save_pretrained(path)
+    return Path(path)
+
+
 # ----------------------------------------------------------------------------- SD3 / SD1.5 folders
 
 CLIP_MAX_LENGTH = 77  # SD's CLIP tokenizers and position embeddings

@@ -29,6 +29,9 @@ EMBEDDED_CHECKPOINT = Path(__file__).parent / "assets" / "shapes-model"
 BASE_CONFIGS = {
     "sd3": ("transformer/config.json",),
     "sd15": ("unet/config.json", "scheduler/scheduler_config.json"),
+    # the authors' model takes only the VAE and text encoders from an SD3 folder (its backbone
+    # comes from their checkpoint, model.druid_weights)
+    "sd3-druid": ("vae/config.json", "text_encoder/config.json", "text_encoder_2/config.json"),
 }
 # diffusers bookkeeping left out of the hash: they change when a folder is re-saved by another
 # diffusers version, copied or loaded with defaults filled in, never what the weights mean.
@@ -138,8 +141,19 @@ def load_checkpoint(
 
 def load_trained_weights(model, path: str | Path) -> None:
     """Start ``model`` from a checkpoint's weights (``init_from``: e.g. RL fine-tuning of a
-    stage-1 model); its model config must be the same as ``model.config``."""
+    stage-1 model); its model config must be the same as ``model.config``. An I-DRUID authors'
+    folder (models/druid_weights.py) loads into an sd3-druid model of the same sizes."""
     path = Path(path)
+    from .models.druid_weights import is_druid_folder, load_into
+
+    if is_druid_folder(path):  # the I-DRUID authors' checkpoint: their whole transformer
+        if model.config.backbone != "sd3-druid":
+            raise CheckpointError(
+                f"checkpoint '{path}' is the I-DRUID authors' model: it needs model.backbone=sd3-druid, "
+                f"not {model.config.backbone}"
+            )
+        load_into(model.transformer, path)
+        return
     meta = read_checkpoint_meta(path)
     # keys an older checkpoint lacks (e.g. lora_rank) take their defaults, as load_checkpoint does
     saved = dataclasses.asdict(model_config_from_dict(meta["model"]))

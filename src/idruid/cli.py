@@ -26,7 +26,22 @@ BACKBONE_PRESETS = {"sd3": "shapes", "sd15": "shapes-sd15"}
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """Sampling flags; those left out come from the checkpoint's ``sampling`` settings."""
-    parser.add_argument("--checkpoint", help="idruid checkpoint folder (default: the embedded shapes model)")
+    parser.add_argument(
+        "--checkpoint",
+        help="idruid checkpoint folder (default: the embedded shapes model), or the I-DRUID authors' "
+        "checkpoint folder (with --base)",
+    )
+    parser.add_argument(
+        "--base",
+        help="the base model folder: an SD3 folder for the authors' checkpoint (text encoders, VAE, "
+        "scheduler), or where an idruid checkpoint's base folder lives now",
+    )
+    parser.add_argument(
+        "--mask-rows",
+        choices=["unconditional", "conditional", "both"],
+        help="authors' checkpoint: the guidance rows given the box masks (default: unconditional, "
+        "as their code; conditional is the paper's reading)",
+    )
     parser.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's, else 20)")
     parser.add_argument(
         "--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's, else 3)"
@@ -63,6 +78,13 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--segmenter", help="local SAM directory, or 'analytic' (the shapes benchmarks' default)"
+    )
+    parser.add_argument(
+        "--mig-protocol",
+        choices=["mig-bench", "druid"],
+        default="mig-bench",
+        help="COCO-MIG scoring: mig-bench (MIG_Bench's: 512 px, SAM; the default) or druid (the I-DRUID "
+        "authors': images at their own size, SAM-HQ as --segmenter); their numbers are not comparable",
     )
     parser.add_argument(
         "--score-batch-size",
@@ -170,6 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
+    probe = sub.add_parser(
+        "rl-probe",
+        help="train a checkpoint on L_rl alone and plot the held-out reward (does the RL estimator learn?)",
+    )
+    probe.add_argument("--checkpoint", help="idruid checkpoint folder (default: the embedded shapes model)")
+    probe.add_argument("--config", default="shapes-rl", help="preset or YAML file whose rl.* settings run")
+    probe.add_argument("--out", default="runs/rl-probe", help="folder for probe.jsonl and probe.png")
+    probe.add_argument("--iterations", type=int, default=60)
+    probe.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    probe.add_argument("--every", type=int, default=15, help="held-out reward every N iterations")
+    probe.add_argument("--held-out", type=int, default=96, help="held-out prompt-only layouts (default 96)")
+    probe.add_argument("--reward", choices=["detector", "brightness"], default="detector")
+    probe.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.baseline=critic")
+
     rep = sub.add_parser("report", help="paper tables, plots and sample grids from several run folders")
     rep.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders (config.yaml + eval folders)")
     rep.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, plots/ and grids/")
@@ -182,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--window", type=int, default=5, help="reward-curve moving average, in log records")
     rep.add_argument(
-        "--spread", choices=["half-range", "std"], default="half-range", help="Table 3 spread over seeds"
+        "--spread",
+        choices=["half-range", "std", "sem"],
+        default="half-range",
+        help="Table 3 spread over seeds (sem: standard error of the mean)",
     )
     return parser
 
@@ -190,13 +231,37 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_model(args):
     """Load the checkpoint and fill the sampling flags the user left out from its settings."""
     from .checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint, read_checkpoint_meta
+    from .models.druid_weights import is_druid_folder
 
-    model = load_checkpoint(args.checkpoint, device=args.device)
-    saved = read_checkpoint_meta(args.checkpoint or EMBEDDED_CHECKPOINT).get("sampling", {})
+    if args.checkpoint is not None and is_druid_folder(args.checkpoint):
+        model, saved = _load_druid(args)
+    else:
+        if args.mask_rows is not None:
+            raise ConfigError("--mask-rows applies to the I-DRUID authors' checkpoint only")
+        model = load_checkpoint(args.checkpoint, device=args.device, base_model=args.base)
+        saved = read_checkpoint_meta(args.checkpoint or EMBEDDED_CHECKPOINT).get("sampling", {})
     for name, default in SAMPLING_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, saved.get(name, default))
     return model
+
+
+def _load_druid(args):
+    """The I-DRUID authors' checkpoint (--checkpoint) on an SD3 folder (--base), with their
+    sampling settings (models/sd3_druid.py)."""
+    from .models import build_model
+    from .models.sd3_druid import druid_config, druid_sampling
+
+    if args.base is None:
+        raise ConfigError(
+            f"--checkpoint {args.checkpoint} is the I-DRUID authors' model: --base SD3_DIR is required "
+            "(its text encoders, VAE and scheduler)"
+        )
+    config = druid_config(args.checkpoint, args.base)
+    if args.mask_rows is not None:
+        config.model.druid_mask_rows = args.mask_rows
+    model = build_model(config.model).to(args.device).eval()
+    return model, druid_sampling(config, getattr(args, "benchmark", None))
 
 
 def cmd_generate(args) -> int:
@@ -263,7 +328,7 @@ def cmd_eval(args) -> int:
         args.device = str(state.device)  # accelerate launch: one device per process
     # fail on bad input before loading anything
     select_layouts(args.benchmark, args.per_level, args.bench_dir, args.limit)
-    check_scorers(args.benchmark, args.detector, args.segmenter, args.judge)
+    check_scorers(args.benchmark, args.detector, args.segmenter, args.judge, args.mig_protocol)
     model = _load_model(args)
     out = Path(args.out or f"runs/eval-{args.benchmark}")
     metrics = evaluate(
@@ -285,6 +350,7 @@ def cmd_eval(args) -> int:
         state=state,
         judge=args.judge,
         limit=args.limit,
+        mig_protocol=args.mig_protocol,
     )
     if metrics is not None:  # the main process
         print(tables_markdown({args.benchmark: metrics}))
@@ -297,8 +363,10 @@ def cmd_score(args) -> int:
     from .scoring import check_scorers, load_scorers, score_folder, select_layouts
 
     layouts = select_layouts(args.benchmark, args.per_level, args.bench_dir, args.limit)
-    specs = check_scorers(args.benchmark, args.detector, args.segmenter, args.judge)
-    scorers = load_scorers(args.benchmark, args.detector, args.segmenter, args.device, args.judge)
+    specs = check_scorers(args.benchmark, args.detector, args.segmenter, args.judge, args.mig_protocol)
+    scorers = load_scorers(
+        args.benchmark, args.detector, args.segmenter, args.device, args.judge, args.mig_protocol
+    )
     metrics, images = score_folder(
         args.benchmark, args.images, layouts, scorers, args.score_batch_size, progress=True
     )
@@ -309,6 +377,7 @@ def cmd_score(args) -> int:
         "detector": specs.detector,
         "segmenter": specs.segmenter,
         "judge": specs.judge,
+        "mig_protocol": args.mig_protocol,
     }
     out = Path(args.out or f"runs/score-{args.benchmark}")
     write_outputs(out, args.benchmark, metrics, images, layouts)
@@ -434,6 +503,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_rl_probe(args) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import load_config
+    from .rl.probe import run_probe
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = load_config(args.config, [f"seed={args.seed}", *args.overrides])
+    config.rl.check()
+    model = load_checkpoint(args.checkpoint)
+    records = run_probe(
+        config,
+        model,
+        args.out,
+        args.iterations,
+        args.lr,
+        args.every,
+        args.held_out,
+        args.reward,
+        checkpoint=args.checkpoint,
+    )
+    for entry in records:
+        print(f"iteration {entry['iteration']}: held-out reward {entry['held_out_reward']:.3f}")
+    print(f"wrote {Path(args.out) / 'probe.jsonl'} and probe.png")
+    return 0
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "train": cmd_train,
@@ -443,6 +542,7 @@ COMMANDS = {
     "convert": cmd_convert,
     "quality": cmd_quality,
     "report": cmd_report,
+    "rl-probe": cmd_rl_probe,
     "ui": cmd_ui,
 }
 

@@ -66,54 +66,104 @@ class ModelConfig:
     # backbone modules to adapt, matched as name suffixes ("to_q", "to_out.0"), never inside the IDM
     # processors; None = the attention projections the backbone has (models/sd3.py, LORA_TARGETS)
     lora_targets: list[str] | None = None
+    # sd3-druid (the authors' released model, models/sd3_druid.py): their checkpoint folder
+    # (config.json + safetensors), whose backbone stays frozen and is never saved in idruid
+    # checkpoints; None builds their architecture at the sizes above with random weights
+    druid_weights: str | None = None
+    # sd3-druid: which classifier-free-guidance rows get the binary box masks of their IDM:
+    # "unconditional" (their code, reproduces their images), "conditional" (the paper), "both"
+    druid_mask_rows: str = "unconditional"
+    druid_autocast: bool = True  # sd3-druid on CUDA: bf16 autocast around the fp32 transformer, as theirs
+    # sampling: the layout branch's step count from layout_fraction * steps, rounded "ceil"
+    # (idruid: 6 / 9 / 15 of 20 / 28 / 50 steps at 0.3) or "floor" (the authors': 6 / 8 / 15)
+    layout_rounding: str = "ceil"
 
 
 RL_ALGORITHMS = ("none", "ppo", "grpo", "sft")
 RL_CREDITS = ("image", "instance")
+RL_CHOICES = {  # RLConfig field -> the values it takes
+    "algorithm": RL_ALGORITHMS,
+    "credit": RL_CREDITS,
+    "window": ("first", "random", "full"),
+    "update": ("fresh", "pool"),
+    "baseline": ("critic", "group", "batch"),
+    "advantage_std": ("batch", "group", "none"),
+    "kl_to": ("reference", "old"),
+}
 
 
 @dataclass
 class RLConfig:
     """The RL stage (paper 3.3, Algorithm 1) and its Table 3 ablations, inside the same trainer."""
 
-    # "none": stage 1 only; "ppo": I-DRUID (critic + PPO + action pool); "grpo": group-normalised
-    # advantages, no critic (Table 3 row 4); "sft": the prompt-only set's rendered images as extra
-    # paired data instead of RL (Table 3 row 3, which breaks the unpaired setting on purpose)
+    # "none": stage 1 only; "ppo": I-DRUID (clipped policy gradient with the baseline below);
+    # "grpo": Flow-GRPO (group baseline, each group standardised by its own std; Table 3 row 4);
+    # "sft": the prompt-only set's rendered images as extra paired data instead of RL (Table 3
+    # row 3, which breaks the unpaired setting on purpose)
     algorithm: str = "none"
     start_fraction: float = 0.5  # RL joins for the last half of training (epochs 10-20 of 20)
     lambda_rl: float = 1.0  # weight of L_rl (or of the SFT loss) in Eq. 12
     every: int = 1  # one RL iteration every `every` training steps
-    batch_size: int = 8  # prompt-only layouts per RL iteration (PPO, SFT)
-    group_size: int = 4  # GRPO: trajectories per prompt (batch_size / group_size prompts)
+    batch_size: int = 64  # rollouts per RL iteration (prompt-only layouts x group_size)
+    group_size: int = 4  # rollouts per prompt: the group baseline's groups, the critic gate's variance
     steps: int = 10  # sampling steps of a rollout
-    rl_fraction: float = 0.2  # leading share of the steps that explore and are trained; 1 = full
+    # which steps explore (SDE) and are trained: "first" (the paper's leading rl_fraction of the
+    # steps), "random" (a window of that many steps drawn within the first half, Flow-GRPO-Fast)
+    # or "full" (every step, appendix E)
+    window: str = "first"
+    rl_fraction: float = 0.2  # the window's share of the steps ("first", "random")
     noise_level: float = 0.7  # a of Eq. 5 (flow backbones: the SDE policy's noise)
     eta: float = 1.0  # eps backbones (SD1.5): DDIM eta of the policy step; 1 = the DDPM transition
     cfg: float = 3.0  # guidance of the rollout policy
+    # what the actor's update trains on: "fresh" (the rollouts just sampled, reused for
+    # ppo_epochs iterations: on-policy at the first) or "pool" (a rollout drawn from the action
+    # pool at every iteration: the paper's literal reading of 3.3)
+    update: str = "fresh"
+    ppo_epochs: int = 1  # "fresh": iterations (optimiser steps) each rollout batch is trained for
     clip_range: float = 1e-4  # zeta of Eq. 10
+    # the advantage's baseline: "critic" (Eq. 8, phi(s_t)), "group" (the mean reward of the
+    # rollouts of the same prompt) or "batch" (the mean over the batch)
+    baseline: str = "group"
+    # advantages divided by the std of the "batch", of each "group" (GRPO), or not ("none")
+    advantage_std: str = "batch"
+    advantage_clip: float = 5.0  # |A| clipped here after standardising; 0 = off
     # how the reward is credited to actions: "image" (the paper: the image's reward, Eq. 6, for the
     # density of the whole latent) or "instance" (each instance's term of Eq. 6 for the density
-    # inside its own box, with per-instance critic values or group statistics as baselines)
-    credit: str = "image"
-    kl_weight: float = 1.0  # weight of the KL term of Eq. 10
+    # inside its own box, with per-instance baselines)
+    credit: str = "instance"
+    # the policy's log-prob takes no gradient through CFG's unconditional prediction (Flow-GRPO)
+    detach_uncond: bool = True
+    # the KL term of Eq. 10 is taken to the "reference" (the actor frozen when RL starts, as
+    # Flow-GRPO) or to the "old" policy that sampled the rollout (the paper's pseudo-code)
+    kl_to: str = "reference"
+    kl_weight: float = 0.01  # weight of the KL term of Eq. 10
     reward: str = "iou_conf"  # "iou", "iou_conf" or "false" (idruid.rl.rewards.REWARDS)
     confidence_weight: float = 1.0  # k in IoU + k * confidence (Table 4)
     detector: str | None = "analytic"  # a registered detector name or a local GroundingDINO folder
     critic_lr: float = 1e-3
     critic_hidden: int = 256
-    critic_warmup: int = 5  # critic updates before it joins the actor (paper 4.1)
-    pool_size: int = 4  # rollouts kept in the action pool
+    critic_epochs: int = 4  # critic updates per RL iteration, on rollouts drawn from the action pool
+    critic_warmup: int = 5  # iterations of critic pretraining (actor frozen) at least
+    # the actor waits until the critic's MSE on a fresh batch (before fitting it) is at most
+    # critic_gate x the within-prompt reward variance (paper 4.1's warm-up, made a measured test);
+    # 0 = no gate. critic_gate_max: iterations after which the actor starts anyway, said in the log
+    critic_gate: float = 4.0
+    critic_gate_max: int = 50
+    pool_size: int = 8  # rollouts kept in the action pool (the critic's replay; "pool" updates)
     # the prompt-only (unpaired) layouts: "shapes" (the embedded world's generator) or a layout file
     # (idruid JSON, e.g. COCO-MIG's prompts through `idruid convert`), read in order and cycled
     prompts: str | None = "shapes"
     prompt_seed: int = 1  # seed of the shapes prompt-only set (idruid.data.shapes.prompt_only_layout)
+    # held-out reward logged during training: this many prompt-only layouts (never drawn by the
+    # RL stage) sampled with the ODE from fixed noise every held_out_every steps; 0 = off
+    held_out: int = 0
+    held_out_every: int = 50
 
     def check(self) -> None:
         """Refuse settings the RL stage cannot run, before any training starts."""
-        if self.algorithm not in RL_ALGORITHMS:
-            raise ConfigError(f"rl.algorithm '{self.algorithm}': expected one of {', '.join(RL_ALGORITHMS)}")
-        if self.credit not in RL_CREDITS:
-            raise ConfigError(f"rl.credit '{self.credit}': expected one of {', '.join(RL_CREDITS)}")
+        for name, choices in RL_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"rl.{name} '{getattr(self, name)}': expected one of {', '.join(choices)}")
         if not 0.0 <= self.start_fraction < 1.0:
             raise ConfigError(f"rl.start_fraction must be in [0, 1), got {self.start_fraction}")
         if not 0.0 < self.rl_fraction <= 1.0:
@@ -126,11 +176,23 @@ class RLConfig:
             raise ConfigError("rl.prompts is not set: give a layout file of prompt-only layouts (or shapes)")
         if self.algorithm in ("ppo", "grpo") and self.detector is None:
             raise ConfigError("rl.detector is not set: give a local GroundingDINO folder (or analytic)")
-        if self.algorithm == "grpo" and (self.group_size < 2 or self.batch_size % self.group_size):
+        if self.group_size < 1 or self.batch_size % self.group_size:
             raise ConfigError(
-                f"rl.group_size={self.group_size} must be >= 2 and divide rl.batch_size={self.batch_size}"
+                f"rl.group_size={self.group_size} must be >= 1 and divide rl.batch_size={self.batch_size}"
             )
-
+        grouped = self.algorithm == "grpo" or self.baseline == "group" or self.advantage_std == "group"
+        if self.algorithm in ("ppo", "grpo") and grouped and self.group_size < 2:
+            raise ConfigError(
+                f"rl.group_size={self.group_size}: a group baseline or group std needs groups of >= 2"
+            )
+        critic = self.algorithm == "ppo" and self.baseline == "critic"
+        if critic and self.critic_gate > 0 and self.group_size < 2:
+            raise ConfigError(
+                "rl.critic_gate compares the critic with the within-prompt reward variance, which needs "
+                "rl.group_size >= 2 (or rl.critic_gate=0)"
+            )
+        if self.ppo_epochs < 1 or self.critic_epochs < 0 or self.advantage_clip < 0:
+            raise ConfigError("rl.ppo_epochs must be >= 1, rl.critic_epochs and rl.advantage_clip >= 0")
 
 @dataclass
 class TrainConfig:

@@ -130,11 +130,13 @@ def evaluate(
     state=None,
     judge: str | None = None,
     limit: int | None = None,
+    mig_protocol: str = "mig-bench",
 ) -> dict | None:
     """Generate and score one benchmark; writes ``metrics.json``, ``table.md``, ``grid.png`` and
     ``images/``. ``detector`` / ``segmenter`` / ``judge``: registry names or model directories
     (see scoring.check_scorers), loaded on ``device`` by the main process once the images exist.
     ``per_level`` / ``limit`` select the first layouts of each level / of the benchmark.
+    ``mig_protocol``: COCO-MIG's scoring protocol (scoring.MIG_PROTOCOLS).
     ``state`` is an accelerate PartialState (made here when None): each process generates its
     share of the layouts, ``batch_size`` at a time, and saves them as it goes; the main process
     scores them all and returns the metrics, the others None."""
@@ -145,7 +147,8 @@ def evaluate(
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     layouts = with_index_seeds(select_layouts(benchmark, per_level, bench_dir, limit), seed)
-    specs = check_scorers(benchmark, detector, segmenter, judge)  # fail now, not after generating
+    # fail now, not after generating
+    specs = check_scorers(benchmark, detector, segmenter, judge, mig_protocol)
 
     # ---------------------------------------------------------------- generate (each process)
     with state.split_between_processes(layouts) as mine:
@@ -169,7 +172,7 @@ def evaluate(
         return None
 
     # ---------------------------------------------------------------- score (main process)
-    scorers = load_scorers(benchmark, detector, segmenter, device, judge)
+    scorers = load_scorers(benchmark, detector, segmenter, device, judge, mig_protocol)
     metrics, images = score_folder(benchmark, image_dir, layouts, scorers, score_batch_size, progress)
     metrics["settings"] = {
         "benchmark": benchmark,
@@ -179,6 +182,7 @@ def evaluate(
         "seed": seed,
         "layout_fraction": layout_fraction,
         "shift": shift,
+        "mig_protocol": mig_protocol,
         "processes": state.num_processes,
         "detector": specs.detector,
         "segmenter": specs.segmenter,

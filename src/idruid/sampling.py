@@ -55,11 +55,20 @@ def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
     return scheduler.sigmas.float().clone()
 
 
-def layout_steps(steps: int, layout_fraction: float) -> int:
-    """Number of leading steps with the layout branch on (at least one when the fraction is > 0)."""
+def layout_steps(steps: int, layout_fraction: float, rounding: str = "ceil") -> int:
+    """Number of leading steps with the layout branch on: ceil (idruid's, at least one when the
+    fraction is > 0) or floor (the I-DRUID authors' int(0.3 * steps)) of layout_fraction * steps."""
     if not 0.0 <= layout_fraction <= 1.0:
         raise ValueError(f"layout_fraction must be in [0, 1], got {layout_fraction}")
-    return min(steps, math.ceil(layout_fraction * steps))
+    if rounding not in ("ceil", "floor"):
+        raise ValueError(f"layout rounding '{rounding}': expected ceil or floor")
+    count = math.ceil(layout_fraction * steps) if rounding == "ceil" else math.floor(layout_fraction * steps)
+    return min(steps, count)
+
+
+def model_layout_steps(model, steps: int, layout_fraction: float) -> int:
+    """``layout_steps`` with the model's own rounding (``ModelConfig.layout_rounding``)."""
+    return layout_steps(steps, layout_fraction, getattr(model.config, "layout_rounding", "ceil"))
 
 
 def initial_noise(layouts: Sequence[Layout], shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -81,15 +90,29 @@ def guidance_conditioning(model, layouts: Sequence[Layout], cfg: float, device) 
 
 
 def guided_prediction(
-    model, x_t: torch.Tensor, t: torch.Tensor, cond, cfg: float, layout_on: bool
+    model,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    cond,
+    cfg: float,
+    layout_on: bool,
+    detach_uncond: bool = False,
 ) -> torch.Tensor:
     """The model's prediction (velocity or noise) for x_t (B, ...) at times t (B,) with
     classifier-free guidance at scale ``cfg``; ``cond`` comes from guidance_conditioning (2B
-    rows when cfg != 1)."""
+    rows when cfg != 1). ``detach_uncond`` computes the unconditional prediction without a graph,
+    so that a policy gradient reaches the weights through the conditional one only (its weight
+    under CFG would be 1 - cfg, pushing the other way; Flow-GRPO does the same)."""
     if cfg == 1.0:
         return model(x_t, t, cond, layout_on=layout_on)[0]
-    prediction, _ = model(torch.cat([x_t, x_t]), t.repeat(2), cond, layout_on=layout_on)
-    conditional, unconditional = prediction.chunk(2)
+    if detach_uncond:
+        batch = len(x_t)
+        conditional = model(x_t, t, cond.rows(slice(0, batch)), layout_on=layout_on)[0]
+        with torch.no_grad():
+            unconditional = model(x_t, t, cond.rows(slice(batch, None)), layout_on=layout_on)[0]
+    else:
+        prediction, _ = model(torch.cat([x_t, x_t]), t.repeat(2), cond, layout_on=layout_on)
+        conditional, unconditional = prediction.chunk(2)
     return unconditional + cfg * (conditional - unconditional)
 
 
@@ -115,7 +138,7 @@ def sample(
     cond = guidance_conditioning(model, layouts, cfg, device)
     times = model.process.times(steps, shift).to(device)
     step_fn = step_fn or model.process.step
-    with_layout = layout_steps(steps, layout_fraction)
+    with_layout = model_layout_steps(model, steps, layout_fraction)
     batch = len(layouts)
     for i in range(steps):
         t = times[i].expand(batch)

@@ -45,6 +45,11 @@ LAYOUTSAM_EVAL = "layoutsam-eval"
 SHAPES_BENCHMARKS = ("shapes-mig", "shapes-sam")
 BENCHMARK_NAMES = (*SHAPES_BENCHMARKS, COCO_MIG, LAYOUTSAM_EVAL)
 MIG_RESOLUTION = 512  # COCO-MIG's scorer resizes every image to 512x512
+# COCO-MIG scoring protocols -> the side images are resized to (None: scored at their own size).
+# "mig-bench": MIG_Bench's eval_mig.py (512 px, SAM), what the paper's Table 1 and most published
+# COCO-MIG numbers use; "druid": the I-DRUID authors' evaluation/eval_mig.py (images at their own
+# 1024 px, SAM-HQ on the ground-truth box), what their released numbers use. Not comparable.
+MIG_PROTOCOLS = {"mig-bench": MIG_RESOLUTION, "druid": None}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _INDEX_PATTERN = re.compile(r"_(\d+)$")
 _SHOWN = 5  # how many missing indices or odd files an error lists
@@ -181,21 +186,32 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ScoringError(f"{path}: unreadable image ({err})") from None
 
 
-def load_images(paths: Sequence[Path], benchmark: str, reference: Path | None = None) -> np.ndarray:
-    """(N, H, W, 3) uint8: COCO-MIG images resized to 512x512 as its scorer does (cv2's
-    bilinear rule), the other benchmarks' images as they are: they must share the size of
-    ``reference`` (default the first path), so a folder read in chunks is checked throughout."""
+def mig_resize(benchmark: str, protocol: str = "mig-bench") -> int | None:
+    """The side a benchmark's images are resized to before scoring (None: as they are)."""
+    if protocol not in MIG_PROTOCOLS:
+        raise ScoringError(f"--mig-protocol {protocol}: expected one of {', '.join(MIG_PROTOCOLS)}")
+    return MIG_PROTOCOLS[protocol] if benchmark == COCO_MIG else None
+
+
+def load_images(
+    paths: Sequence[Path], benchmark: str, reference: Path | None = None, protocol: str = "mig-bench"
+) -> np.ndarray:
+    """(N, H, W, 3) uint8: COCO-MIG images resized to 512x512 as MIG_Bench's scorer does (cv2's
+    bilinear rule; the "druid" protocol keeps them), the other benchmarks' images as they are:
+    unresized images must share the size of ``reference`` (default the first path), so a folder
+    read in chunks is checked throughout."""
     from .metrics import resize_linear
 
     if not paths:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
     reference = Path(paths[0] if reference is None else reference)
-    size = None if benchmark == COCO_MIG else image_size(reference)
+    side = mig_resize(benchmark, protocol)
+    size = None if side is not None else image_size(reference)
     images = []
     for path in paths:
         image = load_image(path)
-        if benchmark == COCO_MIG:
-            image = resize_linear(image, MIG_RESOLUTION, MIG_RESOLUTION)
+        if side is not None:
+            image = resize_linear(image, side, side)
         elif (image.shape[1], image.shape[0]) != size:
             raise ScoringError(
                 f"{path}: image is {image.shape[1]}x{image.shape[0]}, {reference.name} is "
@@ -209,14 +225,14 @@ class FolderImages(Sequence[np.ndarray]):
     """A benchmark's image files as a sequence of (H, W, 3) uint8 arrays read when indexed, as
     load_images reads them: what ``idruid score`` draws its grid from without holding them all."""
 
-    def __init__(self, paths: Sequence[Path], benchmark: str) -> None:
-        self.paths, self.benchmark = list(paths), benchmark
+    def __init__(self, paths: Sequence[Path], benchmark: str, protocol: str = "mig-bench") -> None:
+        self.paths, self.benchmark, self.protocol = list(paths), benchmark, protocol
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, k):  # an int gives one image (slices are not needed)
-        return load_images([self.paths[k]], self.benchmark, reference=self.paths[0])[0]
+        return load_images([self.paths[k]], self.benchmark, self.paths[0], self.protocol)[0]
 
 
 def save_images(folder: str | Path, benchmark: str, images: np.ndarray, layouts: Sequence[Layout]) -> None:
@@ -237,6 +253,7 @@ class Scorers:
     detector: Detector | None  # COCO-MIG's detector; None (with segmenter) skips that section
     segmenter: Segmenter | None
     judge: Judge | None  # LayoutSAM-eval's judge; None where the benchmark is scored without one
+    mig_protocol: str = "mig-bench"  # COCO-MIG's protocol (MIG_PROTOCOLS)
 
 
 class ScorerSpecs(NamedTuple):
@@ -278,15 +295,22 @@ def _check_judge(benchmark: str, judge: str | None) -> str | None:
 
 
 def check_scorers(
-    benchmark: str, detector: str | None = None, segmenter: str | None = None, judge: str | None = None
+    benchmark: str,
+    detector: str | None = None,
+    segmenter: str | None = None,
+    judge: str | None = None,
+    mig_protocol: str = "mig-bench",
 ) -> ScorerSpecs:
     """The detector, segmenter and judge specs, checked without loading a model (so that
     ``idruid eval`` fails before generating): a registry name or a directory holding the model's
     files. The shapes benchmarks default to the analytic ones; COCO-MIG needs GroundingDINO and
     SAM and takes a VLM judge if given one; LayoutSAM-eval needs a VLM judge and adds the COCO-MIG
-    section when given both a detector and a segmenter."""
+    section when given both a detector and a segmenter. The "druid" COCO-MIG protocol needs a
+    SAM-HQ directory."""
     from .detectors import DETECTORS, SEGMENTERS, check_grounding_dino_dir
-    from .segmenters import check_sam_dir
+    from .segmenters import check_sam_dir, sam_model_type
+
+    mig_resize(benchmark, mig_protocol)  # a known protocol
 
     if benchmark == COCO_MIG and (detector is None or segmenter is None):
         raise ScoringError(
@@ -318,6 +342,11 @@ def check_scorers(
             check_sam_dir(segmenter)
         except FileNotFoundError as err:
             raise ScoringError(str(err)) from None
+        if mig_protocol == "druid" and sam_model_type(segmenter) != "sam_hq":
+            raise ScoringError(
+                f"--segmenter {segmenter}: the druid protocol segments with SAM-HQ, this is "
+                f"{sam_model_type(segmenter)!r}"
+            )
     return ScorerSpecs(detector, segmenter, judge)
 
 
@@ -327,17 +356,19 @@ def load_scorers(
     segmenter: str | None = None,
     device: str = "cpu",
     judge: str | None = None,
+    mig_protocol: str = "mig-bench",
 ) -> Scorers:
     """The models named by check_scorers, loaded on ``device``."""
     from .detectors import load_detector
     from .judges import load_judge
     from .segmenters import load_segmenter
 
-    specs = check_scorers(benchmark, detector, segmenter, judge)
+    specs = check_scorers(benchmark, detector, segmenter, judge, mig_protocol)
     return Scorers(
         load_detector(specs.detector, device) if specs.detector else None,
         load_segmenter(specs.segmenter, device) if specs.segmenter else None,
         load_judge(specs.judge, device) if specs.judge else None,
+        mig_protocol,
     )
 
 
@@ -385,7 +416,7 @@ def _score_chunks(
                 layouts,
                 scorers.detector,
                 scorers.segmenter,
-                resize_to=MIG_RESOLUTION if benchmark == COCO_MIG else None,
+                resize_to=mig_resize(benchmark, scorers.mig_protocol),
                 separate_queries=benchmark not in SHAPES_BENCHMARKS,  # GroundingDINO: one name per query
             )
             leak_parts.append(leakage(images, layouts))
@@ -435,13 +466,15 @@ def score_folder(
     progress: bool = False,
 ) -> tuple[dict, FolderImages]:
     """Metrics of the folder's images for ``layouts`` (see score_benchmark), read ``batch_size``
-    at a time, and the images as scored (COCO-MIG's at 512x512), read again when indexed."""
+    at a time, and the images as scored (COCO-MIG's at 512x512 by MIG_Bench's protocol), read
+    again when indexed."""
     paths = find_images(folder, layouts)
     starts = _starts(len(layouts), batch_size)
+    protocol = scorers.mig_protocol
     chunks = (
-        (load_images(paths[s : s + batch_size], benchmark, reference=paths[0]), layouts[s : s + batch_size])
+        (load_images(paths[s : s + batch_size], benchmark, paths[0], protocol), layouts[s : s + batch_size])
         for s in starts
     )
     levels = [lay.level for lay in layouts]
     metrics = _score_chunks(benchmark, chunks, levels, scorers, progress and len(starts) > 1)
-    return metrics, FolderImages(paths, benchmark)
+    return metrics, FolderImages(paths, benchmark, protocol)

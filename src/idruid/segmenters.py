@@ -1,4 +1,4 @@
-"""SAM behind the Segmenter protocol, for COCO-MIG's colour check on real images.
+"""SAM (or SAM-HQ) behind the Segmenter protocol, for COCO-MIG's colour check on real images.
 
 COCO-MIG (MIG_Bench's eval_mig.py, see shared/data/coco-mig/README.md) prompts SAM with each
 instance's ground-truth box on the 512x512 image, keeps the best of SAM's three masks (highest
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from transformers import SamModel, SamProcessor
 
 FLAG = "--segmenter"
+SAM_TYPES = ("sam", "sam_hq")  # transformers' SamModel and SamHQModel, the same prompting
 
 # What a SAM directory needs, as (what is missing, files any one of which will do).
 _SAM_FILES = (
@@ -51,11 +52,16 @@ def check_sam_dir(path: str | os.PathLike) -> Path:
         model_type = json.loads((directory / "config.json").read_text()).get("model_type")
     except (json.JSONDecodeError, AttributeError) as err:
         raise FileNotFoundError(f"{FLAG} {directory}: config.json is not a JSON object ({err})") from None
-    if model_type != "sam":
+    if model_type not in SAM_TYPES:
         raise FileNotFoundError(
-            f"{FLAG} {directory}: config.json is for model type {model_type!r}, not 'sam'"
+            f"{FLAG} {directory}: config.json is for model type {model_type!r}, not 'sam' or 'sam_hq'"
         )
     return directory
+
+
+def sam_model_type(path: str | os.PathLike) -> str:
+    """The model type of a SAM folder: sam, or sam_hq (SAM-HQ, the I-DRUID authors' segmenter)."""
+    return json.loads((check_sam_dir(path) / "config.json").read_text())["model_type"]
 
 
 def pixel_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -83,12 +89,14 @@ class SamSegmenter:
         cls, path: str | os.PathLike, device: str = "cpu", batch_size: int = 4
     ) -> SamSegmenter:
         """Model and processor from a local directory written by their save_pretrained (or a hub
-        snapshot such as facebook/sam-vit-huge downloaded beforehand)."""
-        from transformers import SamModel, SamProcessor
+        snapshot such as facebook/sam-vit-huge, or syscv-community/sam-hq-vit-huge for SAM-HQ,
+        downloaded beforehand)."""
+        from transformers import SamHQModel, SamHQProcessor, SamModel, SamProcessor
 
+        hq = sam_model_type(path) == "sam_hq"
         directory = check_sam_dir(path)
-        model = SamModel.from_pretrained(directory)
-        processor = SamProcessor.from_pretrained(directory)
+        model = (SamHQModel if hq else SamModel).from_pretrained(directory)
+        processor = (SamHQProcessor if hq else SamProcessor).from_pretrained(directory)
         return cls(model, processor, device, batch_size)
 
     def segment(self, images: np.ndarray, boxes: Sequence[np.ndarray]) -> list[np.ndarray]:

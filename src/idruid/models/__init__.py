@@ -21,11 +21,18 @@ def _sd15():
     return LayoutUNetModel
 
 
-BACKBONES = {"sd3": _sd3, "sd15": _sd15}
+def _sd3_druid():
+    from .sd3_druid import DruidLayoutModel
+
+    return DruidLayoutModel
+
+
+BACKBONES = {"sd3": _sd3, "sd15": _sd15, "sd3-druid": _sd3_druid}
 
 
 def build_model(config: ModelConfig, text_encoder=None):
-    """The layout-to-image model of ``config.backbone`` ("sd3": MM-DiT + flow, "sd15": UNet + DDPM)."""
+    """The layout-to-image model of ``config.backbone`` ("sd3": MM-DiT + flow, "sd15": UNet + DDPM,
+    "sd3-druid": the I-DRUID authors' released architecture)."""
     if config.backbone not in BACKBONES:
         raise ConfigError(f"model.backbone '{config.backbone}': expected one of {', '.join(BACKBONES)}")
     return BACKBONES[config.backbone]()(config, text_encoder)

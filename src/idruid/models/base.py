@@ -43,6 +43,12 @@ class TextConditioning:
             **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])}
         )
 
+    def rows(self, index: torch.Tensor | slice) -> TextConditioning:
+        """The conditioning of the batch rows ``index`` (an index tensor or a slice)."""
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.valid.device)
+        return TextConditioning(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
     def trimmed(self) -> TextConditioning:
         """Drop instance slots and caption tokens that no sample of the batch uses.
 
@@ -184,7 +190,7 @@ class LayoutModel(nn.Module):
             raise ValueError(
                 f"x_t has shape {tuple(x_t.shape)}, expected (B, {self.codec.latent_channels}, h, w)"
             )
-        dtype = self.adapter.null_token.dtype
+        dtype = self.weight_dtype
         if x_t.dtype == dtype and cond.prompt_hidden.dtype == dtype:
             return x_t, cond
         cast = {
@@ -193,6 +199,16 @@ class LayoutModel(nn.Module):
             for value in [getattr(cond, f.name)]
         }
         return x_t.to(dtype), TextConditioning(**cast)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of idruid's own weights (what the inputs are cast to when the model was cast)."""
+        return self.adapter.null_token.dtype
+
+    @property
+    def backbone_from_folder(self) -> bool:
+        """Whether the backbone's own weights come from a folder, so checkpoints leave them out."""
+        return self.config.base_model is not None
 
     def layout_condition(
         self, cond: TextConditioning, grid: Sequence[int], patch: int, record_attention: bool
@@ -323,7 +339,7 @@ class LayoutModel(nn.Module):
         backbone's own weights when they come from a base folder (they are loaded from it). LoRA
         weights (``lora_`` keys) are always stored; a LoRA model without a base folder also stores
         its frozen backbone, which nothing else could rebuild."""
-        based = self.config.base_model is not None
+        based = self.backbone_from_folder
         return {
             k: v
             for k, v in self.state_dict().items()

@@ -34,10 +34,17 @@ def build_transformer(
                 f"base_model '{path}': no transformer/config.json (expected an SD3 diffusers folder)"
             )
         return SD3Transformer2DModel.from_pretrained(path, subfolder="transformer")
+    return SD3Transformer2DModel(**transformer_kwargs(config, text_dim, pooled_dim, latent_side))
+
+
+def transformer_kwargs(
+    config: ModelConfig, text_dim: int, pooled_dim: int, latent_side: int | None = None
+) -> dict:
+    """The ``SD3Transformer2DModel`` config of a backbone built from ModelConfig's sizes."""
     inner = config.num_heads * config.head_dim
     side = config.resolution if latent_side is None else latent_side  # what the backbone sees
     tokens_per_side = side // config.patch_size
-    return SD3Transformer2DModel(
+    return dict(
         sample_size=side,
         patch_size=config.patch_size,
         in_channels=config.in_channels,

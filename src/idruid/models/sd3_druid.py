@@ -1,0 +1,199 @@
+"""The I-DRUID authors' released model (``sd3-druid``) behind idruid's model contract.
+
+``model(x_t, sigma, cond, layout_on)`` returns the velocity of their transformer
+(models/druid_arch.py), so idruid's one sampling loop, evaluation and RL stage run it unchanged.
+What their pipeline does, done here from idruid's ``TextConditioning``:
+
+- layout tokens from each instance's pooled CLIP-L + CLIP-G caption embedding (``caption_pooled``)
+  and its box, in ``max_instances`` (10) slots; a row with ``enabled`` 0 (the unconditional row of
+  classifier-free guidance, or a dropped layout in training) gets 10 null tokens;
+- the layout branch runs in every row while ``layout_on``, with bbox_scale 1, and is skipped after;
+- their binary floor-index box masks on the token grid, given to the rows ``druid_mask_rows`` names:
+  "unconditional" (their code: the row with null tokens), "conditional" (the paper), or "both"; the
+  other rows get all-zero masks, as their conditional row does;
+- on CUDA, bf16 autocast around the float32 transformer (``druid_autocast``).
+
+The backbone's own 683 tensors are frozen; idruid trains the layout branch (and optional LoRA on
+the backbone's attention). With ``druid_weights`` set they come from that folder and idruid
+checkpoints leave them out. L_dis has no attention maps to work on here: train with lambda_dis=0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, ModelConfig, TrainConfig, load_config
+from ..processes import FlowProcess
+from .base import LayoutModel, TextConditioning
+from .druid_arch import DruidSD3Transformer, box_grid_masks, is_layout_key
+from .druid_weights import load_transformer, read_config
+from .sd3 import transformer_kwargs
+from .text_encoder import CachedTextEncoder
+
+MASK_ROWS = ("unconditional", "conditional", "both")
+PRESET = "sd3-druid"  # their inference settings (configs/sd3-druid.yaml)
+DRUID_CFG = {"coco-mig": 7.0, "layoutsam-eval": 7.5}  # their guidance scale per benchmark
+# LoRA on the backbone's own joint attention only, never on the layout branch's fuser (trained whole)
+DRUID_LORA_TARGETS = tuple(
+    f"attn.{name}"
+    for name in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+)
+
+
+def spatial_masks(cond: TextConditioning, mask_rows: str, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, K, h, w) binary box masks in the rows ``mask_rows`` names ("unconditional": rows with
+    ``enabled`` 0, "conditional": rows with 1, "both"), all zeros in the others."""
+    if mask_rows not in MASK_ROWS:
+        raise ConfigError(f"model.druid_mask_rows '{mask_rows}': expected one of {', '.join(MASK_ROWS)}")
+    enabled = cond.enabled > 0
+    rows = {"unconditional": ~enabled, "conditional": enabled, "both": torch.ones_like(enabled)}[mask_rows]
+    masks = box_grid_masks(cond.boxes, cond.valid & rows[:, None], *grid)
+    return masks.view(*masks.shape[:2], *grid)
+
+
+class DruidLayoutModel(LayoutModel):
+    """SD3 with the authors' layout branch, loaded from their checkpoint or built at ModelConfig's sizes."""
+
+    backbone_attr = "transformer"
+    lora_defaults = DRUID_LORA_TARGETS
+
+    def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
+        if config.druid_mask_rows not in MASK_ROWS:
+            raise ConfigError(
+                f"model.druid_mask_rows '{config.druid_mask_rows}': expected one of {', '.join(MASK_ROWS)}"
+            )
+        if config.layout_rounding not in ("ceil", "floor"):
+            raise ConfigError(f"model.layout_rounding '{config.layout_rounding}': expected ceil or floor")
+        if config.output != "velocity":
+            raise ConfigError(f"model.output '{config.output}': the sd3-druid backbone predicts a velocity")
+        super().__init__(config, text_encoder)
+        self.process = FlowProcess()
+        if config.druid_weights is not None:
+            self.transformer = load_transformer(config.druid_weights)
+        else:
+            kwargs = transformer_kwargs(
+                config, self.text_encoder.hidden_size, self.text_encoder.pooled_size, self.latent_shape[-1]
+            )
+            self.transformer = DruidSD3Transformer(max_boxes=config.max_instances, **kwargs)
+        self._check_sizes()
+        self._finish_backbone()
+        for name, param in self.named_parameters():
+            if self._is_base_weight(name):
+                param.requires_grad_(False)
+
+    def _check_sizes(self) -> None:
+        """The transformer's widths against the text encoder's and the config's slot count."""
+        cfg = self.transformer.config
+        pairs = (
+            (
+                "joint_attention_dim",
+                cfg.joint_attention_dim,
+                "the text encoder's width",
+                self.text_encoder.hidden_size,
+            ),
+            (
+                "pooled_projection_dim",
+                cfg.pooled_projection_dim,
+                "its pooled width",
+                self.text_encoder.pooled_size,
+            ),
+            (
+                "max_boxes_per_image",
+                self.transformer.max_boxes,
+                "model.max_instances",
+                self.config.max_instances,
+            ),
+        )
+        for name, theirs, what, ours in pairs:
+            if theirs != ours:
+                raise ConfigError(f"sd3-druid: the transformer's {name} is {theirs} but {what} is {ours}")
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return self.transformer.position_net.null_position_feature.dtype
+
+    @property
+    def backbone_from_folder(self) -> bool:
+        return self.config.druid_weights is not None
+
+    def _is_base_weight(self, name: str) -> bool:
+        """One of the 683 ``SD3Transformer2DModel`` tensors (never the layout branch, never LoRA)."""
+        prefix = self.backbone_attr + "."
+        if not name.startswith(prefix) or "lora_" in name:
+            return False
+        return not is_layout_key(name[len(prefix) :])
+
+    # ------------------------------------------------------------------ prediction
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: TextConditioning,
+        layout_on: bool = True,
+        record_attention: bool = False,
+    ) -> tuple[torch.Tensor, list]:
+        """Velocity (B, C, H, W) for x_t at noise levels sigma (B,); no attention maps."""
+        if record_attention:
+            raise ConfigError("the sd3-druid backbone has no attention maps for L_dis: set lambda_dis=0")
+        x_t, cond = self.backbone_inputs(x_t, cond)
+        patch = self.transformer.config.patch_size
+        grid = (x_t.shape[-2] // patch, x_t.shape[-1] // patch)
+        layout, masks = None, None
+        if layout_on:
+            layout = {
+                "boxes": cond.boxes,
+                "positive_embeddings": cond.caption_pooled,
+                "masks": (cond.valid & (cond.enabled > 0)[:, None]).to(cond.caption_pooled.dtype),
+            }
+            masks = spatial_masks(cond, self.config.druid_mask_rows, grid)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if x_t.is_cuda and self.config.druid_autocast
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.transformer(
+                hidden_states=x_t,
+                encoder_hidden_states=cond.prompt_hidden,
+                pooled_projections=cond.prompt_pooled,
+                timestep=sigma * 1000.0,  # diffusers' SD3 takes sigma * 1000 (STACK.md)
+                layout=layout,
+                spatial_mask=masks,
+                bbox_scale=1.0 if layout_on else 0.0,
+            )
+        return out.to(x_t.dtype), []
+
+
+def druid_config(druid_dir: str | Path, base_dir: str | Path) -> TrainConfig:
+    """The ``sd3-druid`` preset for their checkpoint folder and an SD3 folder: the resolution is
+    the transformer's sample_size times the base VAE's downsampling (1024 for theirs), the
+    sampling shift the base scheduler's (3 for SD3-medium)."""
+    config = load_config(PRESET)
+    sample_size = read_config(druid_dir)["sample_size"]
+    base = Path(base_dir)
+    vae_config, scheduler_config = base / "vae" / "config.json", base / "scheduler" / "scheduler_config.json"
+    for file in (vae_config, scheduler_config):
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"base model '{base}': no {file.relative_to(base)} (expected an SD3 folder)"
+            )
+    downsample = 2 ** (len(json.loads(vae_config.read_text())["block_out_channels"]) - 1)
+    config.shift = float(json.loads(scheduler_config.read_text()).get("shift", config.shift))
+    config.model.druid_weights, config.model.base_model = str(druid_dir), str(base_dir)
+    config.model.resolution = sample_size * downsample
+    return config
+
+
+def druid_sampling(config: TrainConfig, benchmark: str | None = None) -> dict:
+    """Their sampling settings: steps, guidance (per benchmark), layout fraction and shift."""
+    return {
+        "steps": config.eval_steps,
+        "cfg": DRUID_CFG.get(benchmark, config.eval_cfg),
+        "layout_fraction": config.layout_fraction,
+        "shift": config.shift,
+    }
