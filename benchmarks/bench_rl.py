@@ -1,11 +1,13 @@
-"""Cost of one RL iteration (rollout, reward, critic, PPO loss and its backward), printed as ratios
-against I-DRUID's default in the same run:
+"""Cost of one RL iteration (rollout, reward, critic, policy loss and its backward), printed as
+ratios against idruid's default (``shapes-rl``: 64 rollouts = 16 prompts x 4, SDE on the first 20%
+of the steps, group baseline, per-instance credit) in the same run:
 
-- early-step RL (the first 20% of the steps explore and are trained) vs full-trajectory RL
-  (paper appendix E: 15.4 s vs 82.6 s per iteration, 5.4x);
-- PPO with the critic vs GRPO with group size 4 (paper 4.4: 15.4 s vs about 60 s, 3.9x): GRPO
-  needs group_size trajectories per prompt, so it rolls out 4x the trajectories for the same prompts;
-- the paper's image credit vs per-instance credit (``rl.credit=instance``, our option).
+- the SDE windows: first 20% (the paper), a random window of as many steps within the first half
+  (Flow-GRPO-Fast) and the full trajectory (appendix E: 15.4 s vs 82.6 s per iteration, 5.4x);
+- the baselines: the group mean against the critic (fitted ``critic_epochs`` times per iteration);
+- the KL to the frozen reference (one more no-grad pass over the recorded steps) against none;
+- the paper's PPO (8 rollouts, one per prompt) vs GRPO with group size 4 on the same 8 prompts
+  (paper 4.4: 15.4 s vs about 60 s, 3.9x) and the paper's literal reading (``shapes-rl-literal``).
 
     python benchmarks/bench_rl.py [--repeats 3] [--threads 2] [--checkpoint DIR]
 
@@ -18,18 +20,18 @@ import argparse
 import multiprocessing as mp
 import time
 
+DEFAULT = "default: first 20%, group baseline"
 CONFIGS = {
-    # name: RLConfig overrides; batch_size counts trajectories, prompts = batch_size / group size
-    "ppo, early steps (I-DRUID)": {"algorithm": "ppo", "rl_fraction": 0.2, "batch_size": 8},
-    "ppo, full trajectory": {"algorithm": "ppo", "rl_fraction": 1.0, "batch_size": 8},
-    "ppo, early steps, per-instance credit": {
-        "algorithm": "ppo",
-        "rl_fraction": 0.2,
-        "batch_size": 8,
-        "credit": "instance",
-    },
-    "grpo x4, early steps": {"algorithm": "grpo", "rl_fraction": 0.2, "batch_size": 32, "group_size": 4},
-    "grpo x4, full trajectory": {"algorithm": "grpo", "rl_fraction": 1.0, "batch_size": 32, "group_size": 4},
+    # name: RLConfig overrides of the shapes-rl preset; batch_size counts trajectories
+    DEFAULT: {},
+    "random window (Flow-GRPO-Fast)": {"window": "random"},
+    "full trajectory": {"window": "full"},
+    "critic baseline, first 20%": {"baseline": "critic"},
+    "critic baseline, full trajectory": {"baseline": "critic", "window": "full"},
+    "no KL term": {"kl_weight": 0.0},
+    "paper's PPO, 8 prompts x 1": {"batch_size": 8, "group_size": 1, "baseline": "critic"},
+    "GRPO, 8 prompts x 4": {"algorithm": "grpo", "batch_size": 32, "group_size": 4},
+    "literal reading (shapes-rl-literal)": "shapes-rl-literal",
 }
 
 
@@ -37,16 +39,17 @@ def _measure(name: str, checkpoint: str | None, repeats: int, threads: int, queu
     import torch
 
     from idruid.checkpoint import load_checkpoint
-    from idruid.config import TrainConfig
+    from idruid.config import load_config
     from idruid.rl.stage import RLStage
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = load_checkpoint(checkpoint).train()
-    config = TrainConfig(model=model.config)
-    for key, value in {**CONFIGS[name], "critic_warmup": 0}.items():
+    overrides = CONFIGS[name]
+    config = load_config(overrides if isinstance(overrides, str) else "shapes-rl")
+    for key, value in {**({} if isinstance(overrides, str) else overrides), "critic_warmup": 0}.items():
         setattr(config.rl, key, value)
-    config.layout_fraction = 1.0
+    config.rl.critic_gate = 0.0  # time the actor's iteration, not the gate's wait
     stage = RLStage(config, model)
     times = []
     for k in range(repeats + 1):  # the first iteration warms up
@@ -75,13 +78,11 @@ def main() -> None:
         process.start()
         seconds[name] = queue.get()
         process.join()
-    base = seconds["ppo, early steps (I-DRUID)"]
-    print("| RL iteration | prompts | trajectories | s / iteration | vs I-DRUID |")
-    print("|---|---:|---:|---:|---:|")
+    base = seconds[DEFAULT]
+    print("| RL iteration | s / iteration | vs default |")
+    print("|---|---:|---:|")
     for name, value in seconds.items():
-        config = CONFIGS[name]
-        prompts = config["batch_size"] // config.get("group_size", 1)
-        print(f"| {name} | {prompts} | {config['batch_size']} | {value:.2f} | {value / base:.2f}x |")
+        print(f"| {name} | {value:.2f} | {value / base:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -224,6 +224,8 @@ def test_table3_std_spread_and_partial_cells(tmp_path):
     assert cells[4] == "40.0 (n=1)"
     assert mean_spread_cell([], 1) == "-"
     assert mean_spread_cell([1.0, 2.0, 4.0], 2, "half-range") == "2.33 ± 1.50"
+    # values 1, 2, 4: sample std sqrt((1.78 + 0.11 + 2.78) / 2) = 1.528; / sqrt(3) = 0.882
+    assert mean_spread_cell([1.0, 2.0, 4.0], 3, "sem") == "2.333 ± 0.882"
 
 
 def test_table3_names_from_labels_and_config(tmp_path):

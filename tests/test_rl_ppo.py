@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from idruid.rl.grpo import group_advantages
+from idruid.rl.advantages import group_advantages
 from idruid.rl.ppo import ppo_loss
 
 

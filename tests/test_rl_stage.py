@@ -11,7 +11,7 @@ from idruid.config import ConfigError, ModelConfig, RLConfig, load_config
 from idruid.data.shapes import prompt_only_layouts
 from idruid.models.sd3 import LayoutToImageModel
 from idruid.rl.pool import ActionPool
-from idruid.rl.rollout import Rollout, policy_log_probs, rl_step_count, rollout
+from idruid.rl.rollout import Rollout, policy_log_probs, rl_step_count, rollout, sde_window
 from idruid.rl.stage import RLStage, RLStats
 from idruid.sampling import sample
 from idruid.train import mean_rl_stats, plot_losses, train
@@ -91,36 +91,184 @@ def test_pool_draws_and_round_trips(model):
 def _config(algorithm, **rl):
     config = load_config("tiny", [f"rl.algorithm={algorithm}"])
     config.model = TINY
-    for key, value in {"steps": 4, "batch_size": 4, "critic_warmup": 2, "critic_hidden": 32, **rl}.items():
+    defaults = {
+        "steps": 4,
+        "batch_size": 4,
+        "group_size": 2,
+        "critic_warmup": 2,
+        "critic_hidden": 32,
+        "critic_gate": 0.0,
+        "critic_epochs": 2,
+    }
+    for key, value in {**defaults, **rl}.items():
         setattr(config.rl, key, value)
     return config
 
 
 def test_ppo_stage_warms_up_the_critic_then_trains_the_actor(model):
-    stage = RLStage(_config("ppo"), model)
-    losses = [stage.loss(model)[0] for _ in range(3)]
-    assert losses[0] is None and losses[1] is None  # critic_warmup = 2
-    assert losses[2] is not None and losses[2].requires_grad
+    stage = RLStage(_config("ppo", baseline="critic"), model)
+    results = [stage.loss(model) for _ in range(3)]
+    assert results[0][0] is None and results[1][0] is None  # critic_warmup = 2
+    assert [stats.actor for _, stats in results] == [0.0, 0.0, 1.0]
+    assert results[2][0] is not None and results[2][0].requires_grad
     _, stats = stage.loss(model)
     assert np.isfinite(stats.reward) and stats.critic_loss is not None and stats.l_rl is not None
+    assert stats.critic_mse is not None and stats.within_var is not None
     assert len(stage.pool) == 4 and stage.critic_updates == 4
 
 
+def test_critic_gate_holds_the_actor_until_the_threshold(model):
+    """The actor waits while the critic's fresh-batch MSE exceeds critic_gate x the within-prompt
+    variance, and starts once it does not (or after critic_gate_max iterations, saying so)."""
+    from idruid.rl.stage import RLStats
+
+    stage = RLStage(_config("ppo", baseline="critic", critic_warmup=1, critic_gate=2.0), model)
+    stage.critic_updates = 2  # past the warm-up
+    stage._update_gate(RLStats(critic_mse=0.5, within_var=0.2))  # 0.5 > 2 x 0.2
+    assert not stage.gate_open and not stage.actor_ready
+    stage._update_gate(RLStats(critic_mse=0.4, within_var=0.2))  # 0.4 <= 2 x 0.2
+    assert stage.gate_open and stage.actor_ready
+    # a gate the critic cannot reach holds the actor for critic_gate_max iterations, then gives way
+    stage = RLStage(
+        _config("ppo", baseline="critic", critic_warmup=1, critic_gate=1e-9, critic_gate_max=3), model
+    )
+    actor = [stage.loss(model)[1].actor for _ in range(4)]
+    assert actor == [0.0, 0.0, 1.0, 1.0] and stage.critic_updates == 4
+
+
+def test_fresh_updates_are_on_policy_at_their_first_inner_step(model):
+    """rl.update=fresh trains on the batch just sampled: ratio 1 and no clipping at its first inner
+    step (age 0); with ppo_epochs=2 the next iteration reuses it (age 1) after a weight update, so
+    its ratio moves off 1, without a new rollout."""
+    net = LayoutToImageModel(TINY)
+    net.load_state_dict(model.state_dict())
+    stage = RLStage(_config("ppo", ppo_epochs=2, clip_range=1e-6, kl_weight=0.0), net)
+    optimizer = torch.optim.SGD(net.trainable_parameters(), lr=1e-2)
+    loss, stats = stage.loss(net)
+    assert stats.age == 0 and stats.ratio == pytest.approx(1.0, abs=1e-5) and stats.clip_fraction == 0.0
+    assert stats.reward is not None and len(stage.pool) == 1
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    _, stats = stage.loss(net)
+    assert stats.age == 1 and stats.reward is None and len(stage.pool) == 1  # no new rollout
+    assert stats.clip_fraction > 0 and abs(stats.ratio - 1.0) > 1e-6
+    _, stats = stage.loss(net)
+    assert stats.age == 0 and len(stage.pool) == 2  # the third iteration samples again
+
+
+def test_pool_updates_draw_from_the_action_pool(model):
+    """rl.update=pool (the paper's reading) rolls out every iteration and trains on a pool draw."""
+    stage = RLStage(_config("ppo", update="pool", pool_size=2), model)
+    ages = [stage.loss(model)[1].age for _ in range(6)]
+    assert len(stage.pool) == 2 and set(ages) <= {0, 1} and ages[0] == 0
+
+
+def test_kl_to_the_frozen_reference(model):
+    """The KL term is 0 while the actor equals the reference it froze when RL started, and grows
+    after a step, even on a freshly sampled (on-policy) batch."""
+    net = LayoutToImageModel(TINY)
+    net.load_state_dict(model.state_dict())
+    stage = RLStage(_config("ppo", kl_to="reference", kl_weight=1.0), net)
+    optimizer = torch.optim.SGD(net.trainable_parameters(), lr=1e-2)
+    loss, stats = stage.loss(net)
+    assert stats.kl == pytest.approx(0.0, abs=1e-10)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    _, stats = stage.loss(net)
+    assert stats.age == 0 and stats.kl > 1e-8
+    frozen = dict(model.named_parameters())
+    assert all(torch.equal(value, frozen[name]) for name, value in stage.reference.items())
+
+
+def test_detached_unconditional_branch_gets_no_rl_gradient(model):
+    """With detach_uncond the gradient of the guided prediction is cfg x the conditional
+    prediction's alone; without it, the unconditional one adds (1 - cfg) x its own."""
+    from idruid.sampling import guidance_conditioning, guided_prediction
+
+    layouts = prompt_only_layouts(2)
+    x, t, cfg = torch.randn(2, 3, 32, 32), torch.tensor([0.9, 0.5]), 3.0
+    cond = guidance_conditioning(model, layouts, cfg, "cpu")
+    upstream = torch.randn(2, 3, 32, 32)
+    params = model.trainable_parameters()
+
+    def grads(fn):
+        return torch.autograd.grad((fn() * upstream).sum(), params, allow_unused=True)
+
+    detached = grads(lambda: guided_prediction(model, x, t, cond, cfg, True, detach_uncond=True))
+    conditional = grads(lambda: cfg * model(x, t, cond.rows(slice(0, 2)), layout_on=True)[0])
+    coupled = grads(lambda: guided_prediction(model, x, t, cond, cfg, True))
+    pairs = [(a, b) for a, b in zip(detached, conditional, strict=True) if b is not None]
+    assert pairs and all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in pairs)
+    assert any(
+        not torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+        for a, b in zip(coupled, conditional, strict=True)
+        if b is not None
+    )
+    with torch.no_grad():  # the values agree: only the gradient path differs
+        torch.testing.assert_close(
+            guided_prediction(model, x, t, cond, cfg, True, detach_uncond=True),
+            guided_prediction(model, x, t, cond, cfg, True),
+            atol=1e-5,
+            rtol=1e-4,
+        )
+
+
+def test_sde_windows():
+    assert sde_window(10, "first", 0.2) == (0, 2) and sde_window(10, "full", 0.2) == (0, 10)
+    generator = torch.Generator().manual_seed(0)
+    starts = {sde_window(10, "random", 0.2, generator) for _ in range(200)}
+    assert starts == {(0, 2), (1, 2), (2, 2), (3, 2)}  # 2 steps anywhere within the first 5
+    with pytest.raises(ValueError, match="window"):
+        sde_window(10, "late", 0.2)
+
+
+@pytest.mark.parametrize(("first_step", "rl_steps"), [(0, 2), (3, 2), (0, 6)])
+def test_each_window_records_its_steps(model, first_step, rl_steps):
+    """A window records exactly its steps: their times, a chain of states that starts where the
+    deterministic sampler is at that step, and an on-policy re-scoring (layout branch switching
+    off inside the window included)."""
+    layouts, steps, x_init = prompt_only_layouts(2), 6, torch.randn(2, 3, 32, 32)
+    torch.manual_seed(3)
+    recorded = rollout(model, layouts, steps, rl_steps, 2.0, 0.5, x_init=x_init, first_step=first_step)
+    times = model.process.times(steps)
+    torch.testing.assert_close(recorded.times, times[first_step : first_step + rl_steps + 1])
+    assert recorded.first_step == first_step and recorded.log_prob.shape == (rl_steps, 2)
+
+    states = []
+    sample(
+        model,
+        layouts,
+        steps=steps,
+        cfg=2.0,
+        layout_fraction=0.5,
+        x_init=x_init,
+        step_fn=lambda p, x, t, tn: states.append(x) or model.process.step(p, x, t, tn),
+    )
+    torch.testing.assert_close(recorded.x_t[0], states[first_step], atol=1e-5, rtol=1e-5)
+    log_prob, _, _ = policy_log_probs(model, recorded, 2.0, 0.5, steps)
+    torch.testing.assert_close(log_prob, recorded.log_prob, atol=2e-5, rtol=0)
+
+
 def test_grpo_stage_rolls_out_groups_without_a_critic(model):
-    stage = RLStage(_config("grpo", group_size=2), model)
+    stage = RLStage(_config("grpo", group_size=2, credit="image"), model)
     layouts = stage.next_layouts()
     assert len(layouts) == 4 and layouts[0] == layouts[1] and layouts[0] != layouts[2]
     loss, stats = stage.loss(model)
     assert stage.critic is None and loss is not None and stats.critic_loss is None
     entry = stage.pool.entries[-1]
-    torch.testing.assert_close(entry.group_advantage.view(2, 2).sum(1), torch.zeros(2), atol=1e-5, rtol=0)
+    advantage = stage.advantages(model, entry, model.encode_text(entry.layouts))
+    assert advantage.shape == (1, 4)  # (steps, rollouts)
+    torch.testing.assert_close(advantage.view(2, 2).sum(1), torch.zeros(2), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_per_instance_credit(model, algorithm):
+@pytest.mark.parametrize(("algorithm", "baseline"), [("ppo", "critic"), ("ppo", "group"), ("grpo", "group")])
+def test_per_instance_credit(model, algorithm, baseline):
     """rl.credit=instance keeps each rollout's per-instance reward terms, credits them per box and
     is on-policy at the first draw: the ratio of every valid instance is 1."""
-    stage = RLStage(_config(algorithm, credit="instance", critic_warmup=0, pool_size=1, group_size=2), model)
+    config = _config(algorithm, baseline=baseline, credit="instance", critic_warmup=0, pool_size=1)
+    stage = RLStage(config, model)
     loss, stats = stage.loss(model)
     entry = stage.pool.entries[-1]
     layouts = entry.layouts
@@ -128,13 +276,16 @@ def test_per_instance_credit(model, algorithm):
     torch.testing.assert_close(entry.instance_reward.sum(1), entry.reward)
     assert loss is not None and loss.requires_grad and np.isfinite(stats.l_rl)
     assert stats.ratio == pytest.approx(1.0, abs=1e-4) and stats.clip_fraction == 0.0
-    if algorithm == "grpo":
+    if baseline == "group":
+        cond = model.encode_text(entry.layouts)
+        advantage = stage.advantages(model, entry, cond)
         torch.testing.assert_close(
-            entry.group_advantage.view(2, 2, -1).sum(1),
-            torch.zeros(2, entry.instance_reward.shape[1]),
+            advantage.view(-1, 2, 2, advantage.shape[-1]).sum(2),
+            torch.zeros(advantage.shape[0], 2, advantage.shape[-1]),
             atol=1e-4,
             rtol=0,
         )
+        assert (advantage[:, ~cond.valid] == 0).all()  # padded instances carry nothing
     # a rollout recorded with image credit, as after a resume with rl.credit changed
     entry.instance_reward = None
     with pytest.raises(RuntimeError, match="rl.credit"):
@@ -142,7 +293,7 @@ def test_per_instance_credit(model, algorithm):
 
 
 def test_sft_batch_renders_the_prompt_only_layouts(model):
-    stage = RLStage(_config("sft"), model)
+    stage = RLStage(_config("sft", group_size=1), model)
     images, layouts = stage.sft_batch()
     assert images.shape == (4, 3, 32, 32) and len(layouts) == 4 and stage.reward is None
     assert images.min() >= -1 and images.max() <= 1 and len({lay.prompt for lay in layouts}) > 1
@@ -163,12 +314,22 @@ def test_bad_rl_configs_are_refused():
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "credit"), [("ppo", "image"), ("ppo", "instance"), ("grpo", "image"), ("sft", "image")]
+    ("algorithm", "credit", "baseline"),
+    [
+        ("ppo", "image", "critic"),
+        ("ppo", "instance", "group"),
+        ("grpo", "image", "group"),
+        ("sft", "image", "group"),
+    ],
 )
-def test_rl_training_runs_and_resumes(tmp_path, algorithm, credit):
+def test_rl_training_runs_and_resumes(tmp_path, algorithm, credit, baseline):
     overrides = [
         f"rl.algorithm={algorithm}",
         f"rl.credit={credit}",
+        f"rl.baseline={baseline}",
+        "rl.critic_gate=0",
+        "rl.held_out=2",
+        "rl.held_out_every=2",
         "rl.start_fraction=0",
         "rl.steps=3",
         "rl.batch_size=2",
@@ -185,10 +346,13 @@ def test_rl_training_runs_and_resumes(tmp_path, algorithm, credit):
     train(config, tmp_path / "run", progress=False)  # resumes at step 3 with the pool and critic
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
-    # PPO's first iteration only trains the critic (critic_warmup=1); later ones train the actor
-    assert (log[0]["l_rl"] is None) == (algorithm == "ppo")
+    # the critic's first iteration only fits the critic (critic_warmup=1); later ones train the actor
+    assert (log[0]["l_rl"] is None) == (baseline == "critic" and algorithm == "ppo")
     assert all(r["l_rl"] is not None for r in log[1:])
     assert all((r.get("rl_reward") is not None) == (algorithm != "sft") for r in log)
+    if algorithm != "sft":
+        assert [r["step"] for r in log if "rl_held_out_reward" in r] == [1, 2, 3, 4]
+        assert all(r["rl_grad_ratio"] > 0 for r in log if r["l_rl"] is not None)
 
 
 def test_rl_presets_match_the_shipped_model():
@@ -207,7 +371,7 @@ def test_log_records_average_the_rl_iterations_of_their_interval():
         RLStats(reward=4.0, critic_loss=3.0, l_rl=-0.5, kl=0.25, clip_fraction=0.5, ratio=1.0),
     ]
     means = mean_rl_stats(window)
-    assert means == {
+    assert {k: v for k, v in means.items() if v is not None} == {
         "reward": 3.0,
         "critic_loss": 2.0,
         "l_rl": -0.5,
@@ -216,6 +380,8 @@ def test_log_records_average_the_rl_iterations_of_their_interval():
         "ratio": 1.0,
     }
     assert mean_rl_stats([RLStats(reward=1.0)])["kl"] is None
+    by_age = mean_rl_stats([RLStats(clip_fraction=c, age=a) for c, a in [(0.0, 0), (0.5, 1), (0.25, 1)]])
+    assert by_age["clip_fraction_age0"] == 0.0 and by_age["clip_fraction_age1"] == 0.375
 
 
 def test_loss_plot_adds_the_rl_diagnostics(tmp_path):
@@ -239,10 +405,11 @@ def test_prompt_only_layouts_from_a_file_are_read_in_order_and_cycled(model, tmp
     file = tmp_path / "prompts.jsonl"
     save_layouts(prompt_only_layouts(5), file)
     expected = load_layouts(file)
-    config = load_config("tiny", ["rl.algorithm=ppo", f"rl.prompts={file}", "rl.batch_size=3"])
+    config = load_config(
+        "tiny", ["rl.algorithm=ppo", f"rl.prompts={file}", "rl.batch_size=3", "rl.group_size=1"]
+    )
     stage = RLStage(config, model)
     first = stage.next_layouts()
-    stage.iteration += 1
     second = stage.next_layouts()
     assert first == expected[:3] and second == [expected[3], expected[4], expected[0]]
     with pytest.raises(ConfigError, match="only the shapes world has"):

@@ -32,6 +32,7 @@ from .layout import box_masks
 from .losses import disentangle_loss
 from .models import build_model
 from .models.base import LayoutModel
+from .rl.held_out import HeldOutReward
 from .rl.stage import RLStage, RLStats
 
 
@@ -211,6 +212,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     if stage is not None:
         accelerator.register_for_checkpointing(stage)
     rl_start = int(rl.start_fraction * config.steps)
+    held_out = None
+    if stage is not None and stage.reward is not None and rl.held_out > 0 and accelerator.is_main_process:
+        held_out = HeldOutReward(config, stage.reward, rl.held_out, raw_model.latent_shape)
 
     ckpt_dir = out / "checkpoints"
     step = 0
@@ -228,6 +232,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     )
     started, last_log = time.time(), step
     rl_window: list[RLStats] = []  # the RL iterations since the last log record
+    grad_norms: list[tuple[float, float]] = []  # (|g_paired|, |g_rl|) measured since the last record
     model.train()
     while step < config.steps:
         for batch in data:
@@ -238,7 +243,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                 model, raw_model, batch["image"], batch["layouts"], config, accelerator
             )
             # ---------------------------------------------------- RL (Algorithm 1, lines 9-18)
-            l_rl = None
+            l_rl, paired_loss = None, loss
             if stage is not None and step >= rl_start and (step - rl_start) % rl.every == 0:
                 if rl.algorithm == "sft":
                     images, layouts = stage.sft_batch()
@@ -252,7 +257,17 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                 raise FloatingPointError(f"step {step}: loss is {loss.item()} (lower learning_rate?)")
             # ---------------------------------------------------- UPDATE + EMA
             optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
+            logging_step = (step + 1) % config.log_every == 0 or step + 1 == config.steps
+            split = l_rl is not None and l_rl.requires_grad and paired_loss.requires_grad
+            if split and logging_step and accelerator.num_processes == 1:
+                # the two losses' graphs are disjoint: backward them one after the other to log
+                # |g_rl| / |g_paired| at no extra cost (the gradient stepped on is the same sum)
+                accelerator.backward(paired_loss)
+                paired_grads = [p.grad.detach().clone() if p.grad is not None else None for p in params]
+                accelerator.backward(rl.lambda_rl * l_rl)
+                grad_norms.append(_gradient_norms(params, paired_grads))
+            else:
+                accelerator.backward(loss)
             if config.grad_clip > 0:
                 accelerator.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
@@ -279,6 +294,15 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                 if rl_window:
                     record.update({f"rl_{k}": v for k, v in mean_rl_stats(rl_window).items()})
                     rl_window = []
+                if grad_norms:
+                    paired_norm, rl_norm = grad_norms[-1]
+                    ratio = rl_norm / max(paired_norm, 1e-12)
+                    record.update(rl_grad_paired=paired_norm, rl_grad_rl=rl_norm, rl_grad_ratio=ratio)
+                    grad_norms = []
+                if held_out is not None and step >= rl_start and (
+                    step % rl.held_out_every == 0 or step == config.steps or step == rl_start + 1
+                ):
+                    record["rl_held_out_reward"] = held_out(raw_model)
                 bar.set_postfix(
                     loss=f"{record['loss']:.4f}", l_dis=record["l_dis"] and f"{record['l_dis']:.4f}"
                 )
@@ -320,12 +344,36 @@ def _mean_over_processes(accelerator: Accelerator, losses: list[torch.Tensor | N
 
 def mean_rl_stats(window: list[RLStats]) -> dict[str, float | None]:
     """Each RL diagnostic averaged over the iterations of a log interval (those that have it), so
-    a log record with ``log_every`` > 1 reads as the interval, not as its last iteration."""
+    a log record with ``log_every`` > 1 reads as the interval, not as its last iteration; the clip
+    fraction also by the age of the rollouts it was measured on (``clip_fraction_age{a}``)."""
     means = {}
     for field in dataclasses.fields(RLStats):
         values = [getattr(stats, field.name) for stats in window if getattr(stats, field.name) is not None]
         means[field.name] = sum(values) / len(values) if values else None
+    by_age: dict[int, list[float]] = {}
+    for stats in window:
+        if stats.age is not None and stats.clip_fraction is not None:
+            by_age.setdefault(stats.age, []).append(stats.clip_fraction)
+    for age, values in sorted(by_age.items()):
+        means[f"clip_fraction_age{age}"] = sum(values) / len(values)
     return means
+
+
+def _gradient_norms(params: list, paired_grads: list) -> tuple[float, float]:
+    """(|g_paired|, |g_rl|): the norm of the paired losses' gradient, saved before the RL loss's
+    backward, and of what that backward added to the parameters' gradients."""
+    paired = [g for g in paired_grads if g is not None]
+    rl_parts = [
+        p.grad - g if g is not None else p.grad
+        for p, g in zip(params, paired_grads, strict=True)
+        if p.grad is not None
+    ]
+    return _global_norm(paired), _global_norm(rl_parts)
+
+
+def _global_norm(tensors: list[torch.Tensor]) -> float:
+    """The L2 norm of all ``tensors`` taken as one vector."""
+    return float(torch.stack([t.float().norm() for t in tensors]).norm()) if tensors else 0.0
 
 
 def _save_state(accelerator: Accelerator, folder: Path, step: int, keep: int) -> None:
@@ -338,12 +386,15 @@ def _save_state(accelerator: Accelerator, folder: Path, step: int, keep: int) ->
             shutil.rmtree(old)
 
 
-RL_DIAGNOSTICS = (  # log key, panel title
-    ("rl_reward", "RL: mean rollout reward (Eq. 6)"),
-    ("rl_critic_loss", "critic loss (Eq. 7)"),
-    ("rl_kl", "KL to the old policy (Eq. 10)"),
-    ("rl_clip_fraction", "PPO clip fraction"),
-    ("rl_ratio", "mean PPO ratio"),
+RL_DIAGNOSTICS = (  # log key(s), panel title
+    (("rl_reward",), "RL: mean rollout reward (Eq. 6)"),
+    (("rl_held_out_reward",), "held-out reward (fixed noise, ODE)"),
+    (("rl_critic_mse", "rl_within_var", "rl_critic_loss"), "critic: fresh MSE, within-prompt var, fit"),
+    (("rl_grad_ratio",), "|g_rl| / |g_ldm + g_dis|"),
+    (("rl_kl",), "KL term (Eq. 10)"),
+    (("rl_clip_fraction",), "PPO clip fraction"),
+    (("rl_one_sign",), "share of batches with one-sign advantages"),
+    (("rl_ratio",), "mean PPO ratio"),
 )
 
 
@@ -360,7 +411,11 @@ def plot_losses(log_path: Path, out_path: Path) -> None:
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    panels = [(key, title) for key, title in RL_DIAGNOSTICS if any(r.get(key) is not None for r in rows)]
+    panels = [
+        (keys, title)
+        for keys, title in RL_DIAGNOSTICS
+        if any(r.get(key) is not None for r in rows for key in keys)
+    ]
     columns = 4  # the first row: L_ldm, L_dis and the first two RL panels
     lines = 1 + math.ceil(max(0, len(panels) - 2) / columns)
     fig, axes = plt.subplots(lines, columns, figsize=(16, 3.2 * lines), squeeze=False)
@@ -371,9 +426,12 @@ def plot_losses(log_path: Path, out_path: Path) -> None:
     axes[1].plot(steps, dis, color="tab:orange")
     axes[1].axhline(math.log(2), ls="--", color="grey", lw=0.8)
     axes[1].set(title="L_dis (softplus(CAS+ - CAS-)); dashed: ln 2", xlabel="step")
-    for ax, (key, title) in zip(axes[2:], panels, strict=False):
-        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        ax.plot([s for s, _ in points], [v for _, v in points], color="tab:green")
+    for ax, (keys, title) in zip(axes[2:], panels, strict=False):
+        for key, color in zip(keys, ("tab:green", "tab:grey", "tab:olive"), strict=False):
+            points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            ax.plot([s for s, _ in points], [v for _, v in points], color=color, label=key)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
         ax.set(title=title, xlabel="step")
     for ax in axes[2 + len(panels) :]:
         ax.axis("off")

@@ -17,6 +17,7 @@ from .plots import (
     plot_reward_curves,
     reward_curve,
 )
+from .probes import is_probe, load_probe, plot_probes, probe_table
 from .runs import (
     ABSENT,
     IGNORED_EVAL_SETTINGS,
@@ -34,6 +35,7 @@ from .tables import SPREADS, mig_benchmarks, sam_benchmarks, table_ablation, tab
 SPREAD_TEXT = {
     "half-range": "mean ± half the range over seeds (with two seeds, each seed's distance from the mean)",
     "std": "mean ± sample standard deviation over seeds",
+    "sem": "mean ± standard error of the mean over seeds (sample std / sqrt(seeds))",
 }
 
 
@@ -157,9 +159,13 @@ def write_report(
     for path in labels:
         if path not in {Path(p).resolve() for p in run_dirs}:
             run_dirs = [*run_dirs, path]
+    probes = [load_probe(p, labels.get(Path(p).resolve())) for p in run_dirs if is_probe(p)]
+    run_dirs = [p for p in run_dirs if not is_probe(p)]
+    out_dir = Path(out_dir)
+    if not run_dirs:
+        return _write_probe_report(probes, out_dir)
     runs = load_runs(run_dirs, labels)
     variants = group_runs(runs)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     sections = [
@@ -195,6 +201,26 @@ def write_report(
         "## Samples (target boxes drawn)\n",
         _grids_section(runs, out_dir),
     ]
+    if probes:
+        sections.append(_probe_section(probes, out_dir))
     path = out_dir / "report.md"
     path.write_text("\n".join(part for part in sections if part))
+    return path
+
+
+def _probe_section(probes, out_dir: Path) -> str:
+    plot = plot_probes(probes, out_dir / "plots" / "rl-probes.png")
+    return (
+        "## RL probes (L_rl alone, held-out reward)\n\n"
+        "Held-out reward: prompt-only layouts the RL stage never draws, sampled with the ODE from fixed "
+        "noise (`idruid rl-probe`); gain: last checkpoint minus the start.\n\n"
+        + probe_table(probes)
+        + f"\n![held-out reward]({plot.relative_to(out_dir).as_posix()})\n"
+    )
+
+
+def _write_probe_report(probes, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.md"
+    path.write_text(f"# idruid report\n\n{len(probes)} probe(s).\n\n" + _probe_section(probes, out_dir))
     return path

@@ -20,7 +20,7 @@ from ..metrics import format_table_leakage, format_table_mig
 from .runs import Run, Variant
 
 SAM_COLUMNS = (("spatial", "Spatial"), ("color", "Color"), ("texture", "Texture"), ("shape", "Shape"))
-SPREADS = ("half-range", "std")
+SPREADS = ("half-range", "std", "sem")
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -143,13 +143,17 @@ def column_values(runs: Sequence[Run], column: Column) -> list[float]:
 
 
 def spread(values: Sequence[float], kind: str = "half-range") -> float:
-    """Half the range (max - min) / 2, or the sample standard deviation (ddof 1)."""
+    """Half the range (max - min) / 2, the sample standard deviation (ddof 1), or the standard error
+    of the mean (that std / sqrt(n))."""
     if kind not in SPREADS:
         raise ValueError(f"spread must be one of {', '.join(SPREADS)}, got '{kind}'")
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return 0.0
-    return float((values.max() - values.min()) / 2 if kind == "half-range" else values.std(ddof=1))
+    if kind == "half-range":
+        return float((values.max() - values.min()) / 2)
+    std = float(values.std(ddof=1))
+    return std / float(np.sqrt(len(values))) if kind == "sem" else std
 
 
 def mean_spread_cell(values: Sequence[float], decimals: int = 1, kind: str = "half-range") -> str:

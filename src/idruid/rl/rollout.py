@@ -2,9 +2,10 @@
 
 A rollout samples a batch of layouts with ``idruid.sampling.sample`` where the step function is
 the model's policy step (idruid.processes: the SDE of Eq. 5 for flow, the DDPM transition for
-eps) for the first ``rl_steps`` steps and the deterministic step after ("RL speed-up", paper
-3.3: only the first 20% of the steps explore and are trained;
-``rl_steps = steps`` is full-trajectory RL, appendix E). The states x_t, the actions x_{t-1},
+eps) on a window of ``rl_steps`` steps starting at ``first_step`` and the deterministic step
+elsewhere ("RL speed-up", paper 3.3: the first 20% of the steps explore and are trained;
+``sde_window`` also gives a random window within the first half, as Flow-GRPO-Fast, and the
+full trajectory, appendix E). The states x_t, the actions x_{t-1},
 their log-probabilities and the policy means are recorded for those steps: what the action
 pool keeps of an old policy. ``policy_log_probs`` re-scores recorded actions under the current
 weights, with gradients, for the PPO ratio (Eq. 9) and the KL term (Eq. 10).
@@ -19,7 +20,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..layout import Layout
-from ..sampling import guidance_conditioning, guided_prediction, layout_steps, sample
+from ..sampling import guidance_conditioning, guided_prediction, model_layout_steps, sample
 
 
 def rl_step_count(steps: int, rl_fraction: float) -> int:
@@ -27,6 +28,23 @@ def rl_step_count(steps: int, rl_fraction: float) -> int:
     if not 0.0 < rl_fraction <= 1.0:
         raise ValueError(f"rl_fraction must be in (0, 1], got {rl_fraction}")
     return max(1, min(steps, math.ceil(rl_fraction * steps - 1e-9)))
+
+
+def sde_window(
+    steps: int, window: str, rl_fraction: float, generator: torch.Generator | None = None
+) -> tuple[int, int]:
+    """(first step, number of steps) of the SDE window: "first" the leading ``rl_fraction`` of the
+    steps, "random" as many steps starting anywhere they fit within the first half (drawn from
+    ``generator``), "full" every step."""
+    if window == "full":
+        return 0, steps
+    length = rl_step_count(steps, rl_fraction)
+    if window == "first":
+        return 0, length
+    if window == "random":
+        last_start = max(0, math.ceil(steps / 2) - length)
+        return int(torch.randint(last_start + 1, (1,), generator=generator)), length
+    raise ValueError(f"window '{window}': expected first, random or full")
 
 
 @dataclass
@@ -40,9 +58,10 @@ class Rollout:
     mean: torch.Tensor  # (K, B, C, H, W) the old policy's means (for the KL term)
     times: torch.Tensor  # (K + 1,) times of the recorded steps and the one after (process convention)
     images: torch.Tensor  # (B, C, H, W) final samples in [-1, 1]
+    first_step: int = 0  # index of the first recorded step in the sampling loop
+    iteration: int = 0  # the RL iteration that sampled it (its age is counted from there)
     reward: torch.Tensor | None = None  # (B,)
     instance_reward: torch.Tensor | None = None  # (B, N) the reward's per-instance terms (rl.credit=instance)
-    group_advantage: torch.Tensor | None = None  # (B,), or (B, N) with per-instance credit; GRPO only
 
     def state_dict(self) -> dict:
         state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layouts"}
@@ -54,21 +73,23 @@ class Rollout:
 
         layouts = [layout_from_dict(item) for item in state["layouts"]]
         state = {("times" if k == "sigmas" else k): v for k, v in state.items()}  # older checkpoints
-        return cls(**{**{k: v for k, v in state.items() if k != "layouts"}, "layouts": layouts})
+        known = {f.name for f in fields(cls)} - {"layouts"}  # older ones also kept group advantages
+        return cls(**{k: v for k, v in state.items() if k in known}, layouts=layouts)
 
 
 class _RecordingStep:
-    """Step function for ``sample``: the policy on the first ``rl_steps`` steps, recorded; the
-    process's deterministic step after."""
+    """Step function for ``sample``: the policy on the steps ``first_step`` to ``first_step +
+    rl_steps - 1``, recorded; the process's deterministic step elsewhere."""
 
-    def __init__(self, rl_steps: int, policy, deterministic):
-        self.rl_steps, self.policy, self.deterministic = rl_steps, policy, deterministic
-        self.index = 0
+    def __init__(self, first_step: int, rl_steps: int, policy, deterministic):
+        self.window = range(first_step, first_step + rl_steps)
+        self.policy, self.deterministic = policy, deterministic
+        self.index = -1
         self.x_t, self.x_next, self.log_prob, self.mean = [], [], [], []
 
     def __call__(self, prediction, x_t, t, t_next):
         self.index += 1
-        if self.index > self.rl_steps:
+        if self.index not in self.window:
             return self.deterministic(prediction, x_t, t, t_next)
         x_next, log_prob, mean, _ = self.policy(prediction, x_t, t, t_next)
         self.x_t.append(x_t.float().cpu())
@@ -89,17 +110,20 @@ def rollout(
     shift: float = 1.0,
     x_init: torch.Tensor | None = None,
     eta: float = 1.0,
+    first_step: int = 0,
 ) -> Rollout:
-    """Sample ``layouts`` with the policy on the first ``rl_steps`` steps and record them.
-    ``noise_level`` is the flow SDE's a (Eq. 5), ``eta`` the eps process's DDIM eta."""
+    """Sample ``layouts`` with the policy on ``rl_steps`` steps from ``first_step`` on and record
+    them. ``noise_level`` is the flow SDE's a (Eq. 5), ``eta`` the eps process's DDIM eta."""
     if steps < 2:
         raise ValueError("a rollout needs at least 2 sampling steps")
+    if first_step < 0 or rl_steps < 1 or first_step + rl_steps > steps:
+        raise ValueError(f"SDE window of {rl_steps} steps from step {first_step} does not fit {steps} steps")
     process = model.process
     times = process.times(steps, shift)
     device = next(model.parameters()).device
     if x_init is None:
         x_init = torch.randn((len(layouts), *model.latent_shape))
-    recorder = _RecordingStep(rl_steps, process.policy(times, noise_level, eta), process.step)
+    recorder = _RecordingStep(first_step, rl_steps, process.policy(times, noise_level, eta), process.step)
     images = sample(
         model,
         layouts,
@@ -116,8 +140,9 @@ def rollout(
         x_next=torch.stack(recorder.x_next),
         log_prob=torch.stack(recorder.log_prob),
         mean=torch.stack(recorder.mean),
-        times=times[: rl_steps + 1].clone(),
+        times=times[first_step : first_step + rl_steps + 1].clone(),
         images=images.float().cpu(),
+        first_step=first_step,
     )
 
 
@@ -131,11 +156,14 @@ def policy_log_probs(
     shift: float = 1.0,
     network=None,
     eta: float = 1.0,
+    detach_uncond: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log pi_theta(action | state) of the recorded steps under the current weights, with grad.
 
     ``model`` encodes the text; ``network`` (default ``model``) makes the predictions: in
-    training, the accelerate-prepared module, so that gradients synchronise across processes.
+    training, the accelerate-prepared module, so that gradients synchronise across processes;
+    any callable with the model's signature (the frozen reference, for the KL term).
+    ``detach_uncond``: no gradient through CFG's unconditional prediction (sampling.guided_prediction).
 
     Returns (log_prob (K, B), mean (K, B, C, H, W), scale (K, B, 1, 1, 1)), scale being the
     standard deviation of the step's action. All K steps of all B trajectories go through the
@@ -145,20 +173,23 @@ def policy_log_probs(
     num_steps, batch = recorded.log_prob.shape
     process = model.process
     policy = process.policy(process.times(steps, shift), noise_level, eta)
-    with_layout = layout_steps(steps, layout_fraction)
+    with_layout = model_layout_steps(model, steps, layout_fraction)
     x_t = recorded.x_t.to(device).flatten(0, 1)  # (K * B, C, H, W), step-major
     x_next = recorded.x_next.to(device).flatten(0, 1)
     t = recorded.times[:-1].to(device).repeat_interleave(batch)
     t_next = recorded.times[1:].to(device).repeat_interleave(batch)
     cond = guidance_conditioning(model, recorded.layouts * num_steps, cfg, device)  # step-major, as x_t
-    layout_on = torch.arange(num_steps).repeat_interleave(batch) < with_layout
+    step_index = recorded.first_step + torch.arange(num_steps)
+    layout_on = step_index.repeat_interleave(batch) < with_layout
     prediction = torch.empty_like(x_t)
     for flag in (True, False):
         rows = (layout_on == flag).nonzero(as_tuple=True)[0]
         if len(rows) == 0:
             continue
         part = _select(cond, rows, len(x_t)) if len(rows) < len(x_t) else cond
-        prediction[rows] = guided_prediction(network or model, x_t[rows], t[rows], part, cfg, layout_on=flag)
+        prediction[rows] = guided_prediction(
+            network or model, x_t[rows], t[rows], part, cfg, layout_on=flag, detach_uncond=detach_uncond
+        )
     _, log_prob, mean, scale = policy(prediction, x_t, t, t_next, x_next)
     shape = (num_steps, batch)
     return log_prob.view(shape), mean.view(*shape, *mean.shape[1:]), scale.view(*shape, *scale.shape[1:])
@@ -168,4 +199,4 @@ def _select(cond, rows: torch.Tensor, batch: int):
     """Rows of a conditioning that may hold [conditional; unconditional] halves of ``batch`` each."""
     if len(cond) == 2 * batch:
         rows = torch.cat([rows, rows + batch])
-    return type(cond)(**{f.name: getattr(cond, f.name)[rows.to(cond.valid.device)] for f in fields(cond)})
+    return cond.rows(rows)

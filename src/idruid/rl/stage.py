@@ -1,85 +1,116 @@
 """One RL iteration of Algorithm 1 (lines 10-18) for the trainer: L_rl from prompt-only layouts.
 
-ROLLOUT the current actor on a batch of prompt-only layouts with the SDE policy on the first RL
-steps, REWARD the final images with the detector (Eq. 6), enqueue the rollout in the action
-POOL, update the CRITIC on it (Eq. 7), then draw a stored rollout at random and compute PPO's
-loss on its recorded steps (Eq. 8-10) with the current weights. The trainer adds the result to
-L_ldm + lambda_dis * L_dis (Eq. 12) and takes one optimiser step for all of it.
+ROLLOUT the actor on a batch of prompt-only layouts (``group_size`` rollouts per prompt) with the
+SDE policy on a window of steps, REWARD the final images with the detector (Eq. 6), enqueue the
+rollout in the action POOL, fit the CRITIC on it and on older pool entries (Eq. 7), then compute
+the clipped policy-gradient loss (Eq. 8-10) on the rollouts with the current weights. The trainer
+adds the result to L_ldm + lambda_dis * L_dis (Eq. 12) and takes one optimiser step for all of it.
 
-``RLConfig.algorithm`` picks the variant: "ppo" (I-DRUID), "grpo" (group-normalised advantages,
-no critic, each prompt rolled out ``group_size`` times) or "sft" (no RL: the prompt-only layouts'
-rendered images feed the paired losses, Table 3 row 3; see ``sft_batch``). ``RLConfig.credit``
-picks what an advantage is credited to: the whole latent's log-density (the paper) or, per
-instance, the log-density inside the instance's box (``idruid.rl.logprob.box_log_probs``), with
-the instance's reward term and the critic's score of that instance as its baseline.
+What idruid implements, and why it differs from the paper's literal reading (docs/method.md):
+- ``rl.update="fresh"``: the actor trains on the batch it just sampled, so its first update is
+  on-policy (ratio 1) and the clip zeta matters only for the ``ppo_epochs - 1`` later reuses
+  (DDPO, Flow-GRPO). ``"pool"``: a rollout drawn from the pool at every iteration, the paper's
+  reading; with zeta = 1e-4 most older rollouts sit outside the clip and give no gradient.
+- ``rl.baseline``: the critic phi(s_t) (Eq. 8), the group mean of the prompt's rollouts, or the
+  batch mean. A critic joins the actor only after ``critic_warmup`` iterations and once its MSE on
+  a fresh batch is within ``critic_gate`` x the within-prompt reward variance (the gate).
+  ``algorithm="grpo"`` is the group baseline with each group divided by its own std (Flow-GRPO).
+- Advantages are standardised and clipped (idruid.rl.advantages); the KL term goes to the actor
+  frozen when RL started (``kl_to="reference"``) or to the rollout's old policy (``"old"``).
+- ``rl.credit="instance"`` credits each instance's reward term to the log-density inside its box
+  (idruid.rl.logprob.box_log_probs), with per-instance baselines.
+
+``algorithm="sft"`` is Table 3 row 3 (no RL: see ``sft_batch``).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
+from torch.func import functional_call
 
 from ..config import ConfigError, TrainConfig
 from ..data.shapes import image_to_tensor, prompt_only_layout, render_layout_scene
 from ..detectors import load_detector
 from ..layout import Layout, box_masks, load_layouts
 from ..sampling import to_uint8
-from .critic import Critic, advantages, critic_loss
-from .grpo import group_advantages
+from .advantages import clip_advantages, group_means, one_sign, standardise, within_group_variance
+from .critic import Critic, critic_loss
 from .logprob import box_log_probs, gaussian_kl
 from .pool import ActionPool
 from .ppo import ppo_loss
 from .rewards import LayoutReward
-from .rollout import Rollout, policy_log_probs, rl_step_count, rollout
+from .rollout import Rollout, policy_log_probs, rollout, sde_window
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class RLStats:
-    """What one iteration logs."""
+    """What one iteration logs (None where the iteration did not compute it)."""
 
-    reward: float  # mean reward of the fresh rollout
-    critic_loss: float | None = None
+    reward: float | None = None  # mean reward of the rollouts sampled this iteration
+    within_var: float | None = None  # their reward variance within a prompt's group
+    critic_loss: float | None = None  # mean fitting loss of this iteration's critic updates (Eq. 7)
+    critic_mse: float | None = None  # the critic's image-level MSE on the fresh batch, before fitting it
+    actor: float | None = None  # 1 when the actor trained this iteration, 0 while the critic gate held it
     l_rl: float | None = None
     kl: float | None = None
     clip_fraction: float | None = None
     ratio: float | None = None  # mean PPO ratio
+    age: int | None = None  # RL iterations since the trained rollouts were sampled (0: on-policy)
+    one_sign: float | None = None  # 1 when every advantage of the batch had one sign
+    first_step: int | None = None  # the SDE window's first sampling step
 
 
 class RLStage:
-    """Holds what the RL stage keeps between iterations: critic, its optimiser, the action pool."""
+    """Holds what the RL stage keeps between iterations: the rollouts being trained, the action
+    pool, the critic and its optimiser, the gate, and the frozen reference of the KL term."""
 
     def __init__(self, config: TrainConfig, model, device: torch.device | str = "cpu"):
         self.config, self.rl = config, config.rl
+        rl = self.rl
         self.device = torch.device(device)
-        self.rl_steps = rl_step_count(self.rl.steps, self.rl.rl_fraction)
-        self.iteration = 0
-        self.critic_updates = 0
-        self.pool = ActionPool(self.rl.pool_size)
-        self.prompt_file = None if self.rl.prompts == "shapes" else load_layouts(self.rl.prompts)
-        if self.prompt_file is not None and self.rl.algorithm == "sft":
+        self.iteration = 0  # RL iterations run
+        self.batches = 0  # prompt batches drawn (where the prompt-only set continues)
+        self.critic_updates = 0  # iterations the critic has been fitted
+        self.gate_open = False
+        self.current: Rollout | None = None  # the fresh batch the actor trains on (update="fresh")
+        self.reference: dict[str, torch.Tensor] | None = None
+        self.pool = ActionPool(rl.pool_size)
+        grpo = rl.algorithm == "grpo"
+        self.baseline = "group" if grpo else rl.baseline
+        self.advantage_std = "group" if grpo else rl.advantage_std
+        self.prompt_file = None if rl.prompts == "shapes" else load_layouts(rl.prompts)
+        if self.prompt_file is not None and rl.algorithm == "sft":
             raise ConfigError(
                 "rl.algorithm=sft trains on the prompt-only layouts' rendered images, which only "
                 "the shapes world has (rl.prompts=shapes)"
             )
         self.reward = None
-        if self.rl.algorithm in ("ppo", "grpo"):
+        if rl.algorithm in ("ppo", "grpo"):
             self.reward = LayoutReward(
-                load_detector(self.rl.detector, str(self.device)), self.rl.reward, self.rl.confidence_weight
+                load_detector(rl.detector, str(self.device)), rl.reward, rl.confidence_weight
             )
         self.critic = None
-        if self.rl.algorithm == "ppo":
+        if rl.algorithm == "ppo" and self.baseline == "critic":
             self.critic = Critic(
-                model.latent_shape[0], model.text_encoder.pooled_size, hidden=self.rl.critic_hidden
+                model.latent_shape[0], model.text_encoder.pooled_size, hidden=rl.critic_hidden
             ).to(self.device)
-            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.rl.critic_lr)
+            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=rl.critic_lr)
+        self.window_generator = torch.Generator().manual_seed(config.seed)
 
     # ------------------------------------------------------------------ data
     def next_layouts(self) -> list[Layout]:
-        """The next prompt-only batch; for GRPO, batch_size / group_size prompts, each repeated.
-        From the shapes world's generator, or the layout file ``rl.prompts`` read in order (cycled)."""
-        prompts = self.rl.batch_size // (self.rl.group_size if self.rl.algorithm == "grpo" else 1)
-        start = self.iteration * prompts
+        """The next prompt-only batch: batch_size / group_size prompts, each repeated group_size
+        times in a row. From the shapes world's generator, or the layout file ``rl.prompts`` read
+        in order (cycled)."""
+        group = 1 if self.rl.algorithm == "sft" else self.rl.group_size
+        prompts = self.rl.batch_size // group
+        start = self.batches * prompts
+        self.batches += 1
         if self.prompt_file is not None:
             layouts = [self.prompt_file[(start + k) % len(self.prompt_file)] for k in range(prompts)]
         else:
@@ -87,20 +118,17 @@ class RLStage:
                 prompt_only_layout(start + k, self.rl.prompt_seed, resolution=self.config.model.resolution)
                 for k in range(prompts)
             ]
-        if self.rl.algorithm == "grpo":
-            layouts = [layout for layout in layouts for _ in range(self.rl.group_size)]
-        return layouts
+        return [layout for layout in layouts for _ in range(group)]
 
     def sft_batch(self) -> tuple[torch.Tensor, list[Layout]]:
         """Table 3 row 3: the next prompt-only layouts with their rendered images (B, C, H, W)."""
         layouts = self.next_layouts()
-        self.iteration += 1
         images = [
             image_to_tensor(render_layout_scene(layout, self.config.model.resolution)) for layout in layouts
         ]
         return torch.stack(images).to(self.device), layouts
 
-    # ------------------------------------------------------------------ one iteration
+    # ------------------------------------------------------------------ helpers
     @property
     def per_instance(self) -> bool:
         return self.rl.credit == "instance"
@@ -119,7 +147,7 @@ class RLStage:
         return values.view(steps, batch, *values.shape[1:])
 
     def _rewards(self, recorded: Rollout, cond) -> torch.Tensor:
-        """The rewards the critic regresses: (B,), or per instance (B, N) padded like ``cond``."""
+        """The credited rewards: (B,), or per instance (B, N) padded like ``cond``."""
         if not self.per_instance:
             return recorded.reward.to(self.device)
         if recorded.instance_reward is None:
@@ -144,68 +172,11 @@ class RLStage:
             for mean in means
         )
 
-    def loss(self, model, network=None) -> tuple[torch.Tensor | None, RLStats]:
-        """L_rl for this iteration (None while the critic warms up), and what to log.
-
-        model: the actor (for sampling and text encoding); network: the module to call for the
-        differentiable predictions (the accelerate-prepared model), default ``model``.
-        """
+    def _policy(self, model, recorded: Rollout, network, detach_uncond: bool):
         rl = self.rl
-        # ------------------------------------------------ ROLLOUT (current actor, no grad)
-        layouts = self.next_layouts()
-        self.iteration += 1
-        was_training = model.training
-        model.eval()
-        fresh = rollout(
+        return policy_log_probs(
             model,
-            layouts,
-            rl.steps,
-            self.rl_steps,
-            rl.cfg,
-            self.config.layout_fraction,
-            rl.noise_level,
-            self.config.shift,
-            eta=rl.eta,
-        )
-        model.train(was_training)
-        # ------------------------------------------------ REWARD (Eq. 6)
-        instance_terms = self.reward.instance_rewards(to_uint8(fresh.images), layouts).float()  # (B, N)
-        fresh.reward = instance_terms.sum(dim=1)
-        if self.per_instance:
-            fresh.instance_reward = instance_terms
-        if rl.algorithm == "grpo":
-            credited = instance_terms if self.per_instance else fresh.reward
-            fresh.group_advantage = group_advantages(credited, rl.group_size)
-        self.pool.add(fresh)
-        stats = RLStats(reward=float(fresh.reward.mean()))
-        # ------------------------------------------------ CRITIC (Eq. 7)
-        if self.critic is not None:
-            cond = model.encode_text(fresh.layouts).to(self.device)
-            values = self._critic_values(model, fresh, cond)
-            valid = cond.valid[None] if self.per_instance else None
-            loss_critic = critic_loss(values, self._rewards(fresh, cond)[None].expand_as(values), valid)
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            loss_critic.backward()
-            self.critic_optimizer.step()
-            self.critic_updates += 1
-            stats.critic_loss = loss_critic.item()
-            if self.critic_updates <= rl.critic_warmup:
-                return None, stats
-        # ------------------------------------------------ ADVANTAGE (Eq. 8 or group-relative)
-        old = self.pool.draw()
-        cond = model.encode_text(old.layouts).to(self.device)
-        steps = old.log_prob.shape[0]
-        if self.critic is not None:
-            with torch.no_grad():
-                advantage = advantages(self._rewards(old, cond)[None], self._critic_values(model, old, cond))
-        else:
-            group = old.group_advantage.to(self.device)
-            group = _pad_instances(group, cond) if self.per_instance else group
-            advantage = group[None].expand(steps, *group.shape)
-        # ------------------------------------------------ PPO (Eq. 9-10) on the drawn old policy
-        log_prob, mean, scale = policy_log_probs(
-            model,
-            old,
+            recorded,
             rl.cfg,
             self.config.layout_fraction,
             rl.steps,
@@ -213,33 +184,172 @@ class RLStage:
             self.config.shift,
             network,
             eta=rl.eta,
+            detach_uncond=detach_uncond,
         )
-        old_mean = old.mean.to(self.device)
-        kl = gaussian_kl(mean.flatten(0, 1), old_mean.flatten(0, 1), scale.flatten(0, 1))
-        old_log_prob, weight = old.log_prob.to(self.device), None
+
+    def _reference_means(self, model, recorded: Rollout) -> torch.Tensor:
+        """The frozen reference policy's means of the recorded steps (K, B, C, H, W)."""
+
+        def reference(*args, **kwargs):
+            return functional_call(model, self.reference, args, kwargs, strict=False)
+
+        with torch.no_grad():
+            return self._policy(model, recorded, reference, detach_uncond=False)[1]
+
+    # ------------------------------------------------------------------ rollouts and critic
+    def _sample(self, model, stats: RLStats) -> Rollout:
+        """ROLLOUT + REWARD a fresh batch, enqueue it and fit the critic (actor untouched)."""
+        rl = self.rl
+        layouts = self.next_layouts()
+        first_step, length = sde_window(rl.steps, rl.window, rl.rl_fraction, self.window_generator)
+        was_training = model.training
+        model.eval()
+        fresh = rollout(
+            model,
+            layouts,
+            rl.steps,
+            length,
+            rl.cfg,
+            self.config.layout_fraction,
+            rl.noise_level,
+            self.config.shift,
+            eta=rl.eta,
+            first_step=first_step,
+        )
+        model.train(was_training)
+        instance_terms = self.reward.instance_rewards(to_uint8(fresh.images), layouts).float()  # (B, N)
+        fresh.reward = instance_terms.sum(dim=1)
+        fresh.instance_reward = instance_terms if self.per_instance else None
+        fresh.iteration = self.iteration
+        self.pool.add(fresh)
+        stats.reward, stats.first_step = float(fresh.reward.mean()), first_step
+        if rl.group_size >= 2:
+            stats.within_var = within_group_variance(fresh.reward, rl.group_size)
+        if self.critic is not None:
+            self._fit_critic(model, fresh, stats)
+        return fresh
+
+    def _fit_critic(self, model, fresh: Rollout, stats: RLStats) -> None:
+        """Eq. 7: measure the critic on the fresh batch (before it has seen it), then fit it on that
+        batch and on ``critic_epochs - 1`` rollouts replayed from the pool."""
+        cond = model.encode_text(fresh.layouts).to(self.device)
+        with torch.no_grad():
+            values = self._critic_values(model, fresh, cond)
+            image_values = values.sum(dim=-1) if self.per_instance else values
+            stats.critic_mse = float(((image_values - fresh.reward.to(self.device)) ** 2).mean())
+        losses = []
+        for update in range(self.rl.critic_epochs):
+            entry = fresh if update == 0 else self.pool.draw()
+            entry_cond = cond if entry is fresh else model.encode_text(entry.layouts).to(self.device)
+            values = self._critic_values(model, entry, entry_cond)
+            valid = entry_cond.valid[None] if self.per_instance else None
+            loss = critic_loss(values, self._rewards(entry, entry_cond)[None].expand_as(values), valid)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.critic_optimizer.step()
+            losses.append(loss.item())
+        self.critic_updates += 1
+        stats.critic_loss = sum(losses) / len(losses) if losses else None
+        self._update_gate(stats)
+
+    def _update_gate(self, stats: RLStats) -> None:
+        """Open the gate once the critic is good enough to be a baseline (it stays open)."""
+        rl = self.rl
+        if self.gate_open or self.critic_updates <= rl.critic_warmup:  # warm-up: actor frozen
+            return
+        if rl.critic_gate <= 0 or stats.critic_mse <= rl.critic_gate * stats.within_var:
+            self.gate_open = True
+        elif self.critic_updates >= rl.critic_gate_max:
+            self.gate_open = True
+            log.warning(
+                "RL: the critic's MSE %.3f is still above %g x the within-prompt variance %.3f after %d "
+                "iterations (rl.critic_gate_max): the actor starts anyway",
+                stats.critic_mse,
+                rl.critic_gate,
+                stats.within_var,
+                self.critic_updates,
+            )
+
+    @property
+    def actor_ready(self) -> bool:
+        return self.critic is None or self.gate_open
+
+    # ------------------------------------------------------------------ advantages
+    def advantages(self, model, recorded: Rollout, cond) -> torch.Tensor:
+        """Standardised, clipped advantages of the recorded steps: (K, B), or (K, B, N) per instance."""
+        rl = self.rl
+        steps = recorded.log_prob.shape[0]
+        rewards = self._rewards(recorded, cond)  # (B,) or (B, N)
+        weight = cond.valid.float() if self.per_instance else torch.ones_like(rewards)
+        if self.baseline == "critic":
+            with torch.no_grad():
+                advantage = rewards[None] - self._critic_values(model, recorded, cond)
+        else:
+            if self.baseline == "group":
+                baseline = group_means(rewards, rl.group_size)
+            else:
+                baseline = (rewards * weight).sum() / weight.sum().clamp(min=1.0)
+            advantage = (rewards - baseline)[None].expand(steps, *rewards.shape)
+        weight = weight[None].expand_as(advantage)
+        advantage = standardise(advantage * weight, self.advantage_std, rl.group_size, weight, batch_dim=1)
+        return clip_advantages(advantage, rl.advantage_clip) * weight
+
+    # ------------------------------------------------------------------ one iteration
+    def loss(self, model, network=None) -> tuple[torch.Tensor | None, RLStats]:
+        """L_rl for this iteration (None while the critic gate holds the actor), and what to log.
+
+        model: the actor (for sampling and text encoding); network: the module to call for the
+        differentiable predictions (the accelerate-prepared model), default ``model``.
+        """
+        rl = self.rl
+        self.iteration += 1
+        stats = RLStats()
+        if self.reference is None and rl.kl_to == "reference" and rl.kl_weight > 0:
+            self.reference = {
+                name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad
+            }
+        stale = self.current is None or self.iteration - self.current.iteration >= rl.ppo_epochs
+        if rl.update == "pool" or stale or not self.actor_ready:
+            self.current = self._sample(model, stats)
+        stats.actor = float(self.actor_ready)
+        if not self.actor_ready:
+            return None, stats
+        # ------------------------------------------------ ADVANTAGES (Eq. 8, or group-relative)
+        trained = self.current if rl.update == "fresh" else self.pool.draw()
+        cond = model.encode_text(trained.layouts).to(self.device)
+        advantage = self.advantages(model, trained, cond)
+        # ------------------------------------------------ PPO (Eq. 9-10)
+        log_prob, mean, scale = self._policy(model, trained, network, rl.detach_uncond)
+        old_mean = trained.mean.to(self.device)
+        kl = None
+        if rl.kl_weight > 0:
+            target = old_mean if rl.kl_to == "old" else self._reference_means(model, trained)
+            kl = gaussian_kl(mean.flatten(0, 1), target.flatten(0, 1), scale.flatten(0, 1))
+        old_log_prob, weight = trained.log_prob.to(self.device), None
         if self.per_instance:
-            log_prob, old_log_prob = self._box_log_probs(old, scale, cond, mean, old_mean)
+            log_prob, old_log_prob = self._box_log_probs(trained, scale, cond, mean, old_mean)
             weight = cond.valid[None].expand_as(advantage)
         terms = ppo_loss(
-            log_prob,
-            old_log_prob,
-            advantage.to(log_prob.dtype),
-            rl.clip_range,
-            kl,
-            rl.kl_weight,
-            weight,
+            log_prob, old_log_prob, advantage.to(log_prob.dtype), rl.clip_range, kl, rl.kl_weight, weight
         )
         stats.l_rl, stats.kl = terms.loss.item(), terms.kl.item()
         ratio = terms.ratio if weight is None else terms.ratio[weight]
         stats.clip_fraction, stats.ratio = float(terms.clip_fraction), float(ratio.mean())
+        stats.age = self.iteration - trained.iteration
+        stats.one_sign = float(one_sign(advantage, weight))
         return terms.loss, stats
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
         state = {
             "iteration": self.iteration,
+            "batches": self.batches,
             "critic_updates": self.critic_updates,
+            "gate_open": self.gate_open,
             "pool": self.pool.state_dict(),
+            "current": None if self.current is None else self.current.state_dict(),
+            "reference": self.reference,
+            "window_generator": self.window_generator.get_state(),
         }
         if self.critic is not None:
             state["critic"] = self.critic.state_dict()
@@ -248,7 +358,14 @@ class RLStage:
 
     def load_state_dict(self, state: dict) -> None:
         self.iteration, self.critic_updates = state["iteration"], state["critic_updates"]
+        self.batches = state.get("batches", self.iteration)  # older states: one batch per iteration
+        self.gate_open = state.get("gate_open", self.critic_updates >= self.rl.critic_warmup)
         self.pool.load_state_dict(state["pool"])
+        current = state.get("current")
+        self.current = None if current is None else Rollout.from_state_dict(current)
+        self.reference = state.get("reference")
+        if "window_generator" in state:
+            self.window_generator.set_state(state["window_generator"])
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])

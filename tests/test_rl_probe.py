@@ -1,0 +1,66 @@
+"""The held-out reward, ``idruid rl-probe`` and the report's probe table."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from idruid.cli import main
+from idruid.config import load_config
+from idruid.data.shapes import prompt_only_layout
+from idruid.detectors import load_detector
+from idruid.models.sd3 import LayoutToImageModel
+from idruid.reports import write_report
+from idruid.rl.held_out import HELD_OUT_START, HeldOutReward
+from idruid.rl.rewards import LayoutReward
+from idruid.sampling import sample, to_uint8
+from idruid.train import train
+
+PROBE = ["rl.algorithm=ppo", "rl.steps=3", "rl.batch_size=4", "rl.group_size=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return train(load_config("tiny", ["steps=1"]), tmp_path_factory.mktemp("run"), progress=False)
+
+
+def test_held_out_reward_is_the_mean_reward_of_fixed_layouts_and_noise():
+    """The same weights give the same value whatever the global RNG does, and the value is the
+    detector's reward of the ODE samples of the layouts from index HELD_OUT_START on."""
+    config = load_config("tiny", PROBE)
+    torch.manual_seed(0)
+    model = LayoutToImageModel(config.model).eval()
+    reward = LayoutReward(load_detector("analytic"), "iou_conf")
+    held_out = HeldOutReward(config, reward, 3, model.latent_shape, seed=5)
+    torch.manual_seed(123)
+    first = held_out(model, batch_size=2)
+    torch.randn(100)
+    assert held_out(model, batch_size=3) == pytest.approx(first, abs=1e-6)
+    layouts = [prompt_only_layout(HELD_OUT_START + k, config.rl.prompt_seed, resolution=32) for k in range(3)]
+    assert held_out.layouts == layouts
+    noise = torch.randn((3, *model.latent_shape), generator=torch.Generator().manual_seed(5))
+    images = sample(
+        model, layouts, steps=3, cfg=config.rl.cfg, x_init=noise, layout_fraction=config.layout_fraction
+    )
+    assert first == pytest.approx(float(reward(to_uint8(images), layouts).mean()), abs=1e-5)
+
+
+def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "probe"
+    args = ["rl-probe", "--checkpoint", str(tiny_checkpoint), "--config", "tiny", "--out", str(out)]
+    args += ["--iterations", "2", "--every", "1", "--held-out", "2", "--threads", "1", *PROBE]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert all(np.isfinite(r["held_out_reward"]) for r in records)
+    assert records[1]["rl_age"] == 0 and records[1]["rl_ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert (out / "probe.png").is_file() and json.loads((out / "probe.json").read_text())["iterations"] == 2
+    assert "iteration 2: held-out reward" in capsys.readouterr().out
+
+    report = write_report([out], tmp_path / "report", {out: "default"}).read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| default"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    expected = [f"{r['held_out_reward']:.3f}" for r in records]
+    assert cells[1:4] == expected
+    assert cells[4] == f"{records[-1]['held_out_reward'] - records[0]['held_out_reward']:+.3f}"
