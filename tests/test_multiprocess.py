@@ -60,7 +60,8 @@ class RecordingAccelerator(Accelerator):
         folder = Path(output_dir).parents[1] / "weights"
         folder.mkdir(exist_ok=True)
         state = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
-        torch.save(state, folder / f"{Path(output_dir).name}-rank{self.process_index}.pt")
+        name = Path(output_dir).name.removesuffix(".partial")  # saved there, then renamed into place
+        torch.save(state, folder / f"{name}-rank{self.process_index}.pt")
 
 
 def _train(out: Path, overrides: list[str]) -> None:

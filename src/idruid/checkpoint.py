@@ -14,16 +14,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import partial_path, replace_dir
 from .config import ModelConfig, model_config_from_dict
+from .faults import crash_point
+from .textfile import read_text
 
 FORMAT = "idruid-checkpoint"
 VERSION = 1
 EMBEDDED_CHECKPOINT = Path(__file__).parent / "assets" / "shapes-model"
+CHECKPOINT_FILES = ("idruid.json", "model.safetensors")
 # Per backbone, the files of a base folder that the model reads (its diffusers network, and for
 # SD1.5 the noise schedule): their configs are what a checkpoint's weights depend on.
 BASE_CONFIGS = {
@@ -50,7 +56,7 @@ def base_config(folder: str | Path, name: str) -> dict:
     if not file.is_file():
         raise CheckpointError(f"base model '{folder}': no {name} (expected a diffusers folder)")
     try:
-        config = json.loads(file.read_text())
+        config = json.loads(read_text(file, CheckpointError))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"base model '{folder}': {name} is malformed ({err.msg})") from None
     if not isinstance(config, dict):
@@ -75,14 +81,28 @@ def describe_base(folder: str | Path, backbone: str = "sd3") -> dict:
 
 
 def save_checkpoint(model, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write the checkpoint whole or not at all: into ``<out_dir>.partial``, then renamed over
+    ``out_dir`` (which may hold only an earlier checkpoint's two files, never anything else)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"checkpoint '{out}': exists and is not a folder")
+    others = sorted(p.name for p in out.iterdir() if p.name not in CHECKPOINT_FILES) if out.exists() else []
+    if others:
+        raise CheckpointError(
+            f"checkpoint '{out}': the folder holds other files ({', '.join(others)}); refusing to replace it"
+        )
     meta = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(model.config), **(extra or {})}
     if model.config.base_model is not None:
         meta["base"] = describe_base(model.config.base_model, model.config.backbone)
     state = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "idruid.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    partial = partial_path(out)
+    if partial.exists():  # left by a process killed while writing
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    save_file(state, str(partial / "model.safetensors"))
+    (partial / "idruid.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    crash_point("export", int(meta.get("train_steps", 0)))
+    replace_dir(partial, out)
     return out
 
 
@@ -98,9 +118,11 @@ def read_checkpoint_meta(path: str | Path) -> dict:
             f"checkpoint '{path}': not an idruid checkpoint (needs idruid.json and model.safetensors)"
         )
     try:
-        meta = json.loads(marker.read_text())
+        meta = json.loads(read_text(marker, CheckpointError))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"checkpoint '{path}': idruid.json is malformed ({err.msg})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint '{path}': idruid.json is not a JSON object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"checkpoint '{path}': idruid.json has format {meta.get('format')!r}, expected {FORMAT!r}"
@@ -228,7 +250,11 @@ def _base_record(path: Path, meta: dict) -> dict | None:
 
 
 def _load_weights(model, path: Path) -> None:
-    state = load_file(str(path / "model.safetensors"))
+    file = path / "model.safetensors"
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError) as err:  # truncated, or not a safetensors file at all
+        raise CheckpointError(f"{file}: unreadable safetensors file ({err})") from None
     expected = model.trainable_state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -1,7 +1,8 @@
 """The ``idruid`` command: generate, train, eval and demo.
 
-Bad input (a malformed layout, a missing checkpoint, an unknown config key) exits with
-status 2 and one line ``idruid: error: <field>: <problem>``, never a traceback.
+Bad input (a malformed layout, a missing or corrupt checkpoint, an unknown config key, a file
+that cannot be read) exits with status 2 and one line ``idruid: error: <field>: <problem>``; any
+other failure with status 1 and one line; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .layout import LayoutError
 from .scoring import BENCHMARK_NAMES, ScoringError
 
 USER_ERRORS = (LayoutError, CheckpointError, ConfigError, FileNotFoundError, ScoringError)
+DEBUG_HELP = "print the traceback of an error instead of its one-line message"
 
 
 SAMPLING_DEFAULTS = {"steps": 20, "cfg": 3.0, "layout_fraction": 0.3, "shift": 1.0}
@@ -96,6 +98,7 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idruid", description="Layout-to-image generation with I-DRUID.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser(
@@ -225,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="half-range",
         help="Table 3 spread over seeds (sem: standard error of the mean)",
     )
+    for command in sub.choices.values():  # --debug also after the command (SUPPRESS: no override)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
@@ -551,17 +556,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except USER_ERRORS as err:
-        message = (
-            str(err)
-            if not isinstance(err, FileNotFoundError) or not err.filename
-            else f"{err.filename}: {err.strerror}"
-        )
-        print(f"idruid: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("idruid: interrupted (training resumes from its newest checkpoint when rerun)", file=sys.stderr)
         return 130
+    except Exception as err:
+        if getattr(args, "debug", False):
+            raise
+        user = isinstance(err, USER_ERRORS) or (isinstance(err, OSError) and err.filename is not None)
+        if isinstance(err, OSError) and err.filename is not None and err.strerror:
+            message = f"{err.filename}: {err.strerror}"
+        elif user:
+            message = str(err)
+        else:  # a bug, or a failure idruid does not know yet: still one line, the traceback on demand
+            message = f"{type(err).__name__}: {err} (rerun with --debug for the traceback)"
+        print(f"idruid: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2 if user else 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .textfile import read_text
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -287,7 +289,7 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainC
             f"config '{name_or_path}': no such file or preset (presets: {', '.join(list_presets())})"
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, ConfigError)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: malformed YAML ({err})") from None
     config = _from_dict(TrainConfig, data, path.stem)

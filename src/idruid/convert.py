@@ -42,6 +42,7 @@ from idruid.layout import (
     save_layouts,
     validate_box,
 )
+from idruid.textfile import read_text
 
 DEFAULT_SIZE = 512
 
@@ -63,7 +64,7 @@ def read_records(path: str | Path) -> list[tuple[str, object]]:
     path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8").strip()
+    text = read_text(path, LayoutError).strip()
     if not text:
         raise LayoutError(f"{path}: empty file")
     try:

@@ -15,7 +15,10 @@ def training_summary(config: TrainConfig) -> str:
     if config.rl.algorithm == "none":
         return f"I-DRUID stage 1, {config.steps} steps"
     start = int(config.rl.start_fraction * config.steps)
-    return f"I-DRUID stage 1 + {config.rl.algorithm.upper()} from step {start} of {config.steps}"
+    method = config.rl.algorithm.upper()
+    if config.rl.algorithm == "ppo":
+        method += f" ({config.rl.baseline} baseline)"
+    return f"I-DRUID stage 1 + {method} from step {start} of {config.steps}"
 
 
 def write_demo_report(

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .textfile import read_text
+
 MAX_INSTANCES = 10  # the paper's maximum (section 4.1)
 
 _LAYOUT_KEYS = {"prompt", "instances", "seed"}
@@ -162,7 +164,7 @@ def load_layouts(path: str | Path) -> list[Layout]:
     path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path}: layout file not found")
-    return parse_layouts(path.read_text(encoding="utf-8"), str(path))
+    return parse_layouts(read_text(path, LayoutError), str(path))
 
 
 def save_layouts(layouts: Iterable[Layout], path: str | Path) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .textfile import read_text
+
 ImageBatch = np.ndarray | Sequence[np.ndarray]  # (B, H, W, 3) uint8, or B arrays (H_b, W_b, 3) uint8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -214,7 +216,7 @@ def load_prompts(path: str | os.PathLike, flag: str = "--prompts") -> list[str]:
             return [layout.prompt for layout in load_layouts(path)]
         except LayoutError as err:
             raise QualityError(f"{flag} {err}") from err
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, QualityError).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()  # trailing blank lines are not prompts
     for k, line in enumerate(lines):

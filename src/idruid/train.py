@@ -4,9 +4,9 @@ Reads top to bottom: LOAD (config, model, data, RL stage), then per step PAIRED 
 noise, predict, L_ldm and L_dis), RL (from ``rl.start_fraction`` of the steps on, Algorithm 1:
 idruid.rl.stage), UPDATE, EMA, LOG and CHECKPOINT. A run folder holds ``config.yaml``,
 ``log.jsonl``, ``checkpoints/step-*`` (accelerate state: weights, optimiser, scheduler, RNG, EMA
-and the RL stage's critic and action pool; the newest two are kept and a rerun of the same
-command resumes from the newest) and, at the end, ``model/`` (the EMA weights as an idruid
-checkpoint) and ``loss.png``.
+and the RL stage's critic and action pool, each written whole or not at all: train_state.py; the
+newest two are kept and a rerun of the same command resumes from the newest complete one) and,
+at the end, ``model/`` (the EMA weights as an idruid checkpoint) and ``loss.png``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import EMBEDDED_CHECKPOINT, load_trained_weights, save_checkpoint
+from .checkpoint import EMBEDDED_CHECKPOINT, CheckpointError, load_trained_weights, save_checkpoint
 from .config import TrainConfig, check_data, save_config
 from .data.shapes import ShapesPairedDataset
 from .layout import box_masks
@@ -34,6 +33,7 @@ from .models import build_model
 from .models.base import LayoutModel
 from .rl.held_out import HeldOutReward
 from .rl.stage import RLStage, RLStats
+from .train_state import find_resumable, resumed_batches, save_training_state, trim_log
 
 
 def collate(items: list[dict]) -> dict:
@@ -164,11 +164,6 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     raise ValueError(f"lr_schedule '{config.lr_schedule}': expected 'constant' or 'cosine'")
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    found = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return found[-1] if found else None
-
-
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Path:
     """Run (or resume) stage-1 training; returns the exported model folder."""
     # ---------------------------------------------------------------- LOAD
@@ -217,15 +212,25 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
         held_out = HeldOutReward(config, stage.reward, rl.held_out, raw_model.latent_shape)
 
     ckpt_dir = out / "checkpoints"
-    step = 0
-    latest = _latest_checkpoint(ckpt_dir)
+    latest, step, skipped = find_resumable(ckpt_dir)  # the newest complete one (train_state)
+    for line in skipped:
+        accelerator.print(line, flush=True)
     if latest is not None:
-        accelerator.load_state(str(latest))
-        step = json.loads((latest / "progress.json").read_text())["step"]
-        accelerator.print(f"resuming from {latest} at step {step}")
+        try:
+            accelerator.load_state(str(latest))
+        except Exception as err:  # an older idruid's checkpoint (no manifest), or another model config
+            raise CheckpointError(
+                f"{latest}: cannot resume from it ({type(err).__name__}: {err}); "
+                "move it away to resume from an older one"
+            ) from err
+        accelerator.print(f"resuming from {latest} at step {step}", flush=True)
 
     batches_per_epoch = len(loader)
-    data = accelerator.skip_first_batches(loader, step % batches_per_epoch) if step else loader
+    data = resumed_batches(accelerator, loader, step % batches_per_epoch) if step else loader
+    if accelerator.is_main_process:  # records past the resumed step are logged again below
+        dropped = trim_log(out / "log.jsonl", step)
+        if dropped:
+            accelerator.print(f"dropped {dropped} log.jsonl record(s) after step {step}", flush=True)
     log_file = open(out / "log.jsonl", "a")  # noqa: SIM115 (kept open for the whole run)
     bar = tqdm(
         total=config.steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process)
@@ -233,11 +238,14 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     started, last_log = time.time(), step
     rl_window: list[RLStats] = []  # the RL iterations since the last log record
     grad_norms: list[tuple[float, float]] = []  # (|g_paired|, |g_rl|) measured since the last record
+    held_out_value: tuple[int, float] | None = None  # (updates so far, held-out reward) not yet logged
     model.train()
     while step < config.steps:
         for batch in data:
             if step >= config.steps:
                 break
+            if held_out is not None and step >= rl_start and (step - rl_start) % rl.held_out_every == 0:
+                held_out_value = (step, held_out(raw_model))  # before this step's update
             # ---------------------------------------------------- PAIRED LOSSES
             loss, l_ldm, l_dis = paired_losses(
                 model, raw_model, batch["image"], batch["layouts"], config, accelerator
@@ -257,11 +265,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                 raise FloatingPointError(f"step {step}: loss is {loss.item()} (lower learning_rate?)")
             # ---------------------------------------------------- UPDATE + EMA
             optimizer.zero_grad(set_to_none=True)
-            logging_step = (step + 1) % config.log_every == 0 or step + 1 == config.steps
             split = l_rl is not None and l_rl.requires_grad and paired_loss.requires_grad
-            if split and logging_step and accelerator.num_processes == 1:
+            if split and not grad_norms and accelerator.num_processes == 1:
                 # the two losses' graphs are disjoint: backward them one after the other to log
-                # |g_rl| / |g_paired| at no extra cost (the gradient stepped on is the same sum)
+                # |g_rl| / |g_paired| (the gradient stepped on is the same sum), once per record
                 accelerator.backward(paired_loss)
                 paired_grads = [p.grad.detach().clone() if p.grad is not None else None for p in params]
                 accelerator.backward(rl.lambda_rl * l_rl)
@@ -299,10 +306,11 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                     ratio = rl_norm / max(paired_norm, 1e-12)
                     record.update(rl_grad_paired=paired_norm, rl_grad_rl=rl_norm, rl_grad_ratio=ratio)
                     grad_norms = []
-                if held_out is not None and step >= rl_start and (
-                    step % rl.held_out_every == 0 or step == config.steps or step == rl_start + 1
-                ):
-                    record["rl_held_out_reward"] = held_out(raw_model)
+                if held_out is not None and step == config.steps:
+                    held_out_value = (step, held_out(raw_model))  # after the last update
+                if held_out_value is not None:
+                    record["rl_held_out_step"], record["rl_held_out_reward"] = held_out_value
+                    held_out_value = None
                 bar.set_postfix(
                     loss=f"{record['loss']:.4f}", l_dis=record["l_dis"] and f"{record['l_dis']:.4f}"
                 )
@@ -311,7 +319,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                     log_file.flush()
             # ---------------------------------------------------- CHECKPOINT
             if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_state(accelerator, ckpt_dir, step, config.keep_checkpoints)
+                save_training_state(accelerator, ckpt_dir, step, config.keep_checkpoints)
         data = loader
     bar.close()
     log_file.close()
@@ -376,16 +384,7 @@ def _global_norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.stack([t.float().norm() for t in tensors]).norm()) if tensors else 0.0
 
 
-def _save_state(accelerator: Accelerator, folder: Path, step: int, keep: int) -> None:
-    target = folder / f"step-{step:07d}"
-    accelerator.save_state(str(target))
-    if accelerator.is_main_process:
-        (target / "progress.json").write_text(json.dumps({"step": step}))
-        done = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in done[: max(0, len(done) - keep)]:
-            shutil.rmtree(old)
-
-
+X_KEYS = {"rl_held_out_reward": "rl_held_out_step"}  # measured at another step than their record
 RL_DIAGNOSTICS = (  # log key(s), panel title
     (("rl_reward",), "RL: mean rollout reward (Eq. 6)"),
     (("rl_held_out_reward",), "held-out reward (fixed noise, ODE)"),
@@ -428,7 +427,8 @@ def plot_losses(log_path: Path, out_path: Path) -> None:
     axes[1].set(title="L_dis (softplus(CAS+ - CAS-)); dashed: ln 2", xlabel="step")
     for ax, (keys, title) in zip(axes[2:], panels, strict=False):
         for key, color in zip(keys, ("tab:green", "tab:grey", "tab:olive"), strict=False):
-            points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            x_key = X_KEYS.get(key, "step")
+            points = [(r[x_key], r[key]) for r in rows if r.get(key) is not None]
             ax.plot([s for s, _ in points], [v for _, v in points], color=color, label=key)
         if len(keys) > 1:
             ax.legend(fontsize=7)

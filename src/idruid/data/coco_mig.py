@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from idruid.layout import MAX_INSTANCES, Instance, Layout, LayoutError, validate_box
+from idruid.textfile import read_text
 
 PROMPTS_FILE = "mig_bench.txt"
 ANNOTATION_FILE = "mig_bench_anno.yaml"
@@ -43,11 +44,10 @@ def load_annotation(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path}: COCO-MIG annotation file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)
-        except yaml.YAMLError as err:
-            raise LayoutError(f"{path}: malformed YAML ({err})") from None
+    try:
+        data = yaml.load(read_text(path, LayoutError), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise LayoutError(f"{path}: malformed YAML ({err})") from None
     if not isinstance(data, dict) or not data:
         raise LayoutError(f"{path}: must be a non-empty mapping from prompt to its phrases and boxes")
     return data
@@ -114,7 +114,7 @@ def read_prompts(path: str | Path) -> list[str]:
         raise LayoutError(f"{path}: COCO-MIG prompt list not found")
     prompts: list[str] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, LayoutError).splitlines(), start=1):
         prompt = line.strip()
         if not prompt:
             continue

@@ -157,8 +157,11 @@ class LayoutSamPairedDataset(torch.utils.data.Dataset):
 
     def _load(self, path: Path, layout: Layout, where: str) -> tuple[torch.Tensor, tuple[int, ...]]:
         Image = _pil_image()
-        with Image.open(path) as file:
-            picture = file.convert("RGB")
+        try:
+            with Image.open(path) as file:
+                picture = file.convert("RGB")
+        except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            raise LayoutError(f"{where}: image {path} is unreadable ({err})") from None
         width, height = picture.size
         row_aspect = layout.meta["width"] / layout.meta["height"]
         if abs(width / height - row_aspect) > ASPECT_TOLERANCE * row_aspect:

@@ -1,0 +1,174 @@
+"""Every file idruid reads fails on corruption with exit status 2 and one line naming the file
+and the problem, never a traceback; ``--debug`` gives the traceback instead."""
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from idruid import cli
+from idruid.checkpoint import EMBEDDED_CHECKPOINT
+from idruid.cli import main
+from idruid.config import load_config
+from idruid.train import train
+
+LAYOUT = {
+    "prompt": "a red circle",
+    "instances": [{"caption": "a red circle", "box": [0.1, 0.1, 0.5, 0.5]}],
+    "seed": 0,
+}
+BINARY = bytes(range(256)) * 4  # not UTF-8, not JSON, not an image, not parquet
+
+
+def one_line_error(capsys, argv: list[str], status: int = 2) -> str:
+    """Run the command; it must exit ``status`` with one ``idruid: error:`` line on stderr."""
+    assert main(argv) == status
+    err = capsys.readouterr().err  # may also hold transformers' "Loading weights" progress bar
+    lines = [line for line in err.splitlines() if line.startswith("idruid")]
+    assert len(lines) == 1 and lines[0].startswith("idruid: error: "), err
+    assert err.rstrip().endswith(lines[0]) and "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def layout_file(tmp_path):
+    path = tmp_path / "layout.json"
+    path.write_text(json.dumps(LAYOUT))
+    return path
+
+
+@pytest.fixture
+def checkpoint_copy(tmp_path):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(EMBEDDED_CHECKPOINT, copy)
+    return copy
+
+
+def test_a_binary_layout_file(tmp_path, capsys):
+    path = tmp_path / "layout.json"
+    path.write_bytes(BINARY)
+    line = one_line_error(capsys, ["generate", str(path), "--out", str(tmp_path / "x.png")])
+    assert f"{path}: not UTF-8 text (byte 128" in line
+
+
+def test_a_truncated_model_safetensors(tmp_path, capsys, layout_file, checkpoint_copy):
+    weights = checkpoint_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    argv = [
+        "generate",
+        str(layout_file),
+        "--out",
+        str(tmp_path / "x.png"),
+        "--checkpoint",
+        str(checkpoint_copy),
+    ]
+    line = one_line_error(capsys, argv)
+    assert f"{weights}: unreadable safetensors file" in line
+    weights.write_bytes(b"\x08")  # shorter than its own header length
+    assert f"{weights}: unreadable safetensors file" in one_line_error(capsys, argv)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (BINARY, "idruid.json: not UTF-8 text"),
+        (b"[1, 2]", "idruid.json is not a JSON object"),
+        (b'{"format": ', "idruid.json is malformed"),
+    ],
+)
+def test_a_corrupt_idruid_json(tmp_path, capsys, layout_file, checkpoint_copy, content, message):
+    (checkpoint_copy / "idruid.json").write_bytes(content)
+    argv = [
+        "generate",
+        str(layout_file),
+        "--out",
+        str(tmp_path / "x.png"),
+        "--checkpoint",
+        str(checkpoint_copy),
+    ]
+    assert message in one_line_error(capsys, argv)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(BINARY, "not UTF-8 text"), (b"model: [unclosed\n  steps: 3\n", "malformed YAML")],
+)
+def test_a_corrupt_config_yaml(tmp_path, capsys, content, message):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    line = one_line_error(capsys, ["train", "--config", str(path), "--out", str(tmp_path / "run")])
+    assert str(path) in line and message in line
+
+
+def test_a_training_checkpoint_that_cannot_be_resumed(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(load_config("tiny", ["steps=1", "threads=1"]), run, progress=False)
+    state = run / "checkpoints" / "step-0000001"
+    (state / "manifest.json").unlink()  # as an older idruid saved it: trusted on its progress.json
+    (state / "optimizer.bin").write_bytes(BINARY)
+    capsys.readouterr()
+    line = one_line_error(capsys, ["train", "--config", "tiny", "--out", str(run), "steps=2", "threads=1"])
+    assert f"{state}: cannot resume from it" in line and "move it away" in line
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "message"),
+    [
+        ("gligen", "in.json", "not UTF-8 text"),
+        ("layoutsam", "in.parquet", "not a readable parquet file"),
+        ("coco-mig", "mig_bench_anno.yaml", "not UTF-8 text"),
+    ],
+)
+def test_a_binary_file_for_each_converter(tmp_path, capsys, fmt, name, message):
+    path = tmp_path / name
+    path.write_bytes(BINARY)
+    line = one_line_error(
+        capsys, ["convert", "--from", fmt, "--to", "idruid", str(path), str(tmp_path / "out.jsonl")]
+    )
+    assert str(path) in line and message in line
+
+
+def test_a_corrupt_image_for_score_and_quality(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "shapes-mig_0.png").write_bytes(BINARY)
+    argv = [
+        "score",
+        "--benchmark",
+        "shapes-mig",
+        "--images",
+        str(images),
+        "--limit",
+        "1",
+        "--out",
+        str(tmp_path / "s"),
+    ]
+    assert f"{images / 'shapes-mig_0.png'}: unreadable image" in one_line_error(capsys, argv)
+    line = one_line_error(capsys, ["quality", "--images", str(images)])
+    assert f"{images / 'shapes-mig_0.png'}: cannot read the image" in line
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(BINARY)
+    (images / "shapes-mig_0.png").unlink()
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    line = one_line_error(capsys, ["quality", "--images", str(images), "--prompts", str(prompts)])
+    assert f"{prompts}: not UTF-8 text" in line
+
+
+def test_debug_gives_the_traceback_and_other_failures_still_one_line(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "layout.json"
+    path.write_bytes(BINARY)
+    with pytest.raises(Exception, match="not UTF-8 text"):
+        main(["generate", str(path), "--out", str(tmp_path / "x.png"), "--debug"])
+    with pytest.raises(Exception, match="not UTF-8 text"):
+        main(["--debug", "generate", str(path), "--out", str(tmp_path / "x.png")])
+
+    def broken(args):
+        raise RuntimeError("something idruid did not expect\non two lines")
+
+    monkeypatch.setitem(cli.COMMANDS, "generate", broken)
+    line = one_line_error(capsys, ["generate", str(path), "--out", "x.png"], status=1)
+    assert line == (
+        "idruid: error: RuntimeError: something idruid did not expect on two lines "
+        "(rerun with --debug for the traceback)"
+    )
