@@ -172,3 +172,53 @@ def test_debug_gives_the_traceback_and_other_failures_still_one_line(tmp_path, c
         "idruid: error: RuntimeError: something idruid did not expect on two lines "
         "(rerun with --debug for the traceback)"
     )
+
+
+def test_a_parquet_shard_with_strings_that_are_not_utf8(tmp_path, capsys):
+    """Found by the fuzz tests: pyarrow decodes strings only when rows are read."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    not_utf8 = pa.Array.from_buffers(
+        pa.string(), 1, [None, pa.py_buffer(b"\0\0\0\0\3\0\0\0"), pa.py_buffer(b"a\x8db")]
+    )
+    table = pa.table(
+        {
+            "global_caption": not_utf8,
+            "bbox_list": ["[[51.2, 51.2, 256, 256]]"],
+            "detail_region_captions": [["c"]],
+            "image_path": ["x.png"],
+            "width": [512],
+            "height": [512],
+        }
+    )
+    shard = tmp_path / "shard.parquet"
+    pq.write_table(table, shard)
+    argv = ["convert", "--from", "layoutsam", "--to", "idruid", str(shard), str(tmp_path / "out.jsonl")]
+    assert f"{shard}: corrupt parquet data" in one_line_error(capsys, argv)
+    from idruid.data.layoutsam_train import LayoutSamPairedDataset
+    from idruid.layout import LayoutError
+
+    with pytest.raises(LayoutError, match="corrupt parquet data .*Invalid UTF8"):
+        LayoutSamPairedDataset(shard, tmp_path, 32)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("text_encoder/config.json", lambda b: BINARY, "not UTF-8 text"),
+        ("text_encoder_2/config.json", lambda b: b[: len(b) // 2], "malformed JSON"),
+        ("text_encoder_3/model.safetensors", lambda b: b[: len(b) // 2], "unreadable safetensors file"),
+    ],
+)
+def test_a_corrupt_file_in_a_model_folder(tmp_path, name, damage, message):
+    from tiny_models import build_tiny_sd3_folder
+
+    from idruid.model_dirs import ModelFolderError
+    from idruid.models.sd3_text import SD3TextEncoder
+
+    root = build_tiny_sd3_folder(tmp_path / "sd3")
+    file = root / name
+    file.write_bytes(damage(file.read_bytes()))
+    with pytest.raises(ModelFolderError, match=f"{file}: {message}"):
+        SD3TextEncoder.from_pretrained(root)
+    assert ModelFolderError in cli.USER_ERRORS  # so the command exits 2 with this one line

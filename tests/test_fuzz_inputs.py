@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from idruid.convert import FORMATS, ConvertOptions, read_layouts
@@ -17,9 +17,10 @@ from idruid.ui.payload import GenerateRequest, PayloadError, parse_generate_requ
 
 FUZZ = settings(
     derandomize=True,  # the same examples on every run and in CI
-    max_examples=100,
+    max_examples=60,
     deadline=None,
     database=None,
+    phases=[Phase.explicit, Phase.generate],  # a failure is reported as found: no minutes of shrinking
     suppress_health_check=[HealthCheck.too_slow],
 )
 # keys the readers look for, so that examples get past the first check more often than random text
@@ -51,20 +52,19 @@ layout_like = st.fixed_dictionaries(
         "seed": st.integers(-(2**70), 2**70) | json_values,
     },
 )
-unit = st.floats(0.0, 1.0)
-valid_box = st.tuples(unit, unit, unit, unit).map(
-    lambda v: [min(v[0], v[2]), min(v[1], v[3]), max(v[0], v[2]), max(v[1], v[3])]
-)
+corner, side = st.floats(0.0, 0.8), st.floats(0.01, 0.2)
+valid_box = st.tuples(corner, corner, side, side).map(lambda v: [v[0], v[1], v[0] + v[2], v[1] + v[3]])
+words = st.from_regex(r"[a-z][a-z ]{0,10}[a-z]", fullmatch=True)
 valid_layout = st.fixed_dictionaries(  # mostly valid: gets past the first checks to the deep ones
     {
-        "prompt": st.text(min_size=1, max_size=20),
+        "prompt": words,
         "instances": st.lists(
-            st.fixed_dictionaries({"caption": st.text(min_size=1, max_size=10), "box": valid_box}),
+            st.fixed_dictionaries({"caption": words, "box": valid_box}),
             min_size=1,
             max_size=11,
         ),
     },
-    optional={"seed": st.integers(-(2**64), 2**64)},
+    optional={"seed": st.integers(0, 2**32 - 1)},
 )
 documents = valid_layout | layout_like | json_values
 
@@ -120,7 +120,7 @@ def _valid_file(name: str, path: Path, layouts: list[Layout]) -> None:
 def _fuzzed_file(data, name: str, path: Path) -> None:
     """A valid file of format ``name`` as idruid writes it, then kept, one JSON value replaced,
     truncated, one byte changed, or replaced by arbitrary bytes or JSON."""
-    objs = data.draw(st.lists(valid_layout, min_size=1, max_size=3))
+    objs = data.draw(st.lists(valid_layout, min_size=1, max_size=3, unique_by=lambda obj: obj["prompt"]))
     layouts = [layout_from_dict({**obj, "instances": obj["instances"][:10]}) for obj in objs]
     _valid_file(name, path, layouts)
     if path.is_dir():  # coco-mig: a folder; fuzz its annotation file
@@ -156,7 +156,7 @@ def test_every_reader_accepts_or_raises_layout_error(name, suffix):
     folder = Path(tempfile.mkdtemp(prefix="idruid-fuzz-"))
     accepted = []
 
-    @settings(FUZZ, max_examples=60)
+    @settings(FUZZ, max_examples=30)
     @given(st.data(), st.booleans())
     def check(data, clip: bool):
         path = folder / f"input{suffix}"
@@ -173,7 +173,7 @@ def test_the_coco_mig_folder_reader_accepts_or_raises_layout_error():
     folder = Path(tempfile.mkdtemp(prefix="idruid-fuzz-")) / "bench"
     accepted = []
 
-    @settings(FUZZ, max_examples=40)
+    @settings(FUZZ, max_examples=25)
     @given(st.data())
     def check(data):
         _fuzzed_file(data, "coco-mig", folder)  # mig_bench.txt + a fuzzed mig_bench_anno.yaml

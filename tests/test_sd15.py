@@ -186,8 +186,8 @@ def test_bad_configs_are_refused():
 def test_unet_trains_with_ppo_and_resumes(tmp_path):
     """Stage 1 (noise prediction + L_dis) and the RL stage (DDPM policy, critic, PPO) on the UNet."""
     overrides = [
-        "rl.algorithm=ppo", "rl.start_fraction=0", "rl.steps=3", "rl.batch_size=2",
-        "rl.critic_warmup=1", "rl.critic_hidden=16", "steps=3",
+        "rl.algorithm=ppo", "rl.start_fraction=0", "rl.steps=3", "rl.batch_size=2", "rl.group_size=2",
+        "rl.baseline=critic", "rl.critic_gate=0", "rl.critic_warmup=1", "rl.critic_hidden=16", "steps=3",
     ]  # fmt: skip
     config = load_config("tiny-sd15", overrides)
     config.steps = 2

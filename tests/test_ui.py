@@ -349,7 +349,8 @@ def test_ui_command_passes_its_flags_to_serve(monkeypatch):
     calls = []
     monkeypatch.setattr(idruid.ui.server, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
     assert main(["ui", "--checkpoint", "runs/x/model", "--port", "8123", "--device", "cuda"]) == 0
-    assert calls == [(("runs/x/model",), {"host": "127.0.0.1", "port": 8123, "device": "cuda"})]
+    limits = {"max_queue": 16, "job_timeout": 300.0, "max_request_bytes": 65536}
+    assert calls == [(("runs/x/model",), {"host": "127.0.0.1", "port": 8123, "device": "cuda", **limits})]
 
 
 def test_ui_on_a_busy_port_fails_before_loading(capsys):

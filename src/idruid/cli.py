@@ -15,9 +15,11 @@ from pathlib import Path
 from .checkpoint import CheckpointError
 from .config import ConfigError, list_presets
 from .layout import LayoutError
+from .model_dirs import ModelFolderError
 from .scoring import BENCHMARK_NAMES, ScoringError
+from .ui.limits import JOB_TIMEOUT, MAX_QUEUE, MAX_REQUEST_BYTES
 
-USER_ERRORS = (LayoutError, CheckpointError, ConfigError, FileNotFoundError, ScoringError)
+USER_ERRORS = (LayoutError, CheckpointError, ConfigError, FileNotFoundError, ScoringError, ModelFolderError)
 DEBUG_HELP = "print the traceback of an error instead of its one-line message"
 
 
@@ -194,6 +196,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     ui.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ui.add_argument(
+        "--max-queue",
+        type=int,
+        default=MAX_QUEUE,
+        help=f"jobs waiting or running at most (default {MAX_QUEUE})",
+    )
+    ui.add_argument(
+        "--job-timeout",
+        type=float,
+        default=JOB_TIMEOUT,
+        help=f"seconds of sampling per job, then it stops ({JOB_TIMEOUT:g})",
+    )
+    ui.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=MAX_REQUEST_BYTES,
+        help=f"larger bodies get 413 ({MAX_REQUEST_BYTES})",
+    )
 
     probe = sub.add_parser(
         "rl-probe",
@@ -475,13 +495,24 @@ def cmd_quality(args) -> int:
 def cmd_ui(args) -> int:
     from .ui import UIUnavailable
 
+    for flag in ("max_queue", "job_timeout", "max_request_bytes"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')}: must be positive, got {getattr(args, flag)}")
     try:
         from .ui.server import serve
     except UIUnavailable as err:
         print(f"idruid: error: {err}", file=sys.stderr)
         return 2
     try:
-        serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
+        serve(
+            args.checkpoint,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            max_queue=args.max_queue,
+            job_timeout=args.job_timeout,
+            max_request_bytes=args.max_request_bytes,
+        )
     except OSError as err:
         print(f"idruid: error: --host {args.host} --port {args.port}: {err.strerror or err}", file=sys.stderr)
         return 2

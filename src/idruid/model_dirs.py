@@ -7,6 +7,7 @@ error; checking the files first gives an error that names what is missing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,14 +85,45 @@ def missing_components(root: Path, components: Components) -> list[str]:
 
 
 def check_components(path: str | Path, components: Components, what: str) -> Path:
-    """``path`` as a Path if it holds every component; else FileNotFoundError naming all gaps."""
+    """``path`` as a Path if it holds every component, each readable; else FileNotFoundError
+    naming all gaps, or ModelFolderError naming the first corrupt file."""
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{what} folder {root} does not exist")
     missing = missing_components(root, components)
     if missing:
         raise FileNotFoundError(f"{root} is not a complete {what} folder: missing {'; '.join(missing)}")
+    for subfolder, _ in components:
+        check_readable(root / subfolder)
     return root
+
+
+class ModelFolderError(ValueError):
+    """A model folder's file that exists but cannot be read (malformed JSON, a truncated
+    safetensors file); the message names the file."""
+
+
+def check_readable(folder: Path) -> None:
+    """Open what the loaders would choke on with a traceback: every ``*.json`` must be a UTF-8
+    JSON object and every ``*.safetensors`` file must have a header that its size covers (only
+    the header is read, so this costs nothing on a 10 GB file)."""
+    from safetensors import SafetensorError, safe_open
+
+    from .textfile import read_text
+
+    for file in sorted(folder.glob("*.json")):
+        try:
+            config = json.loads(read_text(file, ModelFolderError))
+        except json.JSONDecodeError as err:
+            raise ModelFolderError(f"{file}: malformed JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(config, dict):
+            raise ModelFolderError(f"{file}: not a JSON object")
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ModelFolderError(f"{file}: unreadable safetensors file ({err})") from None
 
 
 def check_sd3_dir(path: str | Path) -> Path:

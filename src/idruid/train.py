@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import EMBEDDED_CHECKPOINT, CheckpointError, load_trained_weights, save_checkpoint
+from .checkpoint import EMBEDDED_CHECKPOINT, describe_base, load_trained_weights, save_checkpoint
 from .config import TrainConfig, check_data, save_config
 from .data.shapes import ShapesPairedDataset
 from .layout import box_masks
@@ -33,7 +33,14 @@ from .models import build_model
 from .models.base import LayoutModel
 from .rl.held_out import HeldOutReward
 from .rl.stage import RLStage, RLStats
-from .train_state import find_resumable, resumed_batches, save_training_state, trim_log
+from .train_state import (
+    find_resumable,
+    load_training_state,
+    resumed_batches,
+    save_trainable_state_only,
+    save_training_state,
+    trim_log,
+)
 
 
 def collate(items: list[dict]) -> dict:
@@ -202,6 +209,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     ema = EMA(params, config.ema_decay)
     accelerator.register_for_checkpointing(ema)
     raw_model: LayoutModel = accelerator.unwrap_model(model)
+    folder = config.model.base_model
+    base = describe_base(folder, config.model.backbone) if folder is not None else None
+    save_trainable_state_only(accelerator, raw_model, base)  # no frozen backbone or text encoders
     rl = config.rl
     stage = RLStage(config, raw_model, accelerator.device) if rl.algorithm != "none" else None
     if stage is not None:
@@ -216,17 +226,11 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     for line in skipped:
         accelerator.print(line, flush=True)
     if latest is not None:
-        try:
-            accelerator.load_state(str(latest))
-        except Exception as err:  # an older idruid's checkpoint (no manifest), or another model config
-            raise CheckpointError(
-                f"{latest}: cannot resume from it ({type(err).__name__}: {err}); "
-                "move it away to resume from an older one"
-            ) from err
+        load_training_state(accelerator, latest)
         accelerator.print(f"resuming from {latest} at step {step}", flush=True)
 
     batches_per_epoch = len(loader)
-    data = resumed_batches(accelerator, loader, step % batches_per_epoch) if step else loader
+    data = resumed_batches(accelerator, loader, step % batches_per_epoch)  # loader itself at step 0
     if accelerator.is_main_process:  # records past the resumed step are logged again below
         dropped = trim_log(out / "log.jsonl", step)
         if dropped:

@@ -5,7 +5,8 @@ A checkpoint is written by ``accelerator.save_state`` into ``step-NNNNNNN.partia
 process then adds ``progress.json`` and ``manifest.json`` (size and SHA-256 of every file) and
 renames the folder into place (idruid.atomic). On resume, a folder whose manifest is missing or
 disagrees with its files (a kill inside a write, a truncated copy, a full disk) is skipped with
-the reason, and the next older one is taken.
+the reason, and the next older one is taken. The model file holds only the trainable state
+(``save_trainable_state_only``): never the text encoders or a base folder's frozen backbone.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def save_training_state(accelerator, folder: Path, step: int, keep: int) -> Path
         folder.mkdir(parents=True, exist_ok=True)
         if partial.exists():  # left by a run killed while writing this same step
             shutil.rmtree(partial)
+        partial.mkdir()  # before any rank writes its RNG file into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()  # every rank's RNG file is in before the manifest
@@ -177,6 +179,27 @@ def trim_log(path: Path, step: int) -> int:
     return dropped
 
 
+def load_training_state(accelerator, folder: Path) -> None:
+    """``accelerator.load_state`` of a checkpoint saved with ``save_trainable_state_only`` (its
+    model file lacks the frozen weights, hence ``strict=False``; the load hook checks that every
+    trainable tensor is there). One that fails to load becomes a CheckpointError naming it."""
+    from accelerate.utils import DistributedType
+
+    from .checkpoint import CheckpointError
+
+    # DeepSpeed saves its own full state (the hook does not apply) and takes no `strict`
+    kwargs = {} if accelerator.distributed_type == DistributedType.DEEPSPEED else {"strict": False}
+    try:
+        accelerator.load_state(str(folder), **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as err:  # an older idruid's checkpoint (no manifest), or another model config
+        raise CheckpointError(
+            f"{folder}: cannot resume from it ({type(err).__name__}: {err}); "
+            "move it away to resume from an older one"
+        ) from err
+
+
 def resumed_batches(accelerator, loader, skip: int) -> Iterator:
     """The batches of ``loader`` after its first ``skip``, without the draw from torch's global
     generator that a DataLoader makes when it starts iterating (its worker base seed): the
@@ -198,3 +221,53 @@ def _without_rng_draw(batches: Iterable) -> Iterator:
         torch.set_rng_state(state)
     yield first
     yield from iterator
+
+
+BASE_RECORD = "base.json"
+
+
+def save_trainable_state_only(accelerator, model, base: dict | None) -> None:
+    """Make resumable checkpoints hold what training changes: the model's trainable state
+    (``trainable_state_dict``: never the text encoders, nor a base folder's frozen backbone, which
+    the run reloads from the folder), beside the optimiser, EMA, scheduler and RNG. ``base``
+    (checkpoint.describe_base of the base folder, or None) is saved as ``base.json`` and a resume
+    on a folder with other configs is refused. Resume with ``load_state(dir, strict=False)``."""
+    from safetensors import safe_open
+
+    from .checkpoint import CheckpointError
+
+    keep = set(model.trainable_state_dict())
+
+    def name(key: str) -> str:
+        return key.removeprefix("module.")  # a DDP-wrapped model's keys
+
+    def before_save(models, weights, output_dir) -> None:
+        for state in weights:
+            for key in [k for k in state if name(k) not in keep]:
+                del state[key]
+        if base is not None and accelerator.is_main_process:
+            (Path(output_dir) / BASE_RECORD).write_text(json.dumps(base, sort_keys=True))
+
+    def before_load(models, input_dir) -> None:
+        folder = Path(input_dir)
+        if base is not None and (folder / BASE_RECORD).is_file():
+            saved = json.loads((folder / BASE_RECORD).read_text())["configs"]
+            ours = base["configs"]
+            differ = sorted(n for n in ours if saved.get(n, {}).get("sha256") != ours[n]["sha256"])
+            if differ:
+                raise CheckpointError(
+                    f"{folder}: saved on a base folder whose {', '.join(differ)} differ from those of "
+                    f"{base['path']} (config sha256 changed); resume on the folder it was trained on"
+                )
+        weights = folder / "model.safetensors"
+        if weights.is_file():
+            with safe_open(str(weights), framework="pt") as handle:
+                missing = sorted(keep - {name(k) for k in handle.keys()})  # noqa: SIM118 (not a dict)
+            if missing:
+                raise CheckpointError(
+                    f"{weights}: lacks {len(missing)} trainable tensors of this model (e.g. {missing[:2]}); "
+                    "was the model config changed?"
+                )
+
+    accelerator.register_save_state_pre_hook(before_save)
+    accelerator.register_load_state_pre_hook(before_load)

@@ -220,13 +220,30 @@ def iter_layoutsam(
             )
         columns = [*REQUIRED_COLUMNS, field, *(name for name in OPTIONAL_COLUMNS if name in names)]
         row_in_file = 0
-        for batch in shard.iter_batches(batch_size=batch_size, columns=columns):
-            for row in batch.to_pylist():
+        for rows in _decoded_batches(shard, path, columns, batch_size):
+            for row in rows:
                 yield layout_from_row(
                     row, f"{path}: row {row_in_file}", captions, max_instances, clip, index=index
                 )
                 row_in_file += 1
                 index += 1
+
+
+def _decoded_batches(shard, path: Path, columns: list[str], batch_size: int) -> Iterator[list[dict]]:
+    """The shard's rows as Python dicts, batch by batch; corrupt pages or strings that are not
+    UTF-8 (found only when decoded) become a LayoutError naming the file."""
+    batches = shard.iter_batches(batch_size=batch_size, columns=columns)
+    done = 0
+    while True:
+        try:
+            batch = next(batches, None)
+            rows = None if batch is None else batch.to_pylist()
+        except Exception as err:  # pyarrow raises several types (and UnicodeDecodeError) for corrupt data
+            raise LayoutError(f"{path}: corrupt parquet data after row {done} ({err})") from None
+        if rows is None:
+            return
+        done += len(rows)
+        yield rows
 
 
 @dataclass

@@ -116,7 +116,12 @@ class LayoutSamPairedDataset(torch.utils.data.Dataset):
                 f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(sorted(names))})"
             )
         columns = [*REQUIRED_COLUMNS, field, *(name for name in OPTIONAL_COLUMNS if name in names)]
-        return shard.read(columns=columns)  # in memory; the file is closed again
+        try:
+            table = shard.read(columns=columns)  # in memory; the file is closed again
+            table.validate(full=True)  # strings that are not UTF-8 would fail only mid-training
+        except Exception as err:  # pyarrow raises several types for corrupt data
+            raise LayoutError(f"{path}: corrupt parquet data ({err})") from None
+        return table
 
     def _where(self, row: int) -> str:
         shard = int(np.searchsorted(self.starts, row, side="right")) - 1

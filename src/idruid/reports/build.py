@@ -162,7 +162,7 @@ def write_report(
     probes = [load_probe(p, labels.get(Path(p).resolve())) for p in run_dirs if is_probe(p)]
     run_dirs = [p for p in run_dirs if not is_probe(p)]
     out_dir = Path(out_dir)
-    if not run_dirs:
+    if not run_dirs and probes:
         return _write_probe_report(probes, out_dir)
     runs = load_runs(run_dirs, labels)
     variants = group_runs(runs)

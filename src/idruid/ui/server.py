@@ -1,15 +1,18 @@
 """The Flask app behind ``idruid ui``: the page, a job API, and ``serve`` for the command.
 
 Routes: ``GET /`` the editor page; ``GET /api/config`` resolution, limits and the checkpoint's
-sampling defaults; ``POST /api/jobs`` ``{"layout", "steps", "cfg"}`` -> 202 ``{"id"}`` or 400
-``{"errors": [{"field", "message", "box"}]}``; ``GET /api/jobs/<id>`` status and step k of n;
-``GET /api/jobs/<id>/image.png`` the result.
+sampling defaults; ``POST /api/jobs`` ``{"layout", "steps", "cfg"}`` -> 202 ``{"id"}``, 400
+``{"errors": [{"field", "message", "box"}]}``, 413 (body over ``max_request_bytes``) or 503 with
+``Retry-After`` (queue full); ``GET /api/jobs/<id>`` status and step k of n; ``DELETE
+/api/jobs/<id>`` cancels it; ``GET /api/jobs/<id>/image.png`` the result; ``GET /api/health``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
+import sys
 from pathlib import Path
 
 from . import UI_EXTRA_HINT, UIUnavailable
@@ -21,19 +24,32 @@ except ImportError as err:
     raise UIUnavailable(UI_EXTRA_HINT) from err
 
 from ..layout import MAX_INSTANCES
-from .jobs import JobRunner
+from .jobs import JobRunner, QueueFull
+from .limits import JOB_TIMEOUT, MAX_QUEUE, MAX_REQUEST_BYTES
 from .payload import MAX_CFG, MAX_STEPS, FieldError, PayloadError, parse_generate_request
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def create_app(runner: JobRunner, defaults: dict) -> Flask:
+def create_app(runner: JobRunner, defaults: dict, max_request_bytes: int = MAX_REQUEST_BYTES) -> Flask:
     """``defaults``: the page's initial ``steps``, ``cfg`` and ``seed``."""
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
+
+    def error(field: str, message: str, status: int):
+        return jsonify(errors=[FieldError(field, message).to_dict()]), status
 
     def not_found(job_id: str):
-        error = FieldError("job", f"no job {job_id!r} (unknown, or forgotten)")
-        return jsonify(errors=[error.to_dict()]), 404
+        return error("job", f"no job {job_id!r} (unknown, or forgotten)", 404)
+
+    @app.errorhandler(413)
+    def too_large(_):
+        return error("request", f"larger than the server's limit of {max_request_bytes} bytes", 413)
+
+    @app.get("/api/health")
+    def health():
+        held, totals = runner.counts(), dict(runner.totals)
+        return jsonify(status="ok", jobs=held, totals=totals, max_pending=runner.max_pending)
 
     @app.get("/")
     def index():
@@ -56,7 +72,18 @@ def create_app(runner: JobRunner, defaults: dict) -> Flask:
             job = runner.submit(parse_generate_request(payload, defaults.get("seed", 0)))
         except PayloadError as err:
             return jsonify(errors=[e.to_dict() for e in err.errors]), 400
+        except QueueFull as full:
+            response, status = error("queue", str(full), 503)
+            response.headers["Retry-After"] = str(full.retry_after)
+            return response, status
         return jsonify(id=job.id, status_url=f"/api/jobs/{job.id}"), 202
+
+    @app.delete("/api/jobs/<job_id>")
+    def cancel(job_id: str):
+        job = runner.cancel(job_id)
+        if job is None:
+            return not_found(job_id)
+        return jsonify(id=job.id, status=job.status, cancel_requested=job.cancel_requested)
 
     @app.get("/api/jobs/<job_id>")
     def status(job_id: str):
@@ -77,16 +104,17 @@ def create_app(runner: JobRunner, defaults: dict) -> Flask:
     return app
 
 
-def checkpoint_runner(checkpoint: str | None, device: str = "cpu") -> tuple[JobRunner, dict]:
+def checkpoint_runner(checkpoint: str | None, device: str = "cpu", **limits) -> tuple[JobRunner, dict]:
     """Load a checkpoint (the embedded model when None) as ``idruid generate`` does: sampling
-    settings the page does not ask for (layout fraction, shift) come from the checkpoint."""
+    settings the page does not ask for (layout fraction, shift) come from the checkpoint;
+    ``limits``: JobRunner's ``max_pending`` and ``timeout``."""
     from ..checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint, read_checkpoint_meta
     from ..cli import SAMPLING_DEFAULTS
 
     model = load_checkpoint(checkpoint, device=device)
     saved = read_checkpoint_meta(checkpoint or EMBEDDED_CHECKPOINT).get("sampling", {})
     settings = {name: saved.get(name, default) for name, default in SAMPLING_DEFAULTS.items()}
-    runner = JobRunner(model, settings["layout_fraction"], settings["shift"], device=device)
+    runner = JobRunner(model, settings["layout_fraction"], settings["shift"], device=device, **limits)
     return runner, {"steps": settings["steps"], "cfg": settings["cfg"], "seed": 0}
 
 
@@ -105,15 +133,40 @@ def make_ui_server(app: Flask, sock: socket.socket) -> BaseWSGIServer:
     return server
 
 
-def serve(checkpoint: str | None, host: str = "127.0.0.1", port: int = 7860, device: str = "cpu") -> None:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def serve(
+    checkpoint: str | None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str = "cpu",
+    max_queue: int = MAX_QUEUE,
+    job_timeout: float = JOB_TIMEOUT,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> None:
     """Load the model, serve the page until Ctrl+C."""
+    if not is_loopback(host):
+        print(
+            f"idruid ui: warning: listening on {host}, not only this machine: anyone who can reach it "
+            "can run jobs on this model (no login, no TLS)",
+            file=sys.stderr,
+            flush=True,
+        )
     sock = listen(host, port)
     try:
-        runner, defaults = checkpoint_runner(checkpoint, device)
+        runner, defaults = checkpoint_runner(checkpoint, device, max_pending=max_queue, timeout=job_timeout)
     except BaseException:
         sock.close()
         raise
-    server = make_ui_server(create_app(runner, defaults), sock)
+    server = make_ui_server(create_app(runner, defaults, max_request_bytes), sock)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one line per progress poll
     model = checkpoint or "the embedded shapes model"
     print(f"idruid ui: http://{host}:{server.server_address[1]}/  ({model}; Ctrl+C stops)", flush=True)

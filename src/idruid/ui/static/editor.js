@@ -408,7 +408,7 @@ $("generate").addEventListener("click", async () => {
       setStatus("The server refused the layout: see the marked fields.", true);
       return;
     }
-    if (!answer.ok) throw new Error(`server answered ${answer.status}`);
+    if (!answer.ok) throw new Error(data.errors ? data.errors[0].message : `server answered ${answer.status}`);
     await follow(data.id);
   } catch (err) {
     setStatus(`Error: ${err.message}`, true);
@@ -427,7 +427,7 @@ async function follow(jobId) {
     progress.value = job.step;
     if (job.status === "queued") setStatus("waiting for the model\u2026", false);
     if (job.status === "running") setStatus(`step ${job.step} of ${job.steps}`, false);
-    if (job.status === "failed") throw new Error(job.error);
+    if (job.status === "failed" || job.status === "cancelled") throw new Error(job.error);
     if (job.status === "done") {
       const img = $("result");
       img.src = job.image_url;
