@@ -14,7 +14,7 @@ from idruid.rl.pool import ActionPool
 from idruid.rl.rollout import Rollout, policy_log_probs, rl_step_count, rollout, sde_window
 from idruid.rl.stage import RLStage, RLStats
 from idruid.sampling import sample
-from idruid.train import mean_rl_stats, plot_losses, train
+from idruid.train import EMA, ema_count, mean_rl_stats, plot_losses, train
 
 TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
 
@@ -415,3 +415,18 @@ def test_prompt_only_layouts_from_a_file_are_read_in_order_and_cycled(model, tmp
     assert first == expected[:3] and second == [expected[3], expected[4], expected[0]]
     with pytest.raises(ConfigError, match="only the shapes world has"):
         RLStage(load_config("tiny", ["rl.algorithm=sft", f"rl.prompts={file}"]), model)
+
+
+def test_the_ema_warm_up_restarts_when_rl_joins():
+    """Before RL joins the count runs from 0; from the RL start on it restarts, so the first RL
+    step mixes in 90% of the current weights (warm-start decay (1 + 0) / (10 + 0) = 0.1)."""
+    assert [ema_count(s, 100) for s in (0, 99, 100, 101)] == [0, 99, 0, 1]
+    assert ema_count(5, 0) == 5
+    weight = torch.nn.Parameter(torch.zeros(2))
+    ema = EMA([weight], decay=0.999)
+    with torch.no_grad():
+        weight.fill_(1.0)
+    ema.update(ema_count(1700, 1700))
+    torch.testing.assert_close(ema.shadow[0], torch.full((2,), 0.9))
+    ema.update(ema_count(1701, 0))  # without the restart: decay 1702 / 1711, near its 0.999
+    torch.testing.assert_close(ema.shadow[0], torch.full((2,), 0.9 + (1 - 1702 / 1711) * 0.1))

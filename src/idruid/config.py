@@ -104,6 +104,9 @@ class RLConfig:
     # row 3, which breaks the unpaired setting on purpose)
     algorithm: str = "none"
     start_fraction: float = 0.5  # RL joins for the last half of training (epochs 10-20 of 20)
+    # the exported EMA restarts its warm-up when RL joins (at start_fraction > 0), so that it
+    # averages the RL stage's weights rather than mostly stage 1's (EMA decay 0.999)
+    restart_ema: bool = True
     lambda_rl: float = 1.0  # weight of L_rl (or of the SFT loss) in Eq. 12
     every: int = 1  # one RL iteration every `every` training steps
     batch_size: int = 64  # rollouts per RL iteration (prompt-only layouts x group_size)

@@ -57,6 +57,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, step: int) -> None:
+        """Average in the current weights; ``step`` counts from the EMA's (re)start."""
         decay = min(self.decay, (1 + step) / (10 + step))  # warm start, as in diffusers' EMAModel
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.parameters], 1.0 - decay)
 
@@ -72,6 +73,11 @@ class EMA:
         self.decay = state["decay"]
         for shadow, saved in zip(self.shadow, state["shadow"], strict=True):
             shadow.copy_(saved)
+
+
+def ema_count(step: int, origin: int) -> int:
+    """The EMA's step count for its warm-up: from ``origin`` on (where it restarts), else from 0."""
+    return step - origin if step >= origin else step
 
 
 def idc_loss(attention_maps: list, boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -217,6 +223,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     if stage is not None:
         accelerator.register_for_checkpointing(stage)
     rl_start = int(rl.start_fraction * config.steps)
+    # the EMA's warm-up restarts when RL joins: the exported model then reflects the RL stage, as
+    # a separate second-stage run's does (init_from), instead of averaging mostly stage-1 weights
+    ema_origin = rl_start if stage is not None and rl.restart_ema else 0
     held_out = None
     if stage is not None and stage.reward is not None and rl.held_out > 0 and accelerator.is_main_process:
         held_out = HeldOutReward(config, stage.reward, rl.held_out, raw_model.latent_shape)
@@ -283,7 +292,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                 accelerator.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             scheduler.step()
-            ema.update(step)
+            ema.update(ema_count(step, ema_origin))
             step += 1
             bar.update(1)
             # ---------------------------------------------------- LOG

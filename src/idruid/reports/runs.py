@@ -29,6 +29,8 @@ IGNORED_KEYS = frozenset(
         "log_every",
         "out",
         "output_dir",
+        "rl.held_out",  # the held-out reward is measured from its own noise: a diagnostic only
+        "rl.held_out_every",
     }
 )
 # eval settings that may differ between the seeds of one variant
