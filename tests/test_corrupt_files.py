@@ -3,6 +3,7 @@ and the problem, never a traceback; ``--debug`` gives the traceback instead."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -222,3 +223,65 @@ def test_a_corrupt_file_in_a_model_folder(tmp_path, name, damage, message):
     with pytest.raises(ModelFolderError, match=f"{file}: {message}"):
         SD3TextEncoder.from_pretrained(root)
     assert ModelFolderError in cli.USER_ERRORS  # so the command exits 2 with this one line
+
+
+@pytest.fixture(scope="module")
+def base_checkpoints(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Per backbone, a tiny diffusers base folder and an idruid checkpoint saved on it."""
+    from tiny_models import build_tiny_sd3_folder, build_tiny_sd15_folder
+
+    from idruid.checkpoint import save_checkpoint
+    from idruid.config import ModelConfig
+    from idruid.models import build_model
+
+    root = tmp_path_factory.mktemp("bases")
+    saved = {}
+    for backbone, build, length in (
+        ("sd3", build_tiny_sd3_folder, 77 + 256),
+        ("sd15", build_tiny_sd15_folder, 77),
+    ):
+        folder = build(root / backbone)
+        config = ModelConfig(
+            backbone=backbone, base_model=str(folder), text_encoder="base", codec="vae",
+            prompt_max_length=length, idm_hidden=16, geometry_rank=8,
+        )  # fmt: skip
+        saved[backbone] = folder, save_checkpoint(build_model(config), root / f"{backbone}-checkpoint")
+    return saved
+
+
+def halve(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("backbone", "name", "damage", "message"),
+    [
+        ("sd3", f"transformer/{WEIGHTS}", halve, f"transformer/{WEIGHTS}: unreadable safetensors file"),
+        ("sd3", f"vae/{WEIGHTS}", halve, f"vae/{WEIGHTS}: unreadable safetensors file"),
+        ("sd3", "vae/config.json", lambda f: f.write_text("{not json"), "vae/config.json: malformed JSON"),
+        ("sd15", f"unet/{WEIGHTS}", halve, f"unet/{WEIGHTS}: unreadable safetensors file"),
+        # what the header check cannot see, diffusers' own OSError, still names the folder
+        ("sd15", f"unet/{WEIGHTS}", Path.unlink, "unet: UNet2DConditionModel cannot load it"),
+    ],
+)
+def test_a_corrupt_component_of_a_base_folder(
+    tmp_path, capsys, layout_file, base_checkpoints, backbone, name, damage, message
+):
+    folder, checkpoint = base_checkpoints[backbone]
+    copy = shutil.copytree(folder, tmp_path / "base")
+    damage(copy / name)
+    argv = ["generate", str(layout_file), "--out", str(tmp_path / "x.png"), "--checkpoint", str(checkpoint)]
+    assert f"{copy}/{message}" in one_line_error(capsys, [*argv, "--base", str(copy)])
+
+
+def test_a_standalone_vae_folder_with_a_malformed_config(tmp_path, base_checkpoints):
+    from idruid.model_dirs import ModelFolderError
+    from idruid.models.vae import VaeCodec
+
+    vae = shutil.copytree(base_checkpoints["sd3"][0] / "vae", tmp_path / "vae")
+    (vae / "config.json").write_text("{not json")
+    with pytest.raises(ModelFolderError, match="config.json: malformed JSON"):
+        VaeCodec.from_pretrained(vae)

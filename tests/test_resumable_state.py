@@ -70,3 +70,26 @@ def test_the_embedded_text_encoder_stays_out_of_resumable_checkpoints(tmp_path):
     model = build_model(load_config("tiny").model)
     assert set(saved) == set(model.trainable_state_dict())
     assert not any(k.startswith("text_encoder") for k in saved)
+
+
+def test_a_state_saved_with_the_unused_caption_modules_resumes(tmp_path, monkeypatch):
+    """An older idruid also trained and saved the adapter's caption-token modules at
+    caption_max_length=0 (LayoutModel.unused_prefixes): its optimiser and EMA hold 6 more
+    tensors. Resuming drops them and goes on from the saved trainable state."""
+    from idruid.models.base import LayoutModel
+
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    with monkeypatch.context() as old:
+        old.setattr(LayoutModel, "unused_prefixes", property(lambda self: ()))
+        train(load_config("tiny", ["steps=1", "threads=1"]), run, progress=False)
+        straight_export = train(load_config("tiny", ["steps=2", "threads=1"]), straight, progress=False)
+    first = load_file(str(run / "checkpoints" / "step-0000001" / "model.safetensors"))
+    assert any(k.startswith("adapter.caption_proj.") for k in first)  # the old layout
+    export = train(load_config("tiny", ["steps=2", "threads=1"]), run, progress=False)
+    resumed = load_file(str(run / "checkpoints" / "step-0000002" / "model.safetensors"))
+    assert set(resumed) == set(build_model(load_config("tiny").model).trainable_state_dict())
+    # the unused modules change no output, so the optimiser and EMA rows went where they belong
+    expected = load_file(str(straight / "checkpoints" / "step-0000002" / "model.safetensors"))
+    assert all(torch.equal(resumed[k], expected[k]) for k in resumed)
+    ema, ema_expected = (load_file(str(folder / "model.safetensors")) for folder in (export, straight_export))
+    assert all(torch.equal(ema[k], ema_expected[k]) for k in ema)  # the exported EMA weights

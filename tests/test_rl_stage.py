@@ -430,3 +430,16 @@ def test_the_ema_warm_up_restarts_when_rl_joins():
     torch.testing.assert_close(ema.shadow[0], torch.full((2,), 0.9))
     ema.update(ema_count(1701, 0))  # without the restart: decay 1702 / 1711, near its 0.999
     torch.testing.assert_close(ema.shadow[0], torch.full((2,), 0.9 + (1 - 1702 / 1711) * 0.1))
+
+
+def test_critic_baseline_advantages_by_hand(model):
+    """With the critic as baseline (Eq. 8) the advantage of each recorded step is r - phi(s_t),
+    divided by the std over the batch and clipped: recomputed here from the critic's values."""
+    stage = RLStage(_config("ppo", baseline="critic", credit="image", advantage_clip=1.0), model)
+    stage.loss(model)
+    entry = stage.pool.entries[-1]
+    cond = model.encode_text(entry.layouts)
+    with torch.no_grad():
+        raw = entry.reward[None] - stage._critic_values(model, entry, cond)  # (K, B)
+    expected = (raw / (raw.std(unbiased=False) + 1e-4)).clamp(-1.0, 1.0)
+    torch.testing.assert_close(stage.advantages(model, entry, cond), expected)

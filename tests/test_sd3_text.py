@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -87,6 +89,59 @@ def test_matches_manual_computation(sd3_dir, encoder):
     assert torch.equal(out.mask, expected.mask)
     assert torch.all(out.hidden[:, :CLIP_MAX_LENGTH, CLIP_L + CLIP_G :] == 0)  # the zero padding
     assert out.hidden[:, :CLIP_MAX_LENGTH, CLIP_L + CLIP_G - 1].abs().min() > 0
+
+
+@contextmanager
+def t5_calls(encoder: SD3TextEncoder) -> Iterator[list[int]]:
+    """Counts T5's forward passes (one element per call), from an empty cache."""
+    calls: list[int] = []
+    hook = encoder.t5.register_forward_hook(lambda *_: calls.append(1))
+    encoder.clear_cache()
+    try:
+        yield calls
+    finally:
+        hook.remove()
+        encoder.clear_cache()
+
+
+@pytest.mark.parametrize("length", [0, 5, CLIP_MAX_LENGTH, CLIP_MAX_LENGTH + 3])
+def test_only_the_encoders_the_used_tokens_need_run(sd3_dir, encoder, length):
+    """Instance captions read ``length`` tokens: T5 runs only when they reach past CLIP's 77."""
+    expected = manual_embeddings(sd3_dir, PROMPTS)
+    with t5_calls(encoder) as calls:
+        out = encoder.encode(PROMPTS, length=length)
+        assert torch.equal(encoder.encode(PROMPTS, length=length).hidden, out.hidden)  # from the cache
+    assert len(calls) == (length > CLIP_MAX_LENGTH)
+    assert out.hidden.shape == (2, length, T5_WIDTH) and out.mask.shape == (2, length)
+    torch.testing.assert_close(out.hidden, expected.hidden[:, :length], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pooled, expected.pooled, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.mask, expected.mask[:, :length])
+
+
+@pytest.mark.parametrize("caption_tokens", [0, 4])
+def test_instance_captions_skip_t5_unless_their_tokens_need_it(sd3_dir, encoder, caption_tokens):
+    """encode_text: T5 reads the prompts once; the captions, only CLIP (their tokens are CLIP's)."""
+    from idruid.config import ModelConfig
+    from idruid.layout import Instance, Layout
+    from idruid.models.sd3 import LayoutToImageModel
+
+    config = ModelConfig(
+        num_layers=1, num_heads=2, head_dim=16, idm_hidden=16, geometry_rank=4, resolution=16,
+        prompt_max_length=CLIP_MAX_LENGTH + T5_LENGTH, caption_max_length=caption_tokens,
+    )  # fmt: skip
+    model = LayoutToImageModel(config, text_encoder=encoder)
+    captions = ["a red circle", "a blue square"]
+    layout = Layout(PROMPTS[1], tuple(Instance(c, (0.1, 0.1, 0.5, 0.5)) for c in captions))
+    with t5_calls(encoder) as calls:
+        cond = model.encode_text([layout])
+    assert len(calls) == 1  # the prompt's
+    expected = manual_embeddings(sd3_dir, captions)
+    torch.testing.assert_close(cond.caption_pooled[0, :2], expected.pooled, atol=1e-5, rtol=1e-5)
+    hidden = expected.hidden[:, :caption_tokens]
+    torch.testing.assert_close(cond.caption_hidden[0, :2], hidden, atol=1e-5, rtol=1e-5)
+    assert torch.equal(cond.caption_mask[0, :2], expected.mask[:, :caption_tokens])
+    prompt = manual_embeddings(sd3_dir, [PROMPTS[1]])
+    torch.testing.assert_close(cond.prompt_hidden, prompt.hidden, atol=1e-5, rtol=1e-5)
 
 
 def test_mask_counts_real_tokens(encoder):

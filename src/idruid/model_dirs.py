@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
+
+Loaded = TypeVar("Loaded")
 
 # (what the file is, the names it may have): one entry per required file
 RequiredFiles = Sequence[tuple[str, Sequence[str]]]
@@ -124,6 +127,18 @@ def check_readable(folder: Path) -> None:
                 pass
         except (SafetensorError, OSError) as err:
             raise ModelFolderError(f"{file}: unreadable safetensors file ({err})") from None
+
+
+def load_diffusers_model(model_cls: type[Loaded], folder: Path, **kwargs) -> Loaded:
+    """``model_cls.from_pretrained(folder, **kwargs)`` of one component folder (a transformer,
+    UNet or VAE), which on a truncated safetensors file or a config.json that is not JSON raises
+    an OSError naming no file (the command's exit status 1): a ModelFolderError naming it instead
+    (exit status 2), from ``check_readable`` or from what diffusers could still not load."""
+    check_readable(folder)
+    try:
+        return model_cls.from_pretrained(str(folder), **kwargs)
+    except OSError as err:
+        raise ModelFolderError(f"{folder}: {model_cls.__name__} cannot load it ({err})") from err
 
 
 def check_sd3_dir(path: str | Path) -> Path:

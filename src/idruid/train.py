@@ -34,12 +34,14 @@ from .models.base import LayoutModel
 from .rl.held_out import HeldOutReward
 from .rl.stage import RLStage, RLStats
 from .train_state import (
+    accept_older_states,
     find_resumable,
     load_training_state,
     resumed_batches,
     save_trainable_state_only,
     save_training_state,
     trim_log,
+    without_rows,
 )
 
 
@@ -54,6 +56,7 @@ class EMA:
         self.decay = decay
         self.parameters = list(parameters)
         self.shadow = [p.detach().clone() for p in self.parameters]
+        self.older_rows: list[int] = []  # rows of an older idruid's saved shadow to drop (train_state)
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -71,7 +74,10 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.decay = state["decay"]
-        for shadow, saved in zip(self.shadow, state["shadow"], strict=True):
+        saved_rows = state["shadow"]
+        if len(saved_rows) == len(self.shadow) + len(self.older_rows):
+            saved_rows = without_rows(saved_rows, self.older_rows)
+        for shadow, saved in zip(self.shadow, saved_rows, strict=True):
             shadow.copy_(saved)
 
 
@@ -218,6 +224,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     folder = config.model.base_model
     base = describe_base(folder, config.model.backbone) if folder is not None else None
     save_trainable_state_only(accelerator, raw_model, base)  # no frozen backbone or text encoders
+    accept_older_states(raw_model, optimizer, ema)  # states that also held the unused parameters
     rl = config.rl
     stage = RLStage(config, raw_model, accelerator.device) if rl.algorithm != "none" else None
     if stage is not None:

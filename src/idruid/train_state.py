@@ -15,13 +15,18 @@ import hashlib
 import json
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .atomic import PARTIAL_SUFFIX, partial_path, replace_dir
 from .faults import crash_point
+
+if TYPE_CHECKING:
+    from .models.base import LayoutModel
+    from .train import EMA
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -224,6 +229,55 @@ def _without_rng_draw(batches: Iterable) -> Iterator:
 
 
 BASE_RECORD = "base.json"
+
+
+def unused_rows(model: LayoutModel) -> list[int]:
+    """Where the unused parameters (``LayoutModel.unused_prefixes``) sat in the trainable-parameter
+    list of an older idruid, which trained them too: the rows of its optimiser and EMA states that
+    this model has no parameter for."""
+    from .models.base import FROZEN
+
+    unused = model.unused_prefixes
+    if not unused:
+        return []
+    older = [
+        name
+        for name, param in model.named_parameters()
+        if not name.startswith(FROZEN) and (param.requires_grad or name.startswith(unused))
+    ]
+    return [row for row, name in enumerate(older) if name.startswith(unused)]
+
+
+def without_rows(items: list, rows: Sequence[int]) -> list:
+    """``items`` less the positions ``rows``."""
+    drop = set(rows)
+    return [item for row, item in enumerate(items) if row not in drop]
+
+
+def accept_older_states(model: LayoutModel, optimizer: torch.optim.Optimizer, ema: EMA) -> None:
+    """Resume a state saved by an older idruid, whose optimiser and EMA also held the unused
+    parameters (``unused_rows``): their rows are dropped as it loads (its model file holds their
+    weights too, which ``load_state(strict=False)`` loads into the unused parameters, harmlessly).
+    ``optimizer``: the torch optimiser or accelerate's wrapper of it (whose ``optimizer`` it is)."""
+    rows = unused_rows(model)
+    ema.older_rows = rows
+    if not rows:
+        return
+
+    def drop_rows(_: torch.optim.Optimizer, state: dict) -> dict | None:
+        indices = [i for group in state["param_groups"] for i in group["params"]]  # in list order
+        if len(indices) != len(ema.shadow) + len(rows):
+            return None  # this idruid's state (or another model's, which load_state_dict refuses)
+        renumber = {old: new for new, old in enumerate(without_rows(indices, rows))}
+        return {
+            "state": {renumber[i]: value for i, value in state["state"].items() if i in renumber},
+            "param_groups": [
+                {**group, "params": [renumber[i] for i in group["params"] if i in renumber]}
+                for group in state["param_groups"]
+            ],
+        }
+
+    getattr(optimizer, "optimizer", optimizer).register_load_state_dict_pre_hook(drop_rows)
 
 
 def save_trainable_state_only(accelerator, model, base: dict | None) -> None:

@@ -32,6 +32,11 @@ class InstanceTokens:
     token_mask: torch.Tensor  # (B, N, L) bool, True for keys a pixel may attend to
 
 
+# The modules that make the caption tokens only: at caption_max_length=0 they get no gradient,
+# so the model neither trains nor saves them (LayoutModel.unused_prefixes)
+CAPTION_TOKEN_MODULES = ("caption_proj", "box_proj", "caption_norm")
+
+
 class LayoutAdapter(nn.Module):
     def __init__(self, text_dim: int, dim: int, num_freqs: int = 8, pooled_dim: int | None = None):
         super().__init__()

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 from ..layout import Layout, boxes_tensor
+from .adapter import CAPTION_TOKEN_MODULES, LayoutAdapter
 from .idm import LayoutCondition
 from .text_encoder import CachedTextEncoder, load_text_encoder
 from .vae import LatentCodec, PixelCodec, UnshuffleCodec, VaeCodec
@@ -262,6 +263,9 @@ class LayoutModel(nn.Module):
             for name, param in self.named_parameters():
                 if name.startswith(prefix):
                     param.requires_grad_(not self._is_base_weight(name))
+        for name, param in self.named_parameters():
+            if name.startswith(self.unused_prefixes):
+                param.requires_grad_(False)
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -287,15 +291,16 @@ class LayoutModel(nn.Module):
         boxes, valid = boxes_tensor(layouts, cap)
         captions = [c for layout in layouts for c in layout.captions[:cap]]
         where = valid.nonzero(as_tuple=True)  # (b, n) of every kept instance, in order
-        words = self.text_encoder.encode(captions) if captions else None
         dim, tokens = self.text_encoder.hidden_size, self.config.caption_max_length
+        # only the tokens the adapter reads: at caption_max_length=0 SD3 skips T5 for captions
+        words = self.text_encoder.encode(captions, length=tokens) if captions else None
         caption_hidden = torch.zeros(batch, cap, tokens, dim)
         caption_pooled = torch.zeros(batch, cap, self.text_encoder.pooled_size)
         caption_mask = torch.zeros(batch, cap, tokens, dtype=torch.bool)
         if words is not None:
-            caption_hidden[where] = words.hidden[:, :tokens].float()
+            caption_hidden[where] = words.hidden.float()
             caption_pooled[where] = words.pooled.float()
-            caption_mask[where] = words.mask[:, :tokens]
+            caption_mask[where] = words.mask
         enabled = (~(drop_prompt | drop_layout)).float()
         return TextConditioning(
             prompt_hidden=prompt.hidden[:, :length].float(),
@@ -334,17 +339,28 @@ class LayoutModel(nn.Module):
         own = name.startswith(self.backbone_attr + ".") and ".processor." not in name
         return own and "lora_" not in name  # LoRA adapters on the backbone are idruid's (peft names)
 
+    @property
+    def unused_prefixes(self) -> tuple[str, ...]:
+        """Name prefixes of parameters that no output depends on, so they never get a gradient:
+        the adapter's caption-token modules when ``caption_max_length`` is 0 (6.3 M parameters at
+        SD3-medium size). They stay frozen at their initial values, unsaved; checkpoints of an
+        older idruid that hold them load with those keys ignored."""
+        if self.config.caption_max_length or not isinstance(getattr(self, "adapter", None), LayoutAdapter):
+            return ()  # sd3-druid has no LayoutAdapter
+        return tuple(f"adapter.{module}." for module in CAPTION_TOKEN_MODULES)
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What an idruid checkpoint stores: everything but the frozen text encoder, and without the
-        backbone's own weights when they come from a base folder (they are loaded from it). LoRA
-        weights (``lora_`` keys) are always stored; a LoRA model without a base folder also stores
-        its frozen backbone, which nothing else could rebuild."""
-        based = self.backbone_from_folder
+        """What an idruid checkpoint stores: everything but the frozen text encoder and the unused
+        parameters, and without the backbone's own weights when they come from a base folder (they
+        are loaded from it). LoRA weights (``lora_`` keys) are always stored; a LoRA model without a
+        base folder also stores its frozen backbone, which nothing else could rebuild."""
+        based, skip = self.backbone_from_folder, FROZEN + self.unused_prefixes
         return {
             k: v
             for k, v in self.state_dict().items()
-            if not k.startswith(FROZEN) and not (based and self._is_base_weight(k))
+            if not k.startswith(skip) and not (based and self._is_base_weight(k))
         }
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates: never the frozen or unused parameters (``unused_prefixes``)."""
         return [p for n, p in self.named_parameters() if not n.startswith(FROZEN) and p.requires_grad]

@@ -19,6 +19,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from ..config import ModelConfig
+from ..model_dirs import load_diffusers_model
 from ..processes import EpsProcess
 from .adapter import LayoutAdapter
 from .base import LayoutModel, TextConditioning
@@ -37,7 +38,7 @@ def build_unet(config: ModelConfig, text_dim: int, latent_side: int | None = Non
             raise FileNotFoundError(
                 f"base_model '{path}': no unet/config.json (expected an SD1.5 diffusers folder)"
             )
-        return UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+        return load_diffusers_model(UNet2DConditionModel, path / "unet")
     channels = list(config.unet_channels)
     if len(channels) < 2:
         raise ValueError(f"model.unet_channels needs at least 2 levels, got {channels}")

@@ -14,6 +14,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 
 from ..config import ModelConfig
+from ..model_dirs import load_diffusers_model
 from ..processes import FlowProcess
 from .adapter import LayoutAdapter
 from .base import LayoutModel, TextConditioning
@@ -33,7 +34,7 @@ def build_transformer(
             raise FileNotFoundError(
                 f"base_model '{path}': no transformer/config.json (expected an SD3 diffusers folder)"
             )
-        return SD3Transformer2DModel.from_pretrained(path, subfolder="transformer")
+        return load_diffusers_model(SD3Transformer2DModel, path / "transformer")
     return SD3Transformer2DModel(**transformer_kwargs(config, text_dim, pooled_dim, latent_side))
 
 

@@ -155,7 +155,9 @@ class SD3TextEncoder(CachedTextEncoder):
         """L: CLIP tokens + T5 tokens (77 + 256 by default)."""
         return self.clip_max_length + self.t5_max_length
 
-    def _encode_batch(self, texts: list[str]) -> TextEmbeddings:
+    def _encode_batch(self, texts: list[str], length: int) -> TextEmbeddings:
+        """The first ``length`` tokens: T5 runs only when they reach past the CLIP tokens (instance
+        captions at caption_max_length=0 need CLIP's pooled vectors alone, not a T5-XXL pass)."""
         device, dtype = self.device, self.clip_l.dtype
         states, pooled, clip_mask = [], [], None
         for model, tokenizer in ((self.clip_l, self.tokenizer_l), (self.clip_g, self.tokenizer_g)):
@@ -173,12 +175,15 @@ class SD3TextEncoder(CachedTextEncoder):
             clip_mask = mask if clip_mask is None else clip_mask | mask
         clip_hidden = torch.cat(states, dim=-1)
         clip_hidden = F.pad(clip_hidden, (0, self.hidden_size - clip_hidden.shape[-1]))  # (B, 77, D)
+        clip = TextEmbeddings(hidden=clip_hidden, pooled=torch.cat(pooled, dim=-1), mask=clip_mask.to(device))
+        if length <= self.clip_max_length:
+            return clip.head(length)
         t5_hidden, t5_mask = self._encode_t5(texts)
         return TextEmbeddings(
-            hidden=torch.cat([clip_hidden, t5_hidden.to(device, dtype)], dim=1),  # (B, L, D)
-            pooled=torch.cat(pooled, dim=-1),  # (B, P)
-            mask=torch.cat([clip_mask, t5_mask], dim=1).to(device),  # (B, L)
-        )
+            hidden=torch.cat([clip.hidden, t5_hidden.to(device, dtype)], dim=1),  # (B, L, D)
+            pooled=clip.pooled,  # (B, P)
+            mask=torch.cat([clip.mask, t5_mask.to(device)], dim=1),  # (B, L)
+        ).head(length)
 
     def _encode_t5(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """T5's last hidden states (B, t5_max_length, D) and mask; zeros and False without T5."""

@@ -49,6 +49,14 @@ class TextEmbeddings:
     pooled: Tensor  # (B, P) EOS state (or its projection)
     mask: Tensor  # (B, L) bool, True on real tokens (BOS, words, EOS)
 
+    def head(self, length: int) -> TextEmbeddings:
+        """The first ``length`` tokens (copied, so that a cached row does not hold the rest)."""
+        return TextEmbeddings(
+            hidden=self.hidden[:, :length].contiguous(),
+            pooled=self.pooled,
+            mask=self.mask[:, :length].contiguous(),
+        )
+
 
 def default_cache_size(row_elements: int, element_bytes: int = 4) -> int:
     """How many cached rows of ``row_elements`` numbers fit in CACHE_BYTES."""
@@ -59,20 +67,21 @@ class CachedTextEncoder(nn.Module):
     """Base of the frozen text encoders: always in eval mode, no trainable parameters, and an
     LRU cache of one (hidden, pooled, mask) row per distinct text around ``_encode_batch``.
 
-    Subclasses implement ``_encode_batch(texts) -> TextEmbeddings`` and the properties
+    Subclasses implement ``_encode_batch(texts, length) -> TextEmbeddings`` (the first ``length``
+    tokens; an encoder may skip a model that only later tokens need) and the properties
     ``hidden_size``, ``pooled_size`` and ``max_length``, and call ``_freeze()`` at the end of
     ``__init__``."""
 
     def __init__(self, cache_size: int):
         super().__init__()
         self.cache_size = cache_size  # distinct texts kept; 0 disables the cache
-        self._cache: OrderedDict[str, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], tuple[Tensor, Tensor, Tensor]] = OrderedDict()
 
     def _freeze(self) -> None:
         self.requires_grad_(False)
         self.eval()
 
-    def _encode_batch(self, texts: list[str]) -> TextEmbeddings:
+    def _encode_batch(self, texts: list[str], length: int) -> TextEmbeddings:
         raise NotImplementedError
 
     @property
@@ -87,23 +96,31 @@ class CachedTextEncoder(nn.Module):
         self._cache.clear()
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], use_cache: bool = True) -> TextEmbeddings:
-        """Embed ``texts``; with the cache, only texts not seen before go through the model."""
+    def encode(
+        self, texts: Sequence[str], use_cache: bool = True, length: int | None = None
+    ) -> TextEmbeddings:
+        """Embed ``texts``; with the cache, only texts not seen before go through the model.
+
+        length: how many leading tokens of ``hidden`` and ``mask`` the caller uses (None: all
+        ``max_length``). Instance captions need few or none (only ``pooled`` at
+        caption_max_length=0), and SD3 then skips T5 (models/sd3_text.py)."""
         if isinstance(texts, str):
             raise TypeError("encode takes a sequence of strings; wrap a single text in a list")
         texts = list(texts)
+        length = self.max_length if length is None else min(length, self.max_length)
         if not use_cache or self.cache_size <= 0:
-            return self._encode_batch(texts)
-        misses = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        fresh: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+            return self._encode_batch(texts, length)
+        keys = [(t, length) for t in texts]
+        misses = [k for k in dict.fromkeys(keys) if k not in self._cache]
+        fresh: dict[tuple[str, int], tuple[Tensor, Tensor, Tensor]] = {}
         if misses:
-            out = self._encode_batch(misses)
-            fresh = {t: (out.hidden[i], out.pooled[i], out.mask[i]) for i, t in enumerate(misses)}
-        rows = [fresh[t] if t in fresh else self._cache[t] for t in texts]
-        for t in texts:
-            if t in fresh:
-                self._cache[t] = fresh[t]
-            self._cache.move_to_end(t)
+            out = self._encode_batch([t for t, _ in misses], length)
+            fresh = {k: (out.hidden[i], out.pooled[i], out.mask[i]) for i, k in enumerate(misses)}
+        rows = [fresh[k] if k in fresh else self._cache[k] for k in keys]
+        for k in keys:
+            if k in fresh:
+                self._cache[k] = fresh[k]
+            self._cache.move_to_end(k)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         device = self.device
@@ -222,15 +239,14 @@ class FrozenTextEncoder(CachedTextEncoder):
             return_tensors="pt",
         )
 
-    def _encode_batch(self, texts: list[str]) -> TextEmbeddings:
+    def _encode_batch(self, texts: list[str], length: int) -> TextEmbeddings:
         tokens = self.tokenize(texts)
         input_ids = tokens["input_ids"].to(self.device)
         # No attention mask, as in SD: CLIP's causal attention keeps real tokens off the padding.
         out = self.model(input_ids=input_ids)
         pooled = out.text_embeds if isinstance(self.model, CLIPTextModelWithProjection) else out.pooler_output
-        return TextEmbeddings(
-            hidden=out.last_hidden_state, pooled=pooled, mask=tokens["attention_mask"].to(self.device).bool()
-        )
+        mask = tokens["attention_mask"].to(self.device).bool()
+        return TextEmbeddings(hidden=out.last_hidden_state, pooled=pooled, mask=mask).head(length)
 
 
 def load_embedded_text_encoder(**kwargs) -> FrozenTextEncoder:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from idruid.model_dirs import DIFFUSERS_MODEL, missing_files
+from idruid.model_dirs import DIFFUSERS_MODEL, check_readable, load_diffusers_model, missing_files
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -93,7 +93,7 @@ class VaeCodec(LatentCodec):
 
         vae_dir = _vae_dir(Path(path))
         kwargs = {} if dtype is None else {"torch_dtype": dtype}
-        return cls(AutoencoderKL.from_pretrained(str(vae_dir), **kwargs), sample=sample)
+        return cls(load_diffusers_model(AutoencoderKL, vae_dir, **kwargs), sample=sample)
 
     def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         self._check_images(images)
@@ -116,6 +116,8 @@ def _vae_dir(path: Path) -> Path:
     vae_dir = path / "vae"
     if not vae_dir.is_dir():
         config = path / "config.json"
+        if config.is_file():
+            check_readable(path)  # a config.json that is not a JSON object is named
         if config.is_file() and json.loads(config.read_text()).get("_class_name") == "AutoencoderKL":
             vae_dir = path  # a standalone VAE folder
         else:

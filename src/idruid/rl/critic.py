@@ -86,7 +86,3 @@ def critic_loss(
     weight = valid.to(squared.dtype).expand_as(squared)
     return (squared * weight).sum() / weight.sum().clamp(min=1.0)
 
-
-def advantages(reward: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: A = r - phi(s_t), detached (the critic is not trained through the actor's loss)."""
-    return (reward - predicted).detach()
