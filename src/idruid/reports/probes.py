@@ -55,7 +55,13 @@ def load_probe(path: str | Path, name: str | None = None) -> Probe:
 def probe_table(probes: Sequence[Probe]) -> str:
     """Markdown: one row per probe, the held-out reward at each checkpoint iteration."""
     iterations = sorted({r["iteration"] for p in probes for r in p.records})
-    keys = [k for k in varying_keys([p.config for p in probes]) if k != "seed"]
+    configs = [p.config for p in probes]
+    # keys that differ where they are set (a key only older configs lack is no difference)
+    keys = [
+        k
+        for k in varying_keys(configs)
+        if k != "seed" and len({format_value(c[k]) for c in configs if k in c}) > 1
+    ]
     header = ["Probe", *keys, *(f"it {i}" for i in iterations), "gain", "s / it"]
     rule = ["---"] * (1 + len(keys)) + ["---:"] * (len(iterations) + 2)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
