@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import SD3Transformer2DModel
 from safetensors.torch import load_file
+from tiny_models import TINY_DRUID as TINY
 
 from idruid.models.druid_arch import DruidSD3Transformer, box_grid_masks, fourier_embedding
 
@@ -34,19 +35,6 @@ SD3_MEDIUM = dict(
     pooled_projection_dim=2048,
     out_channels=16,
     pos_embed_max_size=192,
-)
-TINY = dict(
-    sample_size=8,
-    patch_size=2,
-    in_channels=4,
-    num_layers=2,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=24,
-    caption_projection_dim=32,
-    pooled_projection_dim=20,
-    out_channels=4,
-    pos_embed_max_size=8,
 )
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import TINY_DRUID as TINY
 
 from idruid.models.druid_arch import DruidSD3Transformer
 from idruid.models.druid_weights import (
@@ -20,19 +21,6 @@ from idruid.models.druid_weights import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = dict(
-    sample_size=8,
-    patch_size=2,
-    in_channels=4,
-    num_layers=2,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=24,
-    caption_projection_dim=32,
-    pooled_projection_dim=20,
-    out_channels=4,
-    pos_embed_max_size=8,
-)
 
 
 @pytest.fixture(scope="module")

@@ -270,6 +270,21 @@ def build_tiny_sam_hq(path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- SD3 / SD1.5 folders
 
+# the I-DRUID authors' architecture (models/druid_arch.py) at test size
+TINY_DRUID = dict(
+    sample_size=8,
+    patch_size=2,
+    in_channels=4,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=24,
+    caption_projection_dim=32,
+    pooled_projection_dim=20,
+    out_channels=4,
+    pos_embed_max_size=8,
+)
+
 CLIP_MAX_LENGTH = 77  # SD's CLIP tokenizers and position embeddings
 T5_WORDS = (
     "a photo of the red green blue yellow white black circle square triangle cat dog on left right "
