@@ -36,24 +36,10 @@ from idruid.config import ModelConfig
 from idruid.losses import add_noise, flow_matching_loss
 from idruid.models import base, sd3, sd15
 from idruid.models.adapter import LayoutAdapter
-from idruid.models.druid_arch import IDM_REDUCTION, DruidSD3Transformer, is_layout_key
+from idruid.models.druid_arch import IDM_REDUCTION, SD3_MEDIUM, DruidSD3Transformer, is_layout_key
 from idruid.models.idm import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
 from idruid.train import idc_loss
 
-# stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json
-SD3_MEDIUM = dict(
-    sample_size=128,
-    patch_size=2,
-    in_channels=16,
-    out_channels=16,
-    num_layers=24,
-    attention_head_dim=64,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    caption_projection_dim=1536,
-    pooled_projection_dim=2048,
-    pos_embed_max_size=192,
-)
 # stable-diffusion-v1-5, unet/config.json
 SD15_UNET = dict(
     sample_size=64,

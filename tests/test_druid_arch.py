@@ -13,7 +13,7 @@ from diffusers import SD3Transformer2DModel
 from safetensors.torch import load_file
 from tiny_models import TINY_DRUID as TINY
 
-from idruid.models.druid_arch import DruidSD3Transformer, box_grid_masks, fourier_embedding
+from idruid.models.druid_arch import SD3_MEDIUM, DruidSD3Transformer, box_grid_masks, fourier_embedding
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,19 +23,6 @@ OFFICIAL = Path(
 )
 GOLDEN = OFFICIAL / "golden"
 needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"{OFFICIAL} (authors' facts) not present")
-SD3_MEDIUM = dict(
-    sample_size=128,
-    patch_size=2,
-    in_channels=16,
-    num_layers=24,
-    attention_head_dim=64,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    caption_projection_dim=1536,
-    pooled_projection_dim=2048,
-    out_channels=16,
-    pos_embed_max_size=192,
-)
 
 
 @needs_official

@@ -174,6 +174,22 @@ def build_tiny_grounding_dino(
     return model_dir
 
 
+# the tiny SAM and SAM-HQ share their vision and prompt-encoder sizes
+SAM_VISION = dict(
+    hidden_size=16,
+    output_channels=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=64,
+    patch_size=8,
+    window_size=4,
+    global_attn_indexes=[1],
+    num_pos_feats=8,
+    mlp_dim=32,
+)
+SAM_PROMPT = dict(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4)
+
+
 def build_tiny_sam(path: Path) -> Path:
     """A SAM with 64 px input, 8 px patches and 16-wide layers, saved as from_pretrained reads it."""
     from transformers import (
@@ -187,21 +203,8 @@ def build_tiny_sam(path: Path) -> Path:
     )
 
     config = SamConfig(
-        vision_config=SamVisionConfig(
-            hidden_size=16,
-            output_channels=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=64,
-            patch_size=8,
-            window_size=4,
-            global_attn_indexes=[1],
-            num_pos_feats=8,
-            mlp_dim=32,
-        ),
-        prompt_encoder_config=SamPromptEncoderConfig(
-            hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4
-        ),
+        vision_config=SamVisionConfig(**SAM_VISION),
+        prompt_encoder_config=SamPromptEncoderConfig(**SAM_PROMPT),
         mask_decoder_config=SamMaskDecoderConfig(
             hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16
         ),
@@ -232,21 +235,8 @@ def build_tiny_sam_hq(path: Path) -> Path:
     )
 
     config = SamHQConfig(
-        vision_config=SamHQVisionConfig(
-            hidden_size=16,
-            output_channels=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=64,
-            patch_size=8,
-            window_size=4,
-            global_attn_indexes=[1],
-            num_pos_feats=8,
-            mlp_dim=32,
-        ),
-        prompt_encoder_config=SamHQPromptEncoderConfig(
-            hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4
-        ),
+        vision_config=SamHQVisionConfig(**SAM_VISION),
+        prompt_encoder_config=SamHQPromptEncoderConfig(**SAM_PROMPT),
         mask_decoder_config=SamHQMaskDecoderConfig(
             hidden_size=16,
             mlp_dim=32,

@@ -36,6 +36,21 @@ FOURIER_FREQS = 8  # frequencies per coordinate: 4 coords x (sin, cos) x 8 = 64 
 FOURIER_TEMPERATURE = 100.0  # f_j = 100 ** (j / 8), no pi (GLIGEN's embedder)
 IDM_REDUCTION = 16  # the squeeze-and-excitation's hidden width is inner / 16 (96 at 1536)
 LAYOUT_MODULES = ("position_net.", "norm1_bbox.", "bbox_fuser_block.", "bbox_forward.")
+# SD3-medium's transformer/config.json (stabilityai/stable-diffusion-3-medium-diffusers): the
+# sizes of the authors' released checkpoint (keys.json), and of idruid's sd3-medium preset
+SD3_MEDIUM = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=192,
+)
 
 
 def fourier_embedding(boxes: torch.Tensor, freqs: int = FOURIER_FREQS) -> torch.Tensor:
