@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from idruid.detectors import DETECTORS, SEGMENTERS
+from idruid.benchmarks import get_benchmark, select_layouts
 from idruid.metrics import object_name, score_coco_mig
-from idruid.scoring import find_images, load_images, select_layouts
+from idruid.scorers.registry import load_scorer
+from idruid.scoring import find_images, load_images
 
 
 def main() -> None:
@@ -26,9 +27,12 @@ def main() -> None:
     parser.add_argument("--benchmark", default="shapes-mig", choices=["shapes-mig", "shapes-sam"])
     args = parser.parse_args()
 
-    layouts = select_layouts(args.benchmark)
-    images = load_images(find_images(args.images, layouts), args.benchmark)
-    scores = score_coco_mig(images, layouts, DETECTORS["analytic"](), SEGMENTERS["analytic"]())
+    benchmark = get_benchmark(args.benchmark)
+    layouts = select_layouts(benchmark)
+    images = load_images(find_images(args.images, layouts), benchmark.resize())
+    scores = score_coco_mig(
+        images, layouts, load_scorer("detector", "analytic"), load_scorer("segmenter", "analytic")
+    )
     total, causes = Counter(), Counter()
     for layout, row in zip(layouts, scores, strict=True):
         for caption, score in zip(layout.captions, row, strict=True):

@@ -14,8 +14,8 @@ import numpy as np
 from scipy import ndimage
 
 from idruid.data.shapes import benchmark_layouts, render_layout_scene
-from idruid.detectors import AnalyticDetector, AnalyticJudge, AnalyticSegmenter
 from idruid.metrics import score_coco_mig
+from idruid.scorers.analytic import AnalyticDetector, AnalyticJudge, AnalyticSegmenter
 
 
 def _specks(images, rng, share):

@@ -17,10 +17,11 @@ import torch
 from idruid.checkpoint import load_checkpoint
 from idruid.config import load_config
 from idruid.data.shapes import prompt_only_layout
-from idruid.detectors import load_detector
-from idruid.rl.logprob import sde_step_with_logprob
+from idruid.policy_steps import sde_step_with_logprob
 from idruid.rl.rewards import LayoutReward
+from idruid.rl.rollout import rollout_settings
 from idruid.sampling import euler_step, flow_sigmas, sample, to_uint8
+from idruid.scorers.registry import load_scorer
 
 HELD_OUT_START = 10_000  # prompt-only indices far from the ones the RL stage draws
 
@@ -56,7 +57,7 @@ def main() -> None:
     model = load_checkpoint(args.checkpoint)
     model.eval()
     layouts = [prompt_only_layout(HELD_OUT_START + k, rl.prompt_seed) for k in range(args.layouts)]
-    reward = LayoutReward(load_detector(rl.detector), rl.reward, rl.confidence_weight)
+    reward = LayoutReward(load_scorer("detector", rl.detector), rl.reward, rl.confidence_weight)
     sigmas = flow_sigmas(rl.steps, config.shift)
     shape = (len(layouts), *model.latent_shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
@@ -66,12 +67,9 @@ def main() -> None:
             images = sample(
                 model,
                 layouts,
-                steps=rl.steps,
-                cfg=rl.cfg,
+                rollout_settings(config),
                 x_init=noise,
                 step_fn=step_fn,
-                layout_fraction=config.layout_fraction,
-                shift=config.shift,
             )
         return reward(to_uint8(images), layouts)
 

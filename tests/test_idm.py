@@ -5,7 +5,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-from idruid.layout import box_masks, patch_geometry, patch_masks
+from idruid.boxes import covering_cells, patch_geometry
 from idruid.losses import disentangle_loss
 from idruid.models.adapter import LayoutAdapter, fourier_embed
 from idruid.models.idm import LayoutCondition, LayoutJointAttnProcessor
@@ -203,7 +203,7 @@ def test_idc_gradient_reaches_the_idm():
     assert grid == (SIDE, SIDE)
     assert pos.shape == (2, 3, HEADS, SIDE * SIDE) and neg.shape == pos.shape
     assert torch.all((pos >= 0) & (pos <= 1 + 1e-6))
-    masks = box_masks(layout.boxes, SIDE, SIDE) * layout.valid.unsqueeze(-1)
+    masks = covering_cells(layout.boxes, SIDE, SIDE) * layout.valid.unsqueeze(-1)
     maps = layout.attention_maps
     loss = torch.stack([disentangle_loss(p, n, masks, layout.valid) for p, n, _ in maps]).mean()
     loss.backward()
@@ -286,40 +286,6 @@ def test_processor_handles_last_block_without_context_output(use_idm):
     assert model.transformer_blocks[-1].context_pre_only
     out = model(**inputs(), joint_attention_kwargs={"layout": condition()})[0]
     assert torch.isfinite(out).all()
-
-
-def test_patch_masks_hand_worked_and_coverage():
-    # 8x8 image, patch 4 -> 2x2 cells; box x in [0.25, 0.75), y in [0, 0.5)
-    masks = patch_masks(torch.tensor([[0.25, 0.0, 0.75, 0.5]]), 8, 8, 4)[0]  # (4 cells, 16)
-    assert masks.shape == (4, 16)
-    # top-left cell: columns 2-3 of its 4x4 pixels, all rows; top-right: columns 0-1
-    expected_left = torch.tensor([[0, 0, 1, 1]] * 4, dtype=torch.float32).flatten()
-    assert torch.equal(masks[0], expected_left) and torch.equal(
-        masks[1], expected_left.view(4, 4).flip(1).flatten()
-    )
-    assert masks[2:].sum() == 0
-    assert torch.allclose(masks.mean(-1), torch.tensor([0.5, 0.5, 0.0, 0.0]))
-    # the pixel masks agree with the cell masks: a cell with any pixel inside overlaps the box
-    torch.manual_seed(0)
-    boxes = torch.rand(30, 2, 2).sort(dim=1).values.transpose(1, 2).reshape(30, 4)[:, [0, 2, 1, 3]]
-    cells = box_masks(boxes, 4, 4)
-    pixel_any = patch_masks(boxes, 16, 16, 4).amax(-1)
-    assert torch.all(pixel_any <= cells)
-
-
-def test_patch_geometry_relative_coordinates():
-    # 8x8 image, one 4x4 cell grid cell; box x in [0.25, 0.75): pixel centres 2.5/8 .. 5.5/8
-    geo = patch_geometry(torch.tensor([[0.25, 0.0, 0.75, 1.0]]), 8, 8, 4)[0]  # (4, 16, 6)
-    assert torch.equal(geo[..., 0], patch_masks(torch.tensor([[0.25, 0.0, 0.75, 1.0]]), 8, 8, 4)[0])
-    u = geo[0, :4, 1]  # first pixel row of the top-left cell: columns 0..3
-    assert torch.allclose(u, torch.tensor([0.0, 0.0, 0.125, 0.375]))  # (x - 0.25) / 0.5, zero outside
-    v = geo[0, ::4, 2]  # first pixel column of the top-left cell: rows 0..3 (outside the box: zero)
-    assert torch.all(v == 0)
-    v_inside = geo[0, 2::4, 2]  # column 2 is inside: v = (y + 0.5) / 8
-    assert torch.allclose(v_inside, (torch.arange(4) + 0.5) / 8)
-    # the quadratic terms are products of the linear ones
-    assert torch.allclose(geo[..., 3], geo[..., 1] ** 2) and torch.allclose(geo[..., 4], geo[..., 2] ** 2)
-    assert torch.allclose(geo[..., 5], geo[..., 1] * geo[..., 2])
 
 
 @pytest.mark.parametrize("use_idm", [True, False])

@@ -1,13 +1,11 @@
 import json
 
 import pytest
-import torch
 
 from idruid.layout import (
     MAX_INSTANCES,
     Layout,
     LayoutError,
-    box_masks,
     boxes_tensor,
     layout_from_dict,
     load_layouts,
@@ -110,35 +108,6 @@ def test_boxes_tensor_pads_and_masks():
     boxes, valid = boxes_tensor(layouts)
     assert boxes.shape == (2, 10, 4) and valid.tolist()[0][:3] == [True, True, False]
     assert valid.sum().item() == 3 and boxes[1, 1:].abs().sum() == 0
-
-
-def test_box_masks_hand_worked():
-    # 4x4 grid; box covering x in [0.25, 0.75), y in [0, 0.5): cells (rows 0-1, cols 1-2)
-    mask = box_masks(torch.tensor([[0.25, 0.0, 0.75, 0.5]]), 4, 4).view(4, 4)
-    expected = torch.zeros(4, 4)
-    expected[0:2, 1:3] = 1
-    assert torch.equal(mask, expected)
-    # a box smaller than a cell still marks the cell it sits in
-    tiny = box_masks(torch.tensor([[0.55, 0.55, 0.6, 0.6]]), 4, 4).view(4, 4)
-    assert tiny.sum() == 1 and tiny[2, 2] == 1
-    # a box touching a cell boundary does not spill into the next cell
-    edge = box_masks(torch.tensor([[0.0, 0.0, 0.5, 0.5]]), 4, 4).view(4, 4)
-    assert edge.sum() == 4
-    # padded zero boxes are empty
-    assert box_masks(torch.zeros(1, 4), 4, 4).sum() == 0
-
-
-def test_box_masks_matches_naive_loop():
-    torch.manual_seed(0)
-    corners = torch.rand(20, 2, 2).sort(dim=1).values  # (20, [min,max], [x,y])
-    boxes = torch.stack([corners[:, 0, 0], corners[:, 0, 1], corners[:, 1, 0], corners[:, 1, 1]], dim=-1)
-    h, w = 5, 7
-    fast = box_masks(boxes, h, w).view(20, h, w)
-    for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        for i in range(h):
-            for j in range(w):
-                overlap = (j / w < x1) and ((j + 1) / w > x0) and (i / h < y1) and ((i + 1) / h > y0)
-                assert fast[k, i, j].item() == float(overlap)
 
 
 def test_layout_to_dict_is_valid_input():

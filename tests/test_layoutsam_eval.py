@@ -14,16 +14,23 @@ import torch
 from PIL import Image
 from tiny_models import build_tiny_llava
 
+from idruid.benchmarks import BENCHMARKS, ScoringError, select_layouts
 from idruid.checkpoint import EMBEDDED_CHECKPOINT
 from idruid.cli import main
 from idruid.data.coco_mig import write_coco_mig
 from idruid.data.layoutsam import read_layoutsam
 from idruid.data.shapes import benchmark_layouts
-from idruid.detectors import AnalyticDetector, AnalyticSegmenter
 from idruid.evaluate import render_ground_truth
-from idruid.judges import ATTRIBUTES, VlmJudge, attribute_question, box_crops_pixels, spatial_question
 from idruid.metrics import aggregate_mig, aggregate_sam, score_coco_mig
-from idruid.scoring import Scorers, ScoringError, load_image, score_folder, select_layouts
+from idruid.scorers.analytic import AnalyticDetector, AnalyticSegmenter
+from idruid.scorers.vlm_judge import (
+    ATTRIBUTES,
+    VlmJudge,
+    attribute_question,
+    box_crops_pixels,
+    spatial_question,
+)
+from idruid.scoring import Scorers, load_image, score_folder
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -166,22 +173,19 @@ def _rates(rows: list[list[tuple]]) -> dict:
 
 
 def test_layouts_are_the_rows_with_detailed_captions(bench):
-    layouts = select_layouts("layoutsam-eval", bench_dir=bench)
+    layouts = select_layouts(BENCHMARKS["layoutsam-eval"], bench_dir=bench)
     assert [layout.meta["index"] for layout in layouts] == [0, 1, 2, 3]  # rows over the shards, in order
     assert [layout.captions for layout in layouts] == DETAILED
     assert [layout.level for layout in layouts] == [2, 3, 2, 3]
     assert layouts[3].boxes[1] == pytest.approx((100 / 1024, 300 / 768, 600 / 1024, 760 / 768))
-    picked = select_layouts("layoutsam-eval", per_level=1, bench_dir=bench)
+    picked = select_layouts(BENCHMARKS["layoutsam-eval"], per_level=1, bench_dir=bench)
     assert [layout.meta["index"] for layout in picked] == [0, 1]  # the first L2 and the first L3
-    assert [lay.meta["index"] for lay in select_layouts("layoutsam-eval", bench_dir=bench, limit=3)] == [
-        0,
-        1,
-        2,
-    ]
-    limited = select_layouts("layoutsam-eval", per_level=2, bench_dir=bench, limit=3)
+    first = select_layouts(BENCHMARKS["layoutsam-eval"], bench_dir=bench, limit=3)
+    assert [lay.meta["index"] for lay in first] == [0, 1, 2]
+    limited = select_layouts(BENCHMARKS["layoutsam-eval"], per_level=2, bench_dir=bench, limit=3)
     assert [layout.meta["index"] for layout in limited] == [0, 1, 2]
     with pytest.raises(ScoringError, match="--limit must be at least 1"):
-        select_layouts("layoutsam-eval", bench_dir=bench, limit=0)
+        select_layouts(BENCHMARKS["layoutsam-eval"], bench_dir=bench, limit=0)
 
 
 # ----------------------------------------------------------------------------- eval and score
@@ -259,10 +263,14 @@ class Recording:
 
 
 def test_the_judge_is_asked_about_the_detailed_captions(evaluated, bench, vlm):
-    layouts = select_layouts("layoutsam-eval", bench_dir=bench)
+    layouts = select_layouts(BENCHMARKS["layoutsam-eval"], bench_dir=bench)
     recording = Recording(vlm)
     metrics, images = score_folder(
-        "layoutsam-eval", evaluated / "images", layouts, Scorers(None, None, recording), batch_size=3
+        BENCHMARKS["layoutsam-eval"],
+        evaluated / "images",
+        layouts,
+        Scorers(None, None, recording),
+        batch_size=3,
     )
     assert recording.captions == DETAILED  # in two chunks of 3 and 1 images
     assert len(images) == 4 and images[3].shape[2] == 3
@@ -275,7 +283,7 @@ def test_the_judge_is_asked_about_the_detailed_captions(evaluated, bench, vlm):
 
 
 def test_shapes_sam_with_a_vlm_judge_asks_the_vlm(tmp_path, vlm_dir, vlm):
-    layouts = select_layouts("shapes-sam", per_level=1)
+    layouts = select_layouts(BENCHMARKS["shapes-sam"], per_level=1)
     folder = tmp_path / "images"
     folder.mkdir()
     for layout, image in zip(layouts, render_ground_truth(layouts), strict=True):
@@ -303,7 +311,7 @@ def test_errors_are_one_line_and_come_before_generating(tmp_path, bench, vlm_dir
     shapes = ["eval", "--benchmark", "shapes-sam", "--per-level", "1", "--out", str(out)]
     missing = tmp_path / "no_vlm"
     coco_dir = tmp_path / "coco"
-    write_coco_mig(select_layouts("shapes-mig", per_level=1), coco_dir)
+    write_coco_mig(select_layouts(BENCHMARKS["shapes-mig"], per_level=1), coco_dir)
     coco = ["eval", "--benchmark", "coco-mig", "--bench-dir", str(coco_dir), "--out", str(out)]
     cases = [
         (layoutsam, "layoutsam-eval is scored by a vision-language model: give --judge"),
@@ -311,8 +319,8 @@ def test_errors_are_one_line_and_come_before_generating(tmp_path, bench, vlm_dir
             [*layoutsam, "--judge", "analytic"],
             "--judge analytic: the analytic judge reads only the shapes world",
         ),
-        ([*layoutsam, "--judge", str(missing)], f"VLM judge directory {missing} does not exist"),
-        ([*layoutsam, "--judge", str(tmp_path)], "lacks config.json (--judge)"),
+        ([*layoutsam, "--judge", str(missing)], f"--judge {missing}: unknown judge and no such directory"),
+        ([*layoutsam, "--judge", str(tmp_path)], f"--judge {tmp_path}: not a VLM directory, it lacks config"),
         (
             [*layoutsam, "--judge", str(vlm_dir), "--detector", "analytic"],
             "needs both --detector and --segmenter",
@@ -325,7 +333,7 @@ def test_errors_are_one_line_and_come_before_generating(tmp_path, bench, vlm_dir
             ["eval", "--benchmark", "layoutsam-eval", "--bench-dir", str(tmp_path / "none.parquet")],
             "none.parquet: LayoutSAM parquet file or folder not found",
         ),
-        ([*shapes, "--judge", str(missing)], f"VLM judge directory {missing} does not exist"),
+        ([*shapes, "--judge", str(missing)], f"--judge {missing}: unknown judge and no such directory"),
         (
             [*coco, "--detector", "analytic", "--segmenter", "analytic", "--judge", "analytic"],
             "give a local VLM directory for coco-mig",

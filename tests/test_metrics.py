@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from idruid.boxes import pixel_masks
 from idruid.colors import COLOR_NAMES, color_membership
 from idruid.layout import Instance, Layout
 from idruid.metrics import (
     InstanceScore,
     aggregate_mig,
     aggregate_sam,
-    box_iou,
-    box_pixel_masks,
     caption_color,
     format_table_leakage,
     format_table_mig,
@@ -22,7 +21,6 @@ from idruid.metrics import (
     leakage,
     nms,
     object_name,
-    pairwise_iou,
     score_coco_mig,
     score_layoutsam,
 )
@@ -76,7 +74,7 @@ class BoxSegmenter:
     """A perfect segmenter for filled boxes: the pixels whose centres are inside the box."""
 
     def segment(self, images, boxes):
-        return [box_pixel_masks(b, images.shape[1], images.shape[2]) for b in boxes]
+        return [pixel_masks(b, images.shape[1], images.shape[2]) for b in boxes]
 
 
 @dataclass(frozen=True)
@@ -88,26 +86,6 @@ class FakeJudgement:
 
 
 # ----------------------------------------------------------------------------- boxes
-
-
-def test_box_iou_hand_made_cases():
-    a = np.array([0.0, 0.0, 0.5, 0.5])
-    assert box_iou(a, a) == pytest.approx(1.0)  # identical
-    assert box_iou(a, [0.6, 0.6, 1.0, 1.0]) == 0.0  # disjoint
-    assert box_iou(a, [0.5, 0.0, 1.0, 0.5]) == 0.0  # touching edges
-    assert box_iou(a, [0.0, 0.0, 0.25, 0.25]) == pytest.approx(0.25)  # nested: inner / outer
-    assert box_iou(a, [0.25, 0.0, 0.75, 0.5]) == pytest.approx(1 / 3)  # half overlap
-    assert box_iou(a, [0.2, 0.2, 0.2, 0.2]) == 0.0  # degenerate box
-
-
-def test_box_iou_broadcasts_and_pairwise_matches():
-    a = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
-    b = np.array([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0], [0.9, 0.9, 1.0, 1.0]])
-    matrix = pairwise_iou(a, b)
-    assert matrix.shape == (2, 3)
-    np.testing.assert_allclose(matrix, box_iou(a[:, None], b[None]))
-    np.testing.assert_allclose(matrix, [[1.0, 0.25, 0.0], [0.0, 0.25, 0.04]])
-    assert pairwise_iou(a, np.zeros((0, 4))).shape == (2, 0)
 
 
 def test_nms_greedy_like_torchvision():
@@ -125,13 +103,6 @@ def test_nms_greedy_like_torchvision():
     # identical boxes with equal scores: the first one stays
     np.testing.assert_array_equal(nms(np.stack([boxes[0], boxes[0]]), np.array([0.4, 0.4]), 0.8), [0])
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
-
-
-def test_box_pixel_masks_use_pixel_centres():
-    masks = box_pixel_masks(np.array([[0.0, 0.0, 0.5, 0.25], [0.5, 0.0, 1.0, 0.25]]), 4, 4)
-    assert masks.shape == (2, 4, 4)
-    assert masks[0].sum() == 2 and masks[0][0, :2].all()
-    assert not (masks[0] & masks[1]).any()
 
 
 # ----------------------------------------------------------------------------- captions
@@ -302,7 +273,7 @@ BOTTOM = (0.0, 0.5, 1.0, 1.0)
 
 
 def _paint(image: np.ndarray, box, color) -> None:
-    mask = box_pixel_masks(np.asarray([box]), SIZE, SIZE)[0]
+    mask = pixel_masks(np.asarray([box]), SIZE, SIZE)[0]
     image[mask] = color
 
 

@@ -1,4 +1,4 @@
-"""COCO-MIG's two scoring protocols (scoring.MIG_PROTOCOLS): MIG_Bench's (512 px, SAM, the
+"""COCO-MIG's two scoring protocols (benchmarks.MIG_PROTOCOLS): MIG_Bench's (512 px, SAM, the
 default) and the I-DRUID authors' (images at their own size, SAM-HQ on the ground-truth box)."""
 
 import numpy as np
@@ -7,17 +7,10 @@ from PIL import Image
 from tiny_models import build_tiny_sam, build_tiny_sam_hq
 from transformers import SamHQModel
 
+from idruid.benchmarks import BENCHMARKS, ScoringError, check_scorers
 from idruid.layout import Instance, Layout
-from idruid.scoring import (
-    FolderImages,
-    Scorers,
-    ScoringError,
-    check_scorers,
-    load_images,
-    mig_resize,
-    score_benchmark,
-)
-from idruid.segmenters import SamSegmenter, sam_model_type
+from idruid.scorers.sam import SamSegmenter, sam_model_type
+from idruid.scoring import FolderImages, Scorers, load_images, score_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,17 +22,17 @@ def sam_dirs(tmp_path_factory):
 
 
 def test_resize_per_protocol(tmp_path):
-    assert mig_resize("coco-mig") == 512 and mig_resize("coco-mig", "druid") is None
-    assert mig_resize("shapes-mig", "mig-bench") is None
+    assert BENCHMARKS["coco-mig"].resize() == 512 and BENCHMARKS["coco-mig"].resize("druid") is None
+    assert BENCHMARKS["shapes-mig"].resize("mig-bench") is None
     with pytest.raises(ScoringError, match="--mig-protocol paper"):
-        mig_resize("coco-mig", "paper")
+        BENCHMARKS["coco-mig"].resize("paper")
     paths = []
     for k in range(2):
         paths.append(tmp_path / f"sys_{k}.png")
         Image.fromarray(np.full((96, 96, 3), 40 * k, np.uint8)).save(paths[-1])
-    assert load_images(paths, "coco-mig").shape == (2, 512, 512, 3)
-    assert load_images(paths, "coco-mig", protocol="druid").shape == (2, 96, 96, 3)
-    assert FolderImages(paths, "coco-mig", "druid")[1].shape == (96, 96, 3)
+    assert load_images(paths, BENCHMARKS["coco-mig"].resize()).shape == (2, 512, 512, 3)
+    assert load_images(paths, BENCHMARKS["coco-mig"].resize("druid")).shape == (2, 96, 96, 3)
+    assert FolderImages(paths, BENCHMARKS["coco-mig"].resize("druid"))[1].shape == (96, 96, 3)
 
 
 class Recorder:
@@ -49,7 +42,7 @@ class Recorder:
         self.sizes = []
 
     def detect(self, images, captions):
-        from idruid.detectors import Detections
+        from idruid.scorers.protocols import Detections
 
         self.sizes.append(images.shape[1:3])
         return [[Detections(np.zeros((0, 4)), np.zeros(0)) for _ in names] for names in captions]
@@ -63,7 +56,7 @@ def test_scorers_see_the_protocols_size(protocol, side):
     layouts = [Layout("a red cup", (Instance("a red cup", (0.1, 0.1, 0.5, 0.5)),))]
     recorder = Recorder()
     scorers = Scorers(recorder, recorder, None, protocol)
-    score_benchmark("coco-mig", np.zeros((1, 64, 64, 3), np.uint8), layouts, scorers)
+    score_benchmark(BENCHMARKS["coco-mig"], np.zeros((1, 64, 64, 3), np.uint8), layouts, scorers)
     assert recorder.sizes == [(side, side)]
 
 
@@ -78,6 +71,6 @@ def test_sam_hq_segments_like_sam(sam_dirs):
 
 def test_the_druid_protocol_needs_sam_hq(sam_dirs):
     with pytest.raises(ScoringError, match="segments with SAM-HQ, this is 'sam'"):
-        check_scorers("coco-mig", "analytic", str(sam_dirs["sam"]), mig_protocol="druid")
-    specs = check_scorers("coco-mig", "analytic", str(sam_dirs["sam_hq"]), mig_protocol="druid")
+        check_scorers(BENCHMARKS["coco-mig"], "analytic", str(sam_dirs["sam"]), mig_protocol="druid")
+    specs = check_scorers(BENCHMARKS["coco-mig"], "analytic", str(sam_dirs["sam_hq"]), mig_protocol="druid")
     assert specs.segmenter == str(sam_dirs["sam_hq"])

@@ -10,7 +10,7 @@ from idruid.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_
 from idruid.config import ConfigError, ModelConfig, load_config
 from idruid.layout import Instance, Layout
 from idruid.models.sd3 import LayoutToImageModel
-from idruid.sampling import euler_step, flow_sigmas, generate, layout_steps, sample
+from idruid.sampling import SamplingSettings, euler_step, flow_sigmas, generate, layout_steps, sample
 from idruid.train import train
 
 TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
@@ -72,10 +72,10 @@ def test_sampling_schedule_and_determinism(model):
         euler_step(torch.full_like(x, 2.0), x, torch.tensor([1.0, 0.5]), torch.tensor([0.9, 0.25])),
         torch.tensor([0.8, 0.5]).view(2, 1, 1, 1),
     )
-    a = sample(model, layouts(2), steps=3, cfg=2.0)
-    b = sample(model, layouts(2), steps=3, cfg=2.0)
+    a = sample(model, layouts(2), SamplingSettings(steps=3, cfg=2.0))
+    b = sample(model, layouts(2), SamplingSettings(steps=3, cfg=2.0))
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
-    images = generate(model, layouts(3), batch_size=2, steps=2, progress=False)
+    images = generate(model, layouts(3), SamplingSettings(steps=2), batch_size=2, progress=False)
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
 
 

@@ -7,8 +7,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from idruid.losses import add_noise, flow_matching_loss
+from idruid.policy_steps import sde_step_with_logprob
 from idruid.processes import PROCESSES, EpsProcess, FlowProcess
-from idruid.rl.logprob import sde_step_with_logprob
 from idruid.sampling import flow_sigmas
 
 SD15 = {

@@ -16,7 +16,7 @@ from idruid.models import build_model
 from idruid.models.sd3_text import SD3TextEncoder
 from idruid.models.vae import VaeCodec
 from idruid.processes import EpsProcess, FlowProcess
-from idruid.sampling import sample
+from idruid.sampling import SamplingSettings, sample
 from idruid.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,7 +58,7 @@ def test_folder_loads_every_component(folders, backbone):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("adapter.") or ".processor." in n for n in trainable)
     # sampling denoises VAE latents and decodes them: images at the config's resolution
-    images = sample(model, SCENES, steps=2, cfg=2.0, layout_fraction=1.0)
+    images = sample(model, SCENES, SamplingSettings(steps=2, cfg=2.0, layout_fraction=1.0))
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     assert images.abs().max() <= 1.0
 

@@ -1,4 +1,4 @@
-"""Tests for idruid.report (drawn layouts, grids, metrics JSON, the ISR plot) and idruid.reports
+"""Tests for idruid.reports.figures (drawn layouts, grids, metrics JSON, the ISR plot) and idruid.reports
 (`idruid report`: Tables 1-3, Figs. 5-6 and grids from hand-made run folders)."""
 
 from __future__ import annotations
@@ -12,8 +12,15 @@ from PIL import Image
 
 from idruid.cli import main as cli_main
 from idruid.layout import Instance, Layout
-from idruid.report import BOX_PALETTE, DARK, draw_layout, image_grid, plot_isr_by_level, write_metrics
 from idruid.reports import ReportError, write_report
+from idruid.reports.figures import (
+    BOX_PALETTE,
+    DARK,
+    draw_layout,
+    image_grid,
+    plot_isr_by_level,
+    write_metrics,
+)
 from idruid.reports.plots import baselines, lambda_sensitivity, moving_average, reward_curve
 from idruid.reports.runs import group_runs, load_runs, read_log, variant_names
 from idruid.reports.tables import mean_spread_cell, table_ablation, table_mig, table_sam

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from idruid.layout import box_masks
-from idruid.rl.logprob import box_log_probs, ddim_step_with_logprob, gaussian_kl, sde_step_with_logprob
+from idruid.boxes import covering_cells
+from idruid.policy_steps import ddim_step_with_logprob, sde_step_with_logprob
+from idruid.rl.logprob import box_log_probs, gaussian_kl
 from idruid.sampling import ddim_step, euler_step
 
 
@@ -203,7 +204,7 @@ def test_box_log_probs_match_a_loop_over_boxes():
             [[0.1, 0.1, 0.3, 0.9], [0.0] * 4, [0.0] * 4],
         ]
     )
-    masks = box_masks(boxes, 6, 8)
+    masks = covering_cells(boxes, 6, 8)
     got = box_log_probs(x_next, mean, scale, masks)
     density = torch.distributions.Normal(mean, scale.expand_as(mean)).log_prob(x_next)  # (B, C, H, W)
     for b in range(2):

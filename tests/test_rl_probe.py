@@ -9,12 +9,12 @@ import torch
 from idruid.cli import main
 from idruid.config import load_config
 from idruid.data.shapes import prompt_only_layout
-from idruid.detectors import load_detector
 from idruid.models.sd3 import LayoutToImageModel
 from idruid.reports import write_report
 from idruid.rl.held_out import HELD_OUT_START, HeldOutReward
 from idruid.rl.rewards import LayoutReward
 from idruid.sampling import sample, to_uint8
+from idruid.scorers.registry import load_scorer
 from idruid.train import train
 
 PROBE = ["rl.algorithm=ppo", "rl.steps=3", "rl.batch_size=4", "rl.group_size=2"]
@@ -31,7 +31,7 @@ def test_held_out_reward_is_the_mean_reward_of_fixed_layouts_and_noise():
     config = load_config("tiny", PROBE)
     torch.manual_seed(0)
     model = LayoutToImageModel(config.model).eval()
-    reward = LayoutReward(load_detector("analytic"), "iou_conf")
+    reward = LayoutReward(load_scorer("detector", "analytic"), "iou_conf")
     held_out = HeldOutReward(config, reward, 3, model.latent_shape, seed=5)
     torch.manual_seed(123)
     first = held_out(model, batch_size=2)
@@ -41,7 +41,7 @@ def test_held_out_reward_is_the_mean_reward_of_fixed_layouts_and_noise():
     assert held_out.layouts == layouts
     noise = torch.randn((3, *model.latent_shape), generator=torch.Generator().manual_seed(5))
     images = sample(
-        model, layouts, steps=3, cfg=config.rl.cfg, x_init=noise, layout_fraction=config.layout_fraction
+        model, layouts, config.sampling_settings().override(steps=3, cfg=config.rl.cfg), x_init=noise
     )
     assert first == pytest.approx(float(reward(to_uint8(images), layouts).mean()), abs=1e-5)
 

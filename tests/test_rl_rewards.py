@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from idruid.data.shapes import render_layout_scene
-from idruid.detectors import AnalyticDetector, Detections
 from idruid.layout import Instance, Layout
 from idruid.rl.critic import Critic, box_crops, critic_loss
 from idruid.rl.rewards import REWARDS, LayoutReward, match_instances
+from idruid.scorers.analytic import AnalyticDetector
+from idruid.scorers.protocols import Detections
 
 
 def _layouts():

@@ -13,7 +13,7 @@ from idruid.models.sd3 import LayoutToImageModel
 from idruid.rl.pool import ActionPool
 from idruid.rl.rollout import Rollout, policy_log_probs, rl_step_count, rollout, sde_window
 from idruid.rl.stage import RLStage, RLStats
-from idruid.sampling import sample
+from idruid.sampling import SamplingSettings, sample
 from idruid.train import EMA, ema_count, mean_rl_stats, plot_losses, train
 
 TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
@@ -36,12 +36,13 @@ def test_on_policy_ratio_is_one(model, cfg, layout_fraction):
     """Re-scoring the recorded actions with the weights that sampled them gives the same
     log-probabilities (ratio 1), also when the layout branch switches off inside the RL steps."""
     layouts = prompt_only_layouts(3)
+    settings = SamplingSettings(steps=6, cfg=cfg, layout_fraction=layout_fraction)
     torch.manual_seed(1)
-    recorded = rollout(model, layouts, steps=6, rl_steps=3, cfg=cfg, layout_fraction=layout_fraction)
+    recorded = rollout(model, layouts, settings, rl_steps=3)
     assert recorded.x_t.shape == (3, 3, 3, 32, 32) and recorded.log_prob.shape == (3, 3)
     assert recorded.times.shape == (4,) and recorded.images.shape == (3, 3, 32, 32)
     torch.testing.assert_close(recorded.x_t[1:], recorded.x_next[:-1])  # a chain of states
-    log_prob, mean, scale = policy_log_probs(model, recorded, cfg, layout_fraction, steps=6)
+    log_prob, mean, scale = policy_log_probs(model, recorded, settings)
     ratio = torch.exp(log_prob - recorded.log_prob)
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=2e-5, rtol=0)
     torch.testing.assert_close(mean, recorded.mean, atol=2e-5, rtol=1e-5)
@@ -50,18 +51,17 @@ def test_on_policy_ratio_is_one(model, cfg, layout_fraction):
 
 def test_rollout_without_noise_is_the_ode_sampler(model):
     layouts = prompt_only_layouts(2)
-    x_init = torch.randn(2, 3, 32, 32)
-    recorded = rollout(
-        model, layouts, steps=5, rl_steps=5, cfg=2.0, layout_fraction=1.0, noise_level=0.0, x_init=x_init
-    )
-    expected = sample(model, layouts, steps=5, cfg=2.0, layout_fraction=1.0, x_init=x_init)
+    x_init, settings = torch.randn(2, 3, 32, 32), SamplingSettings(steps=5, cfg=2.0, layout_fraction=1.0)
+    recorded = rollout(model, layouts, settings, rl_steps=5, noise_level=0.0, x_init=x_init)
+    expected = sample(model, layouts, settings, x_init=x_init)
     torch.testing.assert_close(recorded.images, expected)
 
 
 def test_gradients_reach_the_actor_through_the_log_prob(model):
-    recorded = rollout(model, prompt_only_layouts(2), steps=5, rl_steps=1, cfg=1.0, layout_fraction=1.0)
+    settings = SamplingSettings(steps=5, cfg=1.0, layout_fraction=1.0)
+    recorded = rollout(model, prompt_only_layouts(2), settings, rl_steps=1)
     model.zero_grad()
-    log_prob, _, _ = policy_log_probs(model, recorded, 1.0, 1.0, steps=5)
+    log_prob, _, _ = policy_log_probs(model, recorded, settings)
     log_prob.sum().backward()
     grads = [p.grad for n, p in model.named_parameters() if "attn.processor" in n and p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)  # the layout branch learns from RL
@@ -72,9 +72,9 @@ def test_pool_draws_and_round_trips(model):
     pool = ActionPool(2)
     with pytest.raises(RuntimeError, match="empty"):
         pool.draw()
-    entries = []
+    entries, settings = [], SamplingSettings(steps=4, cfg=1.0, layout_fraction=1.0)
     for k in range(3):
-        entry = rollout(model, prompt_only_layouts(1 + k), steps=4, rl_steps=1, cfg=1.0, layout_fraction=1.0)
+        entry = rollout(model, prompt_only_layouts(1 + k), settings, rl_steps=1)
         entry.reward = torch.arange(1.0 + k)
         entries.append(entry)
         pool.add(entry)
@@ -230,8 +230,9 @@ def test_each_window_records_its_steps(model, first_step, rl_steps):
     deterministic sampler is at that step, and an on-policy re-scoring (layout branch switching
     off inside the window included)."""
     layouts, steps, x_init = prompt_only_layouts(2), 6, torch.randn(2, 3, 32, 32)
+    settings = SamplingSettings(steps=steps, cfg=2.0, layout_fraction=0.5)
     torch.manual_seed(3)
-    recorded = rollout(model, layouts, steps, rl_steps, 2.0, 0.5, x_init=x_init, first_step=first_step)
+    recorded = rollout(model, layouts, settings, rl_steps, x_init=x_init, first_step=first_step)
     times = model.process.times(steps)
     torch.testing.assert_close(recorded.times, times[first_step : first_step + rl_steps + 1])
     assert recorded.first_step == first_step and recorded.log_prob.shape == (rl_steps, 2)
@@ -240,14 +241,12 @@ def test_each_window_records_its_steps(model, first_step, rl_steps):
     sample(
         model,
         layouts,
-        steps=steps,
-        cfg=2.0,
-        layout_fraction=0.5,
+        settings,
         x_init=x_init,
         step_fn=lambda p, x, t, tn: states.append(x) or model.process.step(p, x, t, tn),
     )
     torch.testing.assert_close(recorded.x_t[0], states[first_step], atol=1e-5, rtol=1e-5)
-    log_prob, _, _ = policy_log_probs(model, recorded, 2.0, 0.5, steps)
+    log_prob, _, _ = policy_log_probs(model, recorded, settings)
     torch.testing.assert_close(log_prob, recorded.log_prob, atol=2e-5, rtol=0)
 
 

@@ -10,19 +10,20 @@ import pytest
 from PIL import Image
 from tiny_models import build_tiny_grounding_dino, build_tiny_sam
 
+from idruid.benchmarks import BENCHMARKS, ScorerSpecs, ScoringError, check_scorers, resolve, select_layouts
+from idruid.boxes import box_iou
 from idruid.checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint
 from idruid.cli import main
 from idruid.data.coco_mig import write_coco_mig
-from idruid.detectors import Detections, GroundingDinoDetector
 from idruid.evaluate import evaluate, render_ground_truth, score_images, with_index_seeds
 from idruid.layout import Instance, Layout
-from idruid.metrics import box_iou, leakage, nms, resize_linear, score_coco_mig
-from idruid.sampling import generate
+from idruid.metrics import leakage, nms, resize_linear, score_coco_mig
+from idruid.sampling import SamplingSettings, generate
+from idruid.scorers.grounding_dino import GroundingDinoDetector
+from idruid.scorers.protocols import Detections
+from idruid.scorers.sam import SamSegmenter
 from idruid.scoring import (
     Scorers,
-    ScorerSpecs,
-    ScoringError,
-    check_scorers,
     find_images,
     image_index,
     load_image,
@@ -31,9 +32,7 @@ from idruid.scoring import (
     merge_leakage,
     score_benchmark,
     score_folder,
-    select_layouts,
 )
-from idruid.segmenters import SamSegmenter
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -154,7 +153,7 @@ def test_image_index_reads_the_number_after_the_last_underscore():
 
 
 def test_find_images_orders_by_layout_and_ignores_others(tmp_path):
-    layouts = select_layouts("shapes-mig", per_level=1)  # indices 0, 160, 320, 480, 640
+    layouts = select_layouts(BENCHMARKS["shapes-mig"], per_level=1)  # indices 0, 160, 320, 480, 640
     pixel = np.zeros((2, 2, 3), dtype=np.uint8)
     _save(tmp_path, [pixel] * 6, ["x_640.png", "x_0.png", "y_160.jpg", "x_320.png", "x_480.png", "x_7.png"])
     (tmp_path / "notes.txt").write_text("not an image")
@@ -163,7 +162,7 @@ def test_find_images_orders_by_layout_and_ignores_others(tmp_path):
 
 
 def test_find_images_errors(tmp_path):
-    layouts = select_layouts("shapes-mig", per_level=2)  # 10 layouts
+    layouts = select_layouts(BENCHMARKS["shapes-mig"], per_level=2)  # 10 layouts
     with pytest.raises(ScoringError, match="no such folder"):
         find_images(tmp_path / "absent", layouts)
     pixel = np.zeros((2, 2, 3), dtype=np.uint8)
@@ -195,8 +194,8 @@ def test_shapes_images_must_share_a_size_coco_mig_images_are_resized(tmp_path):
     )
     paths = [tmp_path / "a_0.png", tmp_path / "a_1.png"]
     with pytest.raises(ScoringError, match=r"a_1.png: image is 32x48, a_0.png is 32x32"):
-        load_images(paths, "shapes-mig")
-    assert load_images(paths, "coco-mig").shape == (2, 512, 512, 3)
+        load_images(paths, BENCHMARKS["shapes-mig"].resize())
+    assert load_images(paths, BENCHMARKS["coco-mig"].resize()).shape == (2, 512, 512, 3)
 
 
 # ----------------------------------------------------------------------------- CLI errors
@@ -271,7 +270,7 @@ def shapes_eval(tmp_path_factory):
 
 def test_eval_names_images_by_benchmark_index(shapes_eval):
     names = sorted(p.name for p in (shapes_eval / "images").iterdir())
-    indices = [layout.meta["index"] for layout in select_layouts("shapes-mig", per_level=2)]
+    indices = [layout.meta["index"] for layout in select_layouts(BENCHMARKS["shapes-mig"], per_level=2)]
     assert names == sorted(f"shapes-mig_{i}.png" for i in indices)
     assert (shapes_eval / "grid.png").is_file() and (shapes_eval / "table.md").is_file()
 
@@ -289,18 +288,15 @@ def test_score_of_the_eval_folder_equals_eval(shapes_eval, tmp_path):
 
 def test_eval_equals_scoring_the_generated_images_in_memory(shapes_eval):
     """Saving as PNG and reading back loses nothing: the in-memory scores are the same."""
-    layouts = with_index_seeds(select_layouts("shapes-mig", per_level=2), seed=0)
+    layouts = with_index_seeds(select_layouts(BENCHMARKS["shapes-mig"], per_level=2), seed=0)
     sampling = json.loads((EMBEDDED_CHECKPOINT / "idruid.json").read_text())["sampling"]
     images = generate(
         load_checkpoint(),
         layouts,
+        SamplingSettings.from_dict(sampling).override(steps=2),
+        seed=0,
         batch_size=100,
         progress=False,
-        steps=2,
-        cfg=sampling["cfg"],
-        seed=0,
-        layout_fraction=sampling["layout_fraction"],
-        shift=sampling["shift"],
     )
     evaluated = json.loads((shapes_eval / "metrics.json").read_text())
     assert json.loads(json.dumps(score_images(images, layouts))) == _scores_only(evaluated)
@@ -327,14 +323,15 @@ class FakeProcesses:
 def test_split_across_processes_gives_the_single_process_result(shapes_eval, tmp_path):
     model = load_checkpoint()
     sampling = json.loads((EMBEDDED_CHECKPOINT / "idruid.json").read_text())["sampling"]
-    kwargs = {k: sampling[k] for k in ("cfg", "shift", "layout_fraction")}
-    kwargs.update(steps=2, per_level=2, progress=False)
+    settings = SamplingSettings.from_dict(sampling).override(steps=2)
+    run = resolve("shapes-mig", per_level=2)
+    kwargs = {"settings": settings, "progress": False}
     out = tmp_path / "split"
-    assert evaluate(model, "shapes-mig", out, state=FakeProcesses(1, 3), **kwargs) is None
-    assert evaluate(model, "shapes-mig", out, state=FakeProcesses(2, 3), **kwargs) is None
+    assert evaluate(model, run, out, state=FakeProcesses(1, 3), **kwargs) is None
+    assert evaluate(model, run, out, state=FakeProcesses(2, 3), **kwargs) is None
     assert len(list((out / "images").iterdir())) == 6  # ranks 1 and 2: 3 layouts each of 10
     assert not (out / "metrics.json").exists()  # only the main process scores
-    metrics = evaluate(model, "shapes-mig", out, state=FakeProcesses(0, 3), **kwargs)
+    metrics = evaluate(model, run, out, state=FakeProcesses(0, 3), **kwargs)
     assert metrics["settings"]["processes"] == 3
     single = json.loads((shapes_eval / "metrics.json").read_text())
     for name in sorted(p.name for p in (shapes_eval / "images").iterdir()):
@@ -382,14 +379,14 @@ def _naive_position(detector, image: np.ndarray, caption: str, box) -> float | N
 
 
 def test_grounding_dino_and_sam_path_end_to_end(dino_dir, sam_dir, bench_dir, tmp_path):
-    layouts = select_layouts("coco-mig", bench_dir=bench_dir)
+    layouts = select_layouts(BENCHMARKS["coco-mig"], bench_dir=bench_dir)
     assert [layout.meta["index"] for layout in layouts] == [0, 1, 2, 3]
     images = _coloured_images(layouts, (80, 96), seed=3)
     _save(tmp_path, images, [f"sys_{layout.meta['index']}.png" for layout in layouts])
     detector = GroundingDinoDetector.from_pretrained(dino_dir, box_threshold=0.0, text_threshold=0.0)
     asked = AskedNames(detector)
     scorers = Scorers(asked, SamSegmenter.from_pretrained(sam_dir), judge=None)
-    metrics, folder_images = score_folder("coco-mig", tmp_path, layouts, scorers, batch_size=3)
+    metrics, folder_images = score_folder(BENCHMARKS["coco-mig"], tmp_path, layouts, scorers, batch_size=3)
     scored = np.stack(list(folder_images))  # read again from the files
 
     assert scored.shape == (4, 512, 512, 3)  # scored at 512x512, as COCO-MIG's scorer does
@@ -471,9 +468,9 @@ def test_coco_mig_score_equals_eval_on_tiny_models(dino_dir, sam_dir, bench_dir,
 
 
 def test_load_scorers_for_coco_mig(dino_dir, sam_dir):
-    scorers = load_scorers("coco-mig", str(dino_dir), str(sam_dir))
+    scorers = load_scorers(check_scorers(BENCHMARKS["coco-mig"], str(dino_dir), str(sam_dir)))
     assert isinstance(scorers.detector, GroundingDinoDetector) and isinstance(scorers.segmenter, SamSegmenter)
-    assert scorers.judge is None and load_scorers("shapes-sam").judge is not None
+    assert scorers.judge is None and load_scorers(check_scorers(BENCHMARKS["shapes-sam"])).judge is not None
 
 
 # ----------------------------------------------------------------------------- scoring in chunks
@@ -482,7 +479,7 @@ def test_load_scorers_for_coco_mig(dino_dir, sam_dir):
 def _mismatched_renders(per_level: int) -> tuple[np.ndarray, list[Layout]]:
     """Clean renders each scored against the next layout: colours land in other instances'
     boxes, so leakage is not zero."""
-    layouts = select_layouts("shapes-mig", per_level=per_level)
+    layouts = select_layouts(BENCHMARKS["shapes-mig"], per_level=per_level)
     return np.roll(render_ground_truth(layouts), 1, axis=0), layouts
 
 
@@ -497,33 +494,34 @@ def test_merge_leakage_equals_leakage_of_all_images():
 
 def test_scores_do_not_depend_on_the_chunk_size(tmp_path):
     images, layouts = _mismatched_renders(per_level=2)
-    scorers = load_scorers("shapes-sam")
-    whole = score_benchmark("shapes-sam", images, layouts, scorers, batch_size=len(layouts))
+    scorers = load_scorers(check_scorers(BENCHMARKS["shapes-sam"]))
+    whole = score_benchmark(BENCHMARKS["shapes-sam"], images, layouts, scorers, batch_size=len(layouts))
     assert set(whole) == {"mig", "leakage", "sam"} and whole["leakage"]["leaked"] > 0
     for size in (1, 3):
-        assert score_benchmark("shapes-sam", images, layouts, scorers, batch_size=size) == whole
+        assert score_benchmark(BENCHMARKS["shapes-sam"], images, layouts, scorers, batch_size=size) == whole
     _save(tmp_path, images, [f"x_{layout.meta['index']}.png" for layout in layouts])
-    metrics, read = score_folder("shapes-sam", tmp_path, layouts, scorers, batch_size=4)
+    metrics, read = score_folder(BENCHMARKS["shapes-sam"], tmp_path, layouts, scorers, batch_size=4)
     assert metrics == whole
     assert len(read) == 10 and all(np.array_equal(read[k], images[k]) for k in (0, 9))
     with pytest.raises(ValueError, match="neither a detector nor a judge"):
-        score_benchmark("shapes-sam", images, layouts, Scorers(None, None, None))
+        score_benchmark(BENCHMARKS["shapes-sam"], images, layouts, Scorers(None, None, None))
 
 
 def test_a_size_change_in_a_later_chunk_is_named(tmp_path):
-    layouts = select_layouts("shapes-mig", per_level=1)  # indices 0, 160, 320, 480, 640
+    layouts = select_layouts(BENCHMARKS["shapes-mig"], per_level=1)  # indices 0, 160, 320, 480, 640
     sizes = [(32, 32)] * 4 + [(32, 40)]
     _save(tmp_path, [np.zeros((*hw, 3), np.uint8) for hw in sizes], [f"a_{160 * k}.png" for k in range(5)])
     with pytest.raises(ScoringError, match=r"a_640.png: image is 40x32, a_0.png is 32x32"):
-        score_folder("shapes-mig", tmp_path, layouts, load_scorers("shapes-mig"), batch_size=2)
+        scorers = load_scorers(check_scorers(BENCHMARKS["shapes-mig"]))
+        score_folder(BENCHMARKS["shapes-mig"], tmp_path, layouts, scorers, batch_size=2)
 
 
 def test_scorer_specs_per_benchmark(dino_dir, sam_dir):
-    assert check_scorers("shapes-mig") == ScorerSpecs("analytic", "analytic", "analytic")
-    assert check_scorers("coco-mig", str(dino_dir), str(sam_dir)) == ScorerSpecs(
+    assert check_scorers(BENCHMARKS["shapes-mig"]) == ScorerSpecs("analytic", "analytic", "analytic")
+    assert check_scorers(BENCHMARKS["coco-mig"], str(dino_dir), str(sam_dir)) == ScorerSpecs(
         str(dino_dir), str(sam_dir), None
     )
     with pytest.raises(ScoringError, match="give --judge"):
-        check_scorers("layoutsam-eval")
-    with pytest.raises(ScoringError, match="--judge nope: .*nope does not exist"):
-        check_scorers("shapes-sam", judge="nope")
+        check_scorers(BENCHMARKS["layoutsam-eval"])
+    with pytest.raises(FileNotFoundError, match="--judge nope: unknown judge and no such directory"):
+        check_scorers(BENCHMARKS["shapes-sam"], judge="nope")

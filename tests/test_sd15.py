@@ -16,7 +16,7 @@ from idruid.models import build_model
 from idruid.models.idm import LayoutCrossAttnProcessor, PromptAttnProcessor
 from idruid.models.sd15 import LayoutUNetModel, idm_layers
 from idruid.rl.rollout import policy_log_probs, rollout
-from idruid.sampling import sample
+from idruid.sampling import SamplingSettings, sample
 from idruid.train import idc_loss, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,7 +128,7 @@ def test_sampling_is_diffusers_ddim(model):
     """The one sampling loop with the eps process equals a loop over diffusers' DDIMScheduler."""
     scenes = layouts()
     x_init = torch.randn(2, 12, 16, 16)
-    ours = sample(model, scenes, steps=4, cfg=1.0, layout_fraction=1.0, x_init=x_init)
+    ours = sample(model, scenes, SamplingSettings(steps=4, cfg=1.0, layout_fraction=1.0), x_init=x_init)
     scheduler = DDIMScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
         set_alpha_to_one=False, clip_sample=False,
@@ -145,17 +145,18 @@ def test_sampling_is_diffusers_ddim(model):
 
 def test_on_policy_ratio_is_one_for_the_ddpm_policy(model):
     torch.manual_seed(2)
-    recorded = rollout(model, layouts(3), steps=5, rl_steps=2, cfg=2.0, layout_fraction=1.0, eta=1.0)
+    settings = SamplingSettings(steps=5, cfg=2.0, layout_fraction=1.0)
+    recorded = rollout(model, layouts(3), settings, rl_steps=2, eta=1.0)
     assert recorded.x_t.shape == (2, 3, 12, 16, 16) and recorded.times.tolist()[:2] == [801.0, 601.0]
-    log_prob, mean, scale = policy_log_probs(model, recorded, 2.0, 1.0, steps=5, eta=1.0)
+    log_prob, mean, scale = policy_log_probs(model, recorded, settings, eta=1.0)
     torch.testing.assert_close(log_prob, recorded.log_prob, atol=2e-5, rtol=0)
     torch.testing.assert_close(mean, recorded.mean, atol=2e-5, rtol=1e-5)
     assert torch.all(scale > 0)
     # eta = 0: the rollout is the deterministic DDIM sampler
     x_init = torch.randn(2, 12, 16, 16)
-    kwargs = {"steps": 4, "cfg": 1.0, "layout_fraction": 1.0, "x_init": x_init}
-    quiet = rollout(model, layouts(), rl_steps=4, eta=0.0, **kwargs)
-    torch.testing.assert_close(quiet.images, sample(model, layouts(), **kwargs))
+    settings = SamplingSettings(steps=4, cfg=1.0, layout_fraction=1.0)
+    quiet = rollout(model, layouts(), settings, rl_steps=4, eta=0.0, x_init=x_init)
+    torch.testing.assert_close(quiet.images, sample(model, layouts(), settings, x_init=x_init))
 
 
 def test_checkpoint_round_trip(model, tmp_path):

@@ -17,7 +17,7 @@ from idruid.models import build_model
 from idruid.models.druid_arch import DruidSD3Transformer, is_layout_key
 from idruid.models.druid_weights import save_folder
 from idruid.models.sd3_druid import DruidLayoutModel, druid_config, druid_sampling, spatial_masks
-from idruid.sampling import layout_steps, sample
+from idruid.sampling import SamplingSettings, layout_steps, sample
 from idruid.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,13 +69,13 @@ def test_sampling_runs_their_layout_steps_in_both_rows(model):
         with_kwargs=True,
     )
     try:
-        images = sample(model, SCENES, steps=20, cfg=7.0, layout_fraction=0.3)
+        images = sample(model, SCENES, SamplingSettings(steps=20, cfg=7.0, layout_fraction=0.3))
     finally:
         hook.remove()
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     assert [on for on, _ in calls] == [True] * 6 + [False] * 14  # floor(0.3 * 20)
     assert calls[0][1] == [1.0, 1.0, 0.0, 0.0]  # conditional rows, then the unconditional ones
-    again = sample(model, SCENES, steps=20, cfg=7.0, layout_fraction=0.3)
+    again = sample(model, SCENES, SamplingSettings(steps=20, cfg=7.0, layout_fraction=0.3))
     assert torch.equal(images, again)
 
 
@@ -172,7 +172,7 @@ def test_generate_from_their_folder_and_an_sd3_folder(tmp_path):
     folder = save_folder(druid, tmp_path / "druid", dtype=torch.bfloat16, shards=2)
     config = druid_config(folder, base)
     assert (config.model.resolution, config.shift, config.eval_steps, config.eval_cfg) == (16, 3.0, 50, 7.0)
-    assert [druid_sampling(config, name)["cfg"] for name in ("coco-mig", "layoutsam-eval")] == [7.0, 7.5]
+    assert [druid_sampling(config, name).cfg for name in ("coco-mig", "layoutsam-eval")] == [7.0, 7.5]
     assert config.model.layout_rounding == "floor" and config.model.druid_mask_rows == "unconditional"
     # fine-tuned on their folder and an SD3 folder: the checkpoint records both, stores the branch
     model = build_model(config.model).eval()

@@ -23,7 +23,7 @@ from PIL import Image
 from idruid.checkpoint import EMBEDDED_CHECKPOINT, read_checkpoint_meta
 from idruid.cli import build_parser, main
 from idruid.layout import layout_from_dict
-from idruid.sampling import euler_step, generate, sample
+from idruid.sampling import SamplingSettings, euler_step, generate, sample
 from idruid.ui.jobs import JobRunner, counting_step
 from idruid.ui.payload import FieldError, PayloadError, parse_generate_request
 
@@ -57,7 +57,7 @@ def embedded():
 
 def make_runner(embedded, **kwargs) -> JobRunner:
     base, _ = embedded
-    return JobRunner(base.model, base.layout_fraction, base.shift, **kwargs)
+    return JobRunner(base.model, base.settings, **kwargs)
 
 
 def make_client(embedded, runner):
@@ -73,11 +73,8 @@ def reference_image(embedded, layout_dict: dict, steps: int, cfg: float) -> np.n
     return generate(
         runner.model,
         [layout],
-        steps=steps,
-        cfg=cfg,
+        runner.settings.override(steps=steps, cfg=cfg),
         seed=layout.seed,
-        layout_fraction=runner.layout_fraction,
-        shift=runner.shift,
         progress=False,
     )[0]
 
@@ -177,8 +174,9 @@ def test_counting_step_leaves_sampling_unchanged(embedded):
     model = embedded[0].model
     layouts = [layout_from_dict(LAYOUT)]
     seen: list[int] = []
-    plain = sample(model, layouts, steps=5, cfg=3.0)
-    counted = sample(model, layouts, steps=5, cfg=3.0, step_fn=counting_step(seen.append, euler_step))
+    plain = sample(model, layouts, SamplingSettings(steps=5, cfg=3.0))
+    settings = SamplingSettings(steps=5, cfg=3.0)
+    counted = sample(model, layouts, settings, step_fn=counting_step(seen.append, euler_step))
     assert torch.equal(plain, counted)
     assert seen == [1, 2, 3, 4, 5]
 
@@ -293,7 +291,7 @@ def test_config_and_page_are_served(embedded):
     config = client.get("/api/config").get_json()
     assert config["defaults"] == {"steps": saved["steps"], "cfg": saved["cfg"], "seed": 0}
     assert (config["resolution"], config["max_instances"]) == (32, 10)
-    assert (embedded[0].layout_fraction, embedded[0].shift) == (saved["layout_fraction"], saved["shift"])
+    assert embedded[0].settings == SamplingSettings.from_dict(saved)
     page = client.get("/")
     assert page.status_code == 200 and b'id="layout-canvas"' in page.data
     assert client.get("/static/editor.js").status_code == 200
@@ -311,18 +309,15 @@ def test_a_trained_checkpoint_brings_its_own_settings(tmp_path):
     saved = read_checkpoint_meta(checkpoint)["sampling"]
     runner, defaults = checkpoint_runner(str(checkpoint))
     assert defaults == {"steps": saved["steps"], "cfg": saved["cfg"], "seed": 0}
-    assert (runner.layout_fraction, runner.shift) == (saved["layout_fraction"], saved["shift"])
+    assert runner.settings == SamplingSettings.from_dict(saved)
     client = create_app(runner, defaults).test_client()
     job_id = client.post("/api/jobs", json={"layout": LAYOUT, "steps": 2, "cfg": 3.0}).get_json()["id"]
     report = wait_done(client, job_id)
     expected = generate(
         load_checkpoint(checkpoint),
         [layout_from_dict(LAYOUT)],
-        steps=2,
-        cfg=3.0,
+        SamplingSettings.from_dict(saved).override(steps=2, cfg=3.0),
         seed=3,
-        layout_fraction=saved["layout_fraction"],
-        shift=saved["shift"],
         progress=False,
     )[0]
     np.testing.assert_array_equal(png_array(client.get(report["image_url"]).data), expected)

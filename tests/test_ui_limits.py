@@ -40,7 +40,7 @@ class Gate:
 
 def make(embedded, max_request_bytes=64 * 1024, **kwargs):
     base, defaults = embedded
-    runner = JobRunner(base.model, base.layout_fraction, base.shift, **kwargs)
+    runner = JobRunner(base.model, base.settings, **kwargs)
     return runner, create_app(runner, defaults, max_request_bytes).test_client()
 
 
@@ -152,7 +152,7 @@ def test_load_8_clients_50_posts_each_against_a_queue_of_16(embedded):
     stay answered within 2 s; every accepted job completes; the jobs held stay within the queue
     plus the finished ones kept; resident memory is measured before and after."""
     base, defaults = embedded
-    runner = JobRunner(base.model, base.layout_fraction, base.shift, max_pending=16, keep=16)
+    runner = JobRunner(base.model, base.settings, max_pending=16, keep=16)
     server = make_ui_server(create_app(runner, defaults), listen(port=0))
     port = server.server_address[1]
     threading.Thread(target=server.serve_forever, daemon=True).start()

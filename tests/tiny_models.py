@@ -4,7 +4,7 @@
   hard-codes: the detector of COCO-MIG's scorer and of the RL reward;
 - a tiny SAM (64 px input): COCO-MIG's segmenter;
 - a tiny Llava (CLIP vision tower + Llama) with a word-level tokenizer and a Llava-1.5 chat
-  template: the VLM judge of LayoutSAM-eval (idruid.judges.VlmJudge);
+  template: the VLM judge of LayoutSAM-eval (idruid.scorers.vlm_judge.VlmJudge);
 - complete SD3 and SD1.5 folders in diffusers layout (pipeline save_pretrained): the base models
   of the two backbones, their text encoders (idruid.models.sd3_text) and VAEs (idruid.models.vae).
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from idruid.judges import ATTRIBUTES, attribute_question, spatial_question
+from idruid.scorers.vlm_judge import ATTRIBUTES, attribute_question, spatial_question
 
 LLAVA_IMAGE_SIZE, LLAVA_PATCH = 16, 8  # the tiny CLIP tower sees 2 x 2 patches (+ CLS, dropped)
 # Llava-1.5's turn format, written out by hand so tests can format prompts directly.

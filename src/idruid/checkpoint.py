@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import partial_path, replace_dir
-from .config import ModelConfig, model_config_from_dict
+from .config import ModelConfig, SamplingSettings, model_config_from_dict
 from .faults import crash_point
 from .textfile import read_text
 
@@ -128,6 +128,12 @@ def read_checkpoint_meta(path: str | Path) -> dict:
             f"checkpoint '{path}': idruid.json has format {meta.get('format')!r}, expected {FORMAT!r}"
         )
     return meta
+
+
+def checkpoint_sampling(path: str | Path | None = None) -> SamplingSettings:
+    """The sampling settings a checkpoint was saved with (the embedded model's when ``path`` is
+    None); SamplingSettings' defaults for those it does not record."""
+    return SamplingSettings.from_dict(read_checkpoint_meta(path or EMBEDDED_CHECKPOINT).get("sampling"))
 
 
 def load_checkpoint(

@@ -12,18 +12,17 @@ import sys
 import time
 from pathlib import Path
 
+from .benchmarks import BENCHMARKS, ScoringError
 from .checkpoint import CheckpointError
 from .config import ConfigError, list_presets
 from .layout import LayoutError
 from .model_dirs import ModelFolderError
-from .scoring import BENCHMARK_NAMES, ScoringError
 from .ui.limits import JOB_TIMEOUT, MAX_QUEUE, MAX_REQUEST_BYTES
 
 USER_ERRORS = (LayoutError, CheckpointError, ConfigError, FileNotFoundError, ScoringError, ModelFolderError)
 DEBUG_HELP = "print the traceback of an error instead of its one-line message"
 
 
-SAMPLING_DEFAULTS = {"steps": 20, "cfg": 3.0, "layout_fraction": 0.3, "shift": 1.0}
 # `idruid train --backbone B` without --config trains the embedded world's stage-1 preset of B
 BACKBONE_PRESETS = {"sd3": "shapes", "sd15": "shapes-sd15"}
 
@@ -130,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="generate a benchmark and score it (split across processes under accelerate launch)"
     )
-    ev.add_argument("--benchmark", required=True, choices=BENCHMARK_NAMES)
+    ev.add_argument("--benchmark", required=True, choices=tuple(BENCHMARKS))
     ev.add_argument("--out", default=None, help="output folder (default runs/eval-<benchmark>)")
     ev.add_argument("--batch-size", type=int, default=100)
     _add_scorer_args(ev)
@@ -139,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser(
         "score", help="score a folder of benchmark images made by any system, named <anything>_<index>.png"
     )
-    sc.add_argument("--benchmark", required=True, choices=BENCHMARK_NAMES)
+    sc.add_argument("--benchmark", required=True, choices=tuple(BENCHMARKS))
     sc.add_argument("--images", required=True, help="folder of images named <anything>_<benchmark index>.png")
     sc.add_argument("--out", default=None, help="output folder (default runs/score-<benchmark>)")
     sc.add_argument(
@@ -254,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args):
-    """Load the checkpoint and fill the sampling flags the user left out from its settings."""
-    from .checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint, read_checkpoint_meta
+    """Load the checkpoint; returns it and its sampling settings with the flags the user gave
+    (``--steps`` and so on) in place of the saved ones."""
+    from .checkpoint import checkpoint_sampling, load_checkpoint
     from .models.druid_weights import is_druid_folder
 
     if args.checkpoint is not None and is_druid_folder(args.checkpoint):
@@ -264,11 +264,11 @@ def _load_model(args):
         if args.mask_rows is not None:
             raise ConfigError("--mask-rows applies to the I-DRUID authors' checkpoint only")
         model = load_checkpoint(args.checkpoint, device=args.device, base_model=args.base)
-        saved = read_checkpoint_meta(args.checkpoint or EMBEDDED_CHECKPOINT).get("sampling", {})
-    for name, default in SAMPLING_DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, saved.get(name, default))
-    return model
+        saved = checkpoint_sampling(args.checkpoint)
+    settings = saved.override(
+        steps=args.steps, cfg=args.cfg, layout_fraction=args.layout_fraction, shift=args.shift
+    )
+    return model, settings
 
 
 def _load_druid(args):
@@ -301,17 +301,8 @@ def cmd_generate(args) -> int:
         raise LayoutError(f"--out {out}: one layout gives one image, so --out must be a .png file")
     if len(layouts) > 1 and out.suffix.lower() == ".png":
         raise LayoutError(f"--out {out}: {len(layouts)} layouts need a folder, not a .png file")
-    model = _load_model(args)
-    images = generate(
-        model,
-        layouts,
-        steps=args.steps,
-        cfg=args.cfg,
-        seed=args.seed,
-        layout_fraction=args.layout_fraction,
-        shift=args.shift,
-        device=args.device,
-    )
+    model, settings = _load_model(args)
+    images = generate(model, layouts, settings, seed=args.seed, device=args.device)
     if len(layouts) == 1:
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[0]).save(out)
@@ -345,37 +336,24 @@ def cmd_eval(args) -> int:
     from accelerate.utils import parse_flag_from_env
 
     from .evaluate import evaluate, tables_markdown
-    from .scoring import check_scorers, select_layouts
 
     # On GPUs `accelerate launch` needs nothing more; CPU processes (torchrun) need ACCELERATE_USE_CPU=1.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     if state.num_processes > 1:
         args.device = str(state.device)  # accelerate launch: one device per process
-    # fail on bad input before loading anything
-    select_layouts(args.benchmark, args.per_level, args.bench_dir, args.limit)
-    check_scorers(args.benchmark, args.detector, args.segmenter, args.judge, args.mig_protocol)
-    model = _load_model(args)
+    run = _resolve_benchmark(args)  # fails on bad input before loading anything
+    model, settings = _load_model(args)
     out = Path(args.out or f"runs/eval-{args.benchmark}")
     metrics = evaluate(
         model,
-        args.benchmark,
+        run,
         out,
-        steps=args.steps,
-        cfg=args.cfg,
+        settings,
         seed=args.seed,
-        layout_fraction=args.layout_fraction,
-        shift=args.shift,
-        per_level=args.per_level,
         batch_size=args.batch_size,
-        bench_dir=args.bench_dir,
-        detector=args.detector,
-        segmenter=args.segmenter,
         device=args.device,
         score_batch_size=args.score_batch_size,
         state=state,
-        judge=args.judge,
-        limit=args.limit,
-        mig_protocol=args.mig_protocol,
     )
     if metrics is not None:  # the main process
         print(tables_markdown({args.benchmark: metrics}))
@@ -383,17 +361,31 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _resolve_benchmark(args):
+    """The benchmark of ``eval`` and ``score``, its layouts selected and its scorers checked once."""
+    from .benchmarks import resolve
+
+    return resolve(
+        args.benchmark,
+        args.per_level,
+        args.bench_dir,
+        args.limit,
+        args.detector,
+        args.segmenter,
+        args.judge,
+        args.mig_protocol,
+    )
+
+
 def cmd_score(args) -> int:
     from .evaluate import tables_markdown, write_outputs
-    from .scoring import check_scorers, load_scorers, score_folder, select_layouts
+    from .scoring import load_scorers, score_folder
 
-    layouts = select_layouts(args.benchmark, args.per_level, args.bench_dir, args.limit)
-    specs = check_scorers(args.benchmark, args.detector, args.segmenter, args.judge, args.mig_protocol)
-    scorers = load_scorers(
-        args.benchmark, args.detector, args.segmenter, args.device, args.judge, args.mig_protocol
-    )
+    run = _resolve_benchmark(args)
+    layouts, specs = run.layouts, run.scorers
+    scorers = load_scorers(specs, args.device, run.mig_protocol)
     metrics, images = score_folder(
-        args.benchmark, args.images, layouts, scorers, args.score_batch_size, progress=True
+        run.benchmark, args.images, layouts, scorers, args.score_batch_size, progress=True
     )
     metrics["settings"] = {
         "benchmark": args.benchmark,
@@ -412,6 +404,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .benchmarks import resolve
     from .checkpoint import load_checkpoint
     from .config import load_config, save_config
     from .demo import training_summary, write_demo_report
@@ -429,13 +422,9 @@ def cmd_demo(args) -> int:
     for benchmark in ("shapes-sam", "shapes-mig"):
         results[benchmark] = evaluate(
             model,
-            benchmark,
+            resolve(benchmark, per_level=args.per_level),
             out / f"eval-{benchmark}",
-            steps=config.eval_steps,
-            cfg=config.eval_cfg,
-            layout_fraction=config.layout_fraction,
-            shift=config.shift,
-            per_level=args.per_level,
+            config.sampling_settings(),
         )
     report = write_demo_report(
         out,

@@ -22,6 +22,38 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used."""
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a layout becomes an image (idruid.sampling.sample): the one home of these defaults.
+    A checkpoint stores its own under ``"sampling"`` in idruid.json (``to_dict``); the CLI, the
+    UI, evaluation, the RL stage and the diffusers pipeline start from those and override them."""
+
+    steps: int = 20  # sampling steps
+    cfg: float = 3.0  # classifier-free guidance scale; 1 = no unconditional pass
+    # share of the steps with the layout branch (adapter + IDM) on, the first ones (paper 4.1)
+    layout_fraction: float = 0.3
+    shift: float = 1.0  # flow-matching timestep shift of the schedule (eps backbones: 1 only)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``sampling`` entry."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SamplingSettings:
+        """Settings from a checkpoint's ``sampling`` entry: missing keys take the defaults, keys
+        this idruid does not know are ignored (a newer checkpoint may store more)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in names})
+
+    def override(self, **values: Any) -> SamplingSettings:
+        """These settings with ``values`` in their place; a value of None keeps the current one
+        (a flag the user left out)."""
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown sampling settings: {', '.join(unknown)}")
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "sd3"  # "sd3": MM-DiT + flow matching; "sd15": UNet + DDPM noise prediction
@@ -236,11 +268,18 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 25
     threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
-    # evaluation done at the end of `idruid demo`
-    eval_steps: int = 20
-    eval_cfg: float = 3.0
-    layout_fraction: float = 0.3  # share of sampling steps with the layout branch + IDM on (paper 4.1)
-    shift: float = 1.0  # flow-matching timestep shift of the sampling schedule
+    # the sampling settings saved with the model (``sampling_settings``), also used by
+    # the evaluation at the end of `idruid demo` and by the RL stage's rollouts (layout_fraction, shift)
+    eval_steps: int = SamplingSettings.steps
+    eval_cfg: float = SamplingSettings.cfg
+    layout_fraction: float = SamplingSettings.layout_fraction
+    shift: float = SamplingSettings.shift
+
+    def sampling_settings(self) -> SamplingSettings:
+        """The sampling settings of this run (what its checkpoint records)."""
+        return SamplingSettings(
+            steps=self.eval_steps, cfg=self.eval_cfg, layout_fraction=self.layout_fraction, shift=self.shift
+        )
 
 
 DATASETS = ("shapes", "layoutsam")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .benchmarks import get_benchmark, select_layouts
 from .config import TrainConfig
-from .evaluate import render_ground_truth, score_images, select_layouts, tables_markdown
-from .report import plot_isr_by_level
+from .evaluate import render_ground_truth, score_images, tables_markdown
+from .reports.figures import plot_isr_by_level
 
 
 def training_summary(config: TrainConfig) -> str:
@@ -36,7 +37,7 @@ def write_demo_report(
         "![loss curves and reward](loss.png)\n",
     ]
     for benchmark, metrics in results.items():
-        layouts = select_layouts(benchmark, per_level)
+        layouts = select_layouts(get_benchmark(benchmark), per_level)
         truth = score_images(render_ground_truth(layouts), layouts)
         rows = {f"{trained} (this run)": metrics, "ground-truth renders (ceiling)": truth}
         settings = metrics.get("settings", {})

@@ -4,7 +4,7 @@ The embedded benchmarks are scored the same way (paper 4.1): COCO-MIG's protocol
 mIoU by level, with the analytic detector + segmenter standing in for Grounded-SAM), the
 attribute-leakage rate, and LayoutSAM-eval's per-box judge (spatial / colour / texture / shape).
 COCO-MIG itself is scored with GroundingDINO + SAM by its official protocol, LayoutSAM-eval by
-a local VLM judge on its detailed captions (idruid.scoring); ``judge`` swaps a VLM in for the
+a local VLM judge on its detailed captions (idruid.benchmarks); ``judge`` swaps a VLM in for the
 analytic judge of the shapes benchmarks too. Images are made at the checkpoint's resolution.
 
 Generated images are saved as ``images/<benchmark>_<index>.png`` and scored from there by the
@@ -23,27 +23,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .benchmarks import BenchmarkRun, check_scorers, get_benchmark
 from .data.shapes import render_layout_scene
 from .layout import Layout
 from .metrics import format_table_leakage, format_table_mig, format_table_sam
-from .report import image_grid, write_metrics
-from .sampling import generate
-from .scoring import (
-    check_scorers,
-    load_scorers,
-    save_images,
-    score_benchmark,
-    score_folder,
-    select_layouts,
-)
+from .reports.figures import image_grid, write_metrics
+from .sampling import SamplingSettings, generate
+from .scoring import load_scorers, save_images, score_benchmark, score_folder
 
 GRID_TILE = 128  # grid tiles: small images are upscaled to about this size, large ones shrunk to 2x it
 
 
-def score_images(images: np.ndarray, layouts: Sequence[Layout], detector: str = "analytic") -> dict:
-    """All embedded metrics for images (B, H, W, 3) uint8 made for shapes-world ``layouts``."""
-    scorers = load_scorers("shapes-mig", detector, detector)
-    return score_benchmark("shapes-mig", images, layouts, scorers, batch_size=max(1, len(layouts)))
+def score_images(images: np.ndarray, layouts: Sequence[Layout]) -> dict:
+    """All embedded metrics for images (B, H, W, 3) uint8 made for shapes-world ``layouts``, by the
+    analytic detector, segmenter and judge (the shapes benchmarks' defaults)."""
+    benchmark = get_benchmark("shapes-mig")
+    scorers = load_scorers(check_scorers(benchmark))
+    return score_benchmark(benchmark, images, layouts, scorers, batch_size=max(1, len(layouts)))
 
 
 def render_ground_truth(layouts: Sequence[Layout]) -> np.ndarray:
@@ -112,31 +108,20 @@ def with_index_seeds(layouts: Sequence[Layout], seed: int) -> list[Layout]:
 
 def evaluate(
     model,
-    benchmark: str,
+    run: BenchmarkRun,
     out_dir: str | Path,
-    steps: int = 20,
-    cfg: float = 3.0,
+    settings: SamplingSettings | None = None,
     seed: int = 0,
-    layout_fraction: float = 0.3,
-    shift: float = 1.0,
-    per_level: int | None = None,
     batch_size: int = 100,
     progress: bool = True,
-    bench_dir: str | Path | None = None,
-    detector: str | None = None,
-    segmenter: str | None = None,
     device: str = "cpu",
     score_batch_size: int = 8,
     state=None,
-    judge: str | None = None,
-    limit: int | None = None,
-    mig_protocol: str = "mig-bench",
 ) -> dict | None:
-    """Generate and score one benchmark; writes ``metrics.json``, ``table.md``, ``grid.png`` and
-    ``images/``. ``detector`` / ``segmenter`` / ``judge``: registry names or model directories
-    (see scoring.check_scorers), loaded on ``device`` by the main process once the images exist.
-    ``per_level`` / ``limit`` select the first layouts of each level / of the benchmark.
-    ``mig_protocol``: COCO-MIG's scoring protocol (scoring.MIG_PROTOCOLS).
+    """Generate and score one benchmark with ``settings`` (None: SamplingSettings' defaults);
+    writes ``metrics.json``, ``table.md``, ``grid.png`` and ``images/``. ``run``: the benchmark
+    resolved once (benchmarks.resolve): its selected layouts and checked scorers, which the main
+    process loads on ``device`` once the images exist.
     ``state`` is an accelerate PartialState (made here when None): each process generates its
     share of the layouts, ``batch_size`` at a time, and saves them as it goes; the main process
     scores them all and returns the metrics, the others None."""
@@ -144,11 +129,11 @@ def evaluate(
     from tqdm import tqdm
 
     state = PartialState() if state is None else state
+    settings = settings or SamplingSettings()
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
-    layouts = with_index_seeds(select_layouts(benchmark, per_level, bench_dir, limit), seed)
-    # fail now, not after generating
-    specs = check_scorers(benchmark, detector, segmenter, judge, mig_protocol)
+    benchmark, specs = run.name, run.scorers
+    layouts = with_index_seeds(run.layouts, seed)
 
     # ---------------------------------------------------------------- generate (each process)
     with state.split_between_processes(layouts) as mine:
@@ -156,15 +141,7 @@ def evaluate(
         for start in tqdm(starts, desc="generating", unit="batch", disable=not progress or len(starts) < 2):
             chunk = mine[start : start + batch_size]  # every layout has its seed: chunks do not matter
             images = generate(
-                model,
-                chunk,
-                batch_size=batch_size,
-                progress=False,
-                steps=steps,
-                cfg=cfg,
-                seed=seed,
-                layout_fraction=layout_fraction,
-                shift=shift,
+                model, chunk, settings, seed=seed, batch_size=batch_size, progress=False
             )
             save_images(image_dir, benchmark, images, chunk)
     state.wait_for_everyone()
@@ -172,17 +149,17 @@ def evaluate(
         return None
 
     # ---------------------------------------------------------------- score (main process)
-    scorers = load_scorers(benchmark, detector, segmenter, device, judge, mig_protocol)
-    metrics, images = score_folder(benchmark, image_dir, layouts, scorers, score_batch_size, progress)
+    scorers = load_scorers(specs, device, run.mig_protocol)
+    metrics, images = score_folder(run.benchmark, image_dir, layouts, scorers, score_batch_size, progress)
     metrics["settings"] = {
         "benchmark": benchmark,
         "layouts": len(layouts),
-        "steps": steps,
-        "cfg": cfg,
+        "steps": settings.steps,
+        "cfg": settings.cfg,
         "seed": seed,
-        "layout_fraction": layout_fraction,
-        "shift": shift,
-        "mig_protocol": mig_protocol,
+        "layout_fraction": settings.layout_fraction,
+        "shift": settings.shift,
+        "mig_protocol": run.mig_protocol,
         "processes": state.num_processes,
         "detector": specs.detector,
         "segmenter": specs.segmenter,

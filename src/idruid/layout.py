@@ -3,7 +3,8 @@
 Boxes are normalised ``[x0, y0, x1, y1]`` with the top-left and bottom-right corners,
 as in the paper. This module owns the JSON format, its validation (errors name the
 field, e.g. ``instances[2].box: x1 must be greater than x0``) and the tensors that
-the model and the losses read: padded boxes, validity masks and box masks on a grid.
+the model and the losses read: padded boxes and validity masks. How a box becomes pixels or
+tokens is idruid.boxes.
 """
 
 from __future__ import annotations
@@ -189,61 +190,3 @@ def boxes_tensor(
             boxes[b, : len(kept)] = torch.tensor(kept, dtype=torch.float32)
             valid[b, : len(kept)] = True
     return boxes, valid
-
-
-def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Binary masks (..., height * width) on a grid of cells, from boxes (..., 4).
-
-    A cell is inside a box when the box covers any part of it, so even a box smaller
-    than one cell marks at least the cell it sits in. Padded all-zero boxes give empty masks.
-    """
-    ys = torch.arange(height, device=boxes.device, dtype=boxes.dtype)
-    xs = torch.arange(width, device=boxes.device, dtype=boxes.dtype)
-    x0, y0, x1, y1 = (boxes[..., k, None] for k in range(4))
-    # cell j spans [j/width, (j+1)/width): overlap when it starts before x1 and ends after x0
-    inside_x = (xs / width < x1) & ((xs + 1) / width > x0)  # (..., W)
-    inside_y = (ys / height < y1) & ((ys + 1) / height > y0)  # (..., H)
-    nonempty = ((x1 > x0) & (y1 > y0))[..., None]
-    mask = inside_y[..., :, None] & inside_x[..., None, :] & nonempty
-    return mask.flatten(-2).to(boxes.dtype)
-
-
-def patch_geometry(boxes: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
-    """Each box seen from the pixels of each token cell: (..., 4) -> (..., cells, patch * patch, 6).
-
-    Per pixel: [inside, u, v, u^2, v^2, u v] with (u, v) the pixel centre's position relative
-    to the box (0 at x0 / y0, 1 at x1 / y1), all zeroed outside the box. A degree-2 polynomial
-    basis of the in-box position: an object's silhouette inside its box (a disc, a body, a
-    wheel) is then close to a linear threshold of these features, which a small backbone can
-    learn quickly at sub-cell precision.
-    """
-    inside = patch_masks(boxes, height, width, patch)
-    ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) / height
-    xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) / width
-    x0, y0, x1, y1 = (boxes[..., k, None] for k in range(4))
-    u = ((xs - x0) / (x1 - x0).clamp(min=1e-6))[..., None, :].expand(*x0.shape[:-1], height, width)
-    v = ((ys - y0) / (y1 - y0).clamp(min=1e-6))[..., :, None].expand(*y0.shape[:-1], height, width)
-    u, v = (_to_cells(c, height, width, patch) for c in (u, v))
-    return torch.stack([inside, u, v, u * u, v * v, u * v], dim=-1) * inside.unsqueeze(-1)
-
-
-def _to_cells(pixels: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
-    """(..., H, W) -> (..., cells, patch * patch) in row-major cell order."""
-    cells = pixels.unflatten(-2, (height // patch, patch)).unflatten(-1, (width // patch, patch))
-    return cells.transpose(-3, -2).flatten(-4, -3).flatten(-2)
-
-
-def patch_masks(boxes: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
-    """Which pixels of each token cell lie in each box: (..., 4) -> (..., cells, patch * patch).
-
-    A pixel is inside when its centre is; cells are the patch x patch squares of an
-    image transformer, in row-major order. The mean over the last axis is the share of the
-    cell that the box covers; the pattern itself tells where in the cell the box edge runs.
-    """
-    if height % patch or width % patch:
-        raise ValueError(f"image {height}x{width} is not a multiple of the patch size {patch}")
-    ys = (torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5) / height
-    xs = (torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5) / width
-    x0, y0, x1, y1 = (boxes[..., k, None] for k in range(4))
-    inside = ((ys >= y0) & (ys < y1))[..., :, None] & ((xs >= x0) & (xs < x1))[..., None, :]  # (..., H, W)
-    return _to_cells(inside, height, width, patch).to(boxes.dtype)  # (..., h*w, p*p)

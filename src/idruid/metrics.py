@@ -1,6 +1,6 @@
 """Evaluation metrics of the paper's section 4.1 (Tables 1-3).
 
-- Box geometry: IoU, pairwise IoU and greedy NMS (torchvision's rule).
+- Greedy NMS (torchvision's rule); IoU and box pixels are idruid.boxes.
 - COCO-MIG (Table 1): per-instance position and colour checks of MIG_Bench's
   ``eval_mig.py`` (see ``shared/data/coco-mig/README.md``), aggregated into instance success
   rate (ISR) and mIoU per level L2-L6 and their average, the paper's "Avg" column.
@@ -22,36 +22,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from idruid.boxes import box_iou, pairwise_iou, pixel_masks
 from idruid.colors import COLOR_NAMES, color_membership
 from idruid.layout import Layout
 
 if TYPE_CHECKING:
-    from idruid.detectors import Detector, Judge, RegionJudgement, Segmenter
+    from idruid.scorers.protocols import Detector, Judge, RegionJudgement, Segmenter
 
 SAM_ATTRIBUTES = ("spatial", "color", "texture", "shape")
 _ARTICLES = {"a", "an", "the"}
 
 # ----------------------------------------------------------------------------- boxes
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of broadcastable xyxy boxes (..., 4) -> (...); 0 where the union is empty."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0.0, None)
-    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0.0, None)
-    inter = width * height
-    area_a = np.clip(a[..., 2] - a[..., 0], 0.0, None) * np.clip(a[..., 3] - a[..., 1], 0.0, None)
-    area_b = np.clip(b[..., 2] - b[..., 0], 0.0, None) * np.clip(b[..., 3] - b[..., 1], 0.0, None)
-    union = area_a + area_b - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (n, 4) with every box in b (m, 4) -> (n, m)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    return box_iou(a[:, None, :], b[None, :, :])
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -75,19 +56,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         kept.append(order[rank])
         suppressed |= overlaps[rank]
     return np.asarray(kept, dtype=np.int64)
-
-
-def box_pixel_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bool (n, height, width): the pixels whose centres lie inside each normalised box.
-
-    The rule is half-open, ``x0 <= (j + 0.5) / width < x1``, so adjacent boxes share no pixel.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    xs = (np.arange(width) + 0.5) / width
-    ys = (np.arange(height) + 0.5) / height
-    inside_x = (xs >= boxes[:, 0, None]) & (xs < boxes[:, 2, None])  # (n, W)
-    inside_y = (ys >= boxes[:, 1, None]) & (ys < boxes[:, 3, None])  # (n, H)
-    return inside_y[:, :, None] & inside_x[:, None, :]
 
 
 # ----------------------------------------------------------------------------- captions
@@ -351,7 +319,7 @@ def _leak_flags(
     bool, the colours named by the other instances of the layout.
     """
     height, width = membership.shape[:2]
-    pixels = box_pixel_masks(boxes, height, width)  # (n, H, W)
+    pixels = pixel_masks(boxes, height, width)  # (n, H, W)
     counts = np.einsum("nhw,hwc->nc", pixels.astype(np.int64), membership.astype(np.int64))  # (n, 7)
     coloured = (pixels & membership.any(axis=-1)).sum(axis=(1, 2))  # (n,)
     top = counts.max(axis=1)  # (n,)

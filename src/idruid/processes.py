@@ -11,6 +11,8 @@ Both backbones are called the same way, ``model(x_t, t, cond) -> (prediction, ma
 
 Sampling, training and RL call only the methods below, so nothing above the backbone branches
 on its kind. A time grid holds the steps' times and one more: the time the last step lands on.
+Each process makes its grid with a diffusers scheduler (``make_scheduler``, ``scheduler_times``),
+so that the diffusers pipeline (idruid.pipeline) can take the grid of a scheduler it is given.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from .losses import add_noise, diffuse, flow_matching_loss, noise_prediction_loss, sample_sigmas
-from .rl.logprob import ddim_step_with_logprob, sde_step_with_logprob
-from .sampling import ddim_step, euler_step, flow_sigmas
+from .policy_steps import ddim_step_with_logprob, sde_step_with_logprob
+from .sampling import ddim_step, euler_step
 
 # (prediction, x_t, t, t_next, x_next or None) -> (x_next, log_prob (B,), mean, scale): the
 # Gaussian policy of one step and the standard deviation of its action
@@ -38,9 +41,20 @@ class FlowProcess:
 
     prediction_type = "flow"
 
+    def make_scheduler(self, shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
+        """The scheduler whose grid ``times`` samples on."""
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+    def scheduler_times(self, scheduler, steps: int) -> torch.Tensor:
+        """(steps + 1,) sigmas of a flow-matching scheduler for ``steps`` steps, ending at 0."""
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        scheduler.set_timesteps(steps)
+        return scheduler.sigmas.float().clone()
+
     def times(self, steps: int, shift: float = 1.0) -> torch.Tensor:
-        """(steps + 1,) sigmas from 1 down to 0."""
-        return flow_sigmas(steps, shift)
+        """(steps + 1,) sigmas from 1 down to 0 (the same as sampling.flow_sigmas)."""
+        return self.scheduler_times(self.make_scheduler(shift), steps)
 
     def train_times(self, batch: int, mode: str, device=None) -> torch.Tensor:
         """(batch,) training sigmas: logit-normal (SD3) or uniform."""
@@ -122,16 +136,32 @@ class EpsProcess:
         values = self.alphas_cumprod.to(t.device)[t.long().clamp(min=0)]  # t stays on its device
         return torch.where(t < 0, torch.full_like(values, self.final_alpha_cumprod), values)
 
+    def make_scheduler(self, shift: float = 1.0):
+        """A copy of the scheduler whose grid ``times`` samples on (the model's DDIMScheduler)."""
+        self._check_shift(shift)
+        return type(self.scheduler).from_config(self.scheduler.config)
+
+    def scheduler_times(self, scheduler, steps: int) -> torch.Tensor:
+        """(steps + 1,) timesteps of a scheduler for ``steps`` steps, then the step the last one
+        lands on (t - T // steps). The noise levels stay this process's alpha_bar."""
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        scheduler.set_timesteps(steps)
+        timesteps = scheduler.timesteps.float()
+        last = timesteps[-1] - int(scheduler.config.num_train_timesteps) // steps
+        return torch.cat([timesteps, last.view(1)])
+
     def times(self, steps: int, shift: float = 1.0) -> torch.Tensor:
         """(steps + 1,) DDIM timesteps, then the step the last one lands on (t - T // steps)."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
+        self._check_shift(shift)
+        return self.scheduler_times(self.scheduler, steps)
+
+    @staticmethod
+    def _check_shift(shift: float) -> None:
         if shift != 1.0:
             raise ValueError(f"shift={shift}: the timestep shift is a flow-matching setting (eps backbone)")
-        self.scheduler.set_timesteps(steps)
-        timesteps = self.scheduler.timesteps.float()
-        last = timesteps[-1] - self.num_train_timesteps // steps
-        return torch.cat([timesteps, last.view(1)])
 
     def train_times(self, batch: int, mode: str, device=None) -> torch.Tensor:
         """(batch,) training timesteps: uniform over [0, T) as in DDPM, or logit-normal ones

@@ -18,6 +18,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
+from .config import SamplingSettings
 from .layout import Layout
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 # (prediction, x_t, t, t_next) -> x_next, with t and t_next (B,) in the process's time convention
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (step index i, t (B,), x after step i) -> None, or latents that replace x (the pipeline's hook)
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 
 def euler_step(
@@ -71,22 +74,34 @@ def model_layout_steps(model, steps: int, layout_fraction: float) -> int:
     return layout_steps(steps, layout_fraction, getattr(model.config, "layout_rounding", "ceil"))
 
 
+def seeded_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The noise of ``seed``: one torch.randn of ``shape`` from a fresh CPU generator."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
 def initial_noise(layouts: Sequence[Layout], shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """Per-layout noise: a layout with a ``seed`` always starts from the same noise."""
+    """Per-layout noise: a layout with a ``seed`` always starts from the same noise; the k-th
+    layout without one from that of ``seed + k``."""
     noise = [
-        torch.randn(
-            shape,
-            generator=torch.Generator().manual_seed(layout.seed if layout.seed is not None else seed + k),
-        )
+        seeded_noise(shape, layout.seed if layout.seed is not None else seed + k)
         for k, layout in enumerate(layouts)
     ]
     return torch.stack(noise)
 
 
-def guidance_conditioning(model, layouts: Sequence[Layout], cfg: float, device) -> TextConditioning:
-    """The text conditioning of a batch; with guidance, its unconditional partner stacked below."""
+def guidance_conditioning(
+    model,
+    layouts: Sequence[Layout],
+    cfg: float,
+    device,
+    negative_prompts: Sequence[str] | None = None,
+) -> TextConditioning:
+    """The text conditioning of a batch; with guidance, its unconditional partner stacked below
+    (the empty prompt, or ``negative_prompts``, one per layout)."""
     cond = model.encode_text(layouts).to(device)
-    return type(cond).cat([cond, model.unconditional(cond)]) if cfg != 1.0 else cond
+    if cfg == 1.0:
+        return cond
+    return type(cond).cat([cond, model.unconditional(cond, negative_prompts)])
 
 
 def guided_prediction(
@@ -120,31 +135,43 @@ def guided_prediction(
 def sample(
     model,
     layouts: Sequence[Layout],
-    steps: int = 20,
-    cfg: float = 3.0,
+    settings: SamplingSettings | None = None,
     seed: int = 0,
-    layout_fraction: float = 0.3,
-    shift: float = 1.0,
     step_fn: StepFn | None = None,
     x_init: torch.Tensor | None = None,
     device: torch.device | str | None = None,
+    times: torch.Tensor | None = None,
+    on_step: StepCallback | None = None,
+    decode: bool = True,
+    negative_prompts: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Generate images (B, 3, H, W) in [-1, 1] for a batch of layouts: denoise latents of
-    ``model.latent_shape`` (from ``x_init`` if given), then decode them with the model's codec.
+    ``model.latent_shape`` (from ``x_init`` if given, else ``initial_noise`` with ``seed``), then
+    decode them with the model's codec. ``settings`` None takes the defaults of SamplingSettings.
     ``step_fn`` None takes the deterministic step of the model's process (Euler for flow, DDIM
-    for eps)."""
+    for eps). ``times`` replaces the process's (settings.steps + 1,) time grid (the diffusers
+    pipeline's comes from its scheduler); ``on_step`` is called after every step. ``decode``
+    False returns the final latents (B, C, h, w) instead of images. ``negative_prompts`` (one per
+    layout) replace the empty prompt of the guidance's unconditional rows."""
+    settings = settings or SamplingSettings()
+    steps, cfg = settings.steps, settings.cfg
     device = torch.device(device) if device is not None else next(model.parameters()).device
     x = (initial_noise(layouts, model.latent_shape, seed) if x_init is None else x_init).to(device)
-    cond = guidance_conditioning(model, layouts, cfg, device)
-    times = model.process.times(steps, shift).to(device)
+    cond = guidance_conditioning(model, layouts, cfg, device, negative_prompts)
+    times = (model.process.times(steps, settings.shift) if times is None else times).to(device)
+    if len(times) != steps + 1:
+        raise ValueError(f"a time grid of {steps} steps has {steps + 1} times, got {len(times)}")
     step_fn = step_fn or model.process.step
-    with_layout = model_layout_steps(model, steps, layout_fraction)
+    with_layout = model_layout_steps(model, steps, settings.layout_fraction)
     batch = len(layouts)
     for i in range(steps):
         t = times[i].expand(batch)
         prediction = guided_prediction(model, x, t, cond, cfg, layout_on=i < with_layout)
         x = step_fn(prediction, x, t, times[i + 1].expand(batch))
-    return model.decode_latents(x).clamp(-1.0, 1.0)
+        if on_step is not None:
+            replaced = on_step(i, t, x)
+            x = x if replaced is None else replaced
+    return model.decode_latents(x).clamp(-1.0, 1.0) if decode else x
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -156,16 +183,18 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def generate(
     model,
     layouts: Sequence[Layout],
+    settings: SamplingSettings | None = None,
+    seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
     **kwargs,
 ) -> np.ndarray:
-    """Sample many layouts in batches; returns (B, H, W, 3) uint8."""
+    """Sample many layouts in batches of ``batch_size``; returns (B, H, W, 3) uint8. A layout
+    without a seed starts from the noise of ``seed`` + its index in ``layouts``. ``kwargs`` go to
+    ``sample`` (step_fn, device, on_step)."""
     chunks = []
     starts = range(0, len(layouts), batch_size)
     for start in tqdm(starts, desc="generating", unit="batch", disable=not progress or len(starts) < 2):
         chunk = layouts[start : start + batch_size]
-        kwargs_chunk = dict(kwargs)
-        kwargs_chunk["seed"] = kwargs.get("seed", 0) + start
-        chunks.append(to_uint8(sample(model, chunk, **kwargs_chunk)))
+        chunks.append(to_uint8(sample(model, chunk, settings, seed=seed + start, **kwargs)))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, 3), np.uint8)

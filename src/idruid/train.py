@@ -24,10 +24,10 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .boxes import covering_cells
 from .checkpoint import EMBEDDED_CHECKPOINT, describe_base, load_trained_weights, save_checkpoint
 from .config import TrainConfig, check_data, save_config
 from .data.shapes import ShapesPairedDataset
-from .layout import box_masks
 from .losses import disentangle_loss
 from .models import build_model
 from .models.base import LayoutModel
@@ -98,7 +98,7 @@ def idc_loss(attention_maps: list, boxes: torch.Tensor, valid: torch.Tensor) -> 
     losses = []
     for pos, neg, grid in attention_maps:
         if grid not in masks:
-            masks[grid] = box_masks(boxes, *grid) * valid.unsqueeze(-1).to(boxes.dtype)
+            masks[grid] = covering_cells(boxes, *grid) * valid.unsqueeze(-1).to(boxes.dtype)
         losses.append(disentangle_loss(pos, neg, masks[grid], valid))
     return torch.stack(losses).mean()
 
@@ -348,14 +348,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     export = out / "model"
     if accelerator.is_main_process:
         ema.copy_to(params)
-        sampling = {
-            "steps": config.eval_steps,
-            "cfg": config.eval_cfg,
-            "layout_fraction": config.layout_fraction,
-        }
-        save_checkpoint(
-            raw_model, export, {"train_steps": step, "sampling": {**sampling, "shift": config.shift}}
-        )
+        sampling = config.sampling_settings().to_dict()
+        save_checkpoint(raw_model, export, {"train_steps": step, "sampling": sampling})
         plot_losses(out / "log.jsonl", out / "loss.png")
     accelerator.end_training()
     return export

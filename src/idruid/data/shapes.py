@@ -8,7 +8,7 @@ benchmarks) runs on a CPU in minutes, and its ground truth is exact:
 - captions come in the paper's two styles (section 4.1): COCO-MIG's short "a red circle"
   and LayoutSAM-like detailed ones naming colour, texture and shape in varied words;
 - boxes sit on the pixel grid of the render, so a clean render's shapes fill their boxes
-  exactly and the analytic detector (idruid.detectors) recovers them;
+  exactly and the analytic detector (idruid.scorers.analytic) recovers them;
 - splits draw their seeds from disjoint seed sequences: training images, prompt-only
   layouts for RL, and the "shapes-mig" / "shapes-sam" benchmarks never share a scene.
 """
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from idruid.boxes import box_iou, pixel_masks
 from idruid.colors import COLOR_NAMES
 from idruid.layout import MAX_INSTANCES, Instance, Layout
 
@@ -83,14 +84,6 @@ class Scene:
 # ----------------------------------------------------------------------------- sampling
 
 
-def _box_iou(a: Sequence[int], b: Sequence[int]) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
-
-
 def _gap_ok(a: Sequence[int], b: Sequence[int], gap: int) -> bool:
     """True when the boxes are at least ``gap`` cells apart along x or y."""
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
@@ -114,7 +107,7 @@ def _overlaps(a: Sequence[int], b: Sequence[int]) -> bool:
 def _boxes_ok(new: tuple[int, ...], color: str, placed: list[tuple[int, ...]], colors: list[str]) -> bool:
     """Pairwise IoU, same-colour gap and covered share, rechecked only where ``new`` overlaps."""
     for box, other_color in zip(placed, colors, strict=True):
-        if _box_iou(new, box) > MAX_PAIR_IOU:
+        if box_iou(new, box) > MAX_PAIR_IOU:
             return False
         if other_color == color and not _gap_ok(new, box, SAME_COLOR_GAP):
             return False
@@ -239,7 +232,7 @@ def shape_mask(spec: ShapeSpec, resolution: int = RESOLUTION) -> np.ndarray:
     """(H, W) bool: the pixels whose centres lie inside the shape."""
     x, y = _pixel_centres(resolution)
     x0, y0, x1, y1 = spec.box
-    inside_box = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+    inside_box = pixel_masks(np.array([spec.box]), resolution, resolution)[0]
     if spec.shape == "square":
         return inside_box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2

@@ -202,6 +202,15 @@ class LayoutModel(nn.Module):
         return x_t.to(dtype), TextConditioning(**cast)
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights are (diffusers' pipelines read ``device`` and ``dtype`` of components)."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight_dtype
+
+    @property
     def weight_dtype(self) -> torch.dtype:
         """The dtype of idruid's own weights (what the inputs are cast to when the model was cast)."""
         return self.adapter.null_token.dtype
@@ -313,10 +322,16 @@ class LayoutModel(nn.Module):
             enabled=enabled,
         )
 
-    def unconditional(self, cond: TextConditioning) -> TextConditioning:
-        """The classifier-free-guidance partner of ``cond``: empty prompt, no layout."""
-        empty = self.text_encoder.encode([""])
+    def unconditional(
+        self, cond: TextConditioning, negative_prompts: Sequence[str] | None = None
+    ) -> TextConditioning:
+        """The classifier-free-guidance partner of ``cond``: empty prompt, no layout;
+        ``negative_prompts`` (one per row) in place of the empty prompt (diffusers' negative prompt)."""
         batch = len(cond)
+        if negative_prompts is not None and len(negative_prompts) != batch:
+            raise ValueError(f"{len(negative_prompts)} negative prompts for a batch of {batch}")
+        texts = [""] if negative_prompts is None else list(negative_prompts)
+        empty = self.text_encoder.encode(texts)
         device = cond.prompt_hidden.device
         return TextConditioning(
             prompt_hidden=empty.hidden[:, : cond.prompt_hidden.shape[1]]

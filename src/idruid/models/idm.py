@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from ..layout import patch_geometry
+from ..boxes import patch_geometry
 
 
 @dataclass

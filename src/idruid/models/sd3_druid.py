@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, ModelConfig, TrainConfig, load_config
+from ..config import ConfigError, ModelConfig, SamplingSettings, TrainConfig, load_config
 from ..processes import FlowProcess
 from .base import LayoutModel, TextConditioning
 from .druid_arch import DruidSD3Transformer, box_grid_masks, is_layout_key
@@ -189,11 +189,7 @@ def druid_config(druid_dir: str | Path, base_dir: str | Path) -> TrainConfig:
     return config
 
 
-def druid_sampling(config: TrainConfig, benchmark: str | None = None) -> dict:
+def druid_sampling(config: TrainConfig, benchmark: str | None = None) -> SamplingSettings:
     """Their sampling settings: steps, guidance (per benchmark), layout fraction and shift."""
-    return {
-        "steps": config.eval_steps,
-        "cfg": DRUID_CFG.get(benchmark, config.eval_cfg),
-        "layout_fraction": config.layout_fraction,
-        "shift": config.shift,
-    }
+    settings = config.sampling_settings()
+    return settings.override(cfg=DRUID_CFG.get(benchmark, settings.cfg))

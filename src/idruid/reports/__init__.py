@@ -1,5 +1,6 @@
 """Reports over several run folders: the paper's Tables 1-3, Figs. 5-6 and sample grids
-(``idruid report``). Drawing single images, grids and the ISR plot lives in idruid.report."""
+(``idruid report``). Drawing single images, grids and the ISR plot
+(also what ``idruid eval`` writes) is figures."""
 
 from .build import write_report
 from .runs import ReportError

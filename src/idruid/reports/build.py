@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..report import plot_isr_by_level
+from .figures import plot_isr_by_level
 from .plots import (
     LAMBDA_KEYS,
     baselines,

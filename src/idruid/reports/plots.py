@@ -3,7 +3,7 @@
 - Fig. 5: lambda sensitivity, the ISR Avg against lambda_dis or lambda_rl for runs that differ
   only in that lambda (and the seed); mean over seeds with the spread as error bars.
 - Fig. 6: the RL reward against the training step, raw and as a trailing moving average.
-The ISR-by-level plot (Table 1 as a figure) is idruid.report.plot_isr_by_level.
+The ISR-by-level plot (Table 1 as a figure) is idruid.reports.figures.plot_isr_by_level.
 """
 
 from __future__ import annotations

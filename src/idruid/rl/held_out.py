@@ -12,6 +12,7 @@ import torch
 
 from ..data.shapes import prompt_only_layout
 from ..sampling import sample, to_uint8
+from .rollout import rollout_settings
 
 HELD_OUT_START = 10_000  # prompt-only indices far from the ones the RL stage draws
 
@@ -31,7 +32,7 @@ class HeldOutReward:
     @torch.no_grad()
     def __call__(self, model, batch_size: int = 64) -> float:
         """Mean reward of the held-out set under ``model`` (left in the mode it was in)."""
-        rl, was_training = self.config.rl, model.training
+        settings, was_training = rollout_settings(self.config), model.training
         model.eval()
         scores = []
         for start in range(0, len(self.layouts), batch_size):
@@ -39,11 +40,8 @@ class HeldOutReward:
             images = sample(
                 model,
                 layouts,
-                steps=rl.steps,
-                cfg=rl.cfg,
+                settings,
                 x_init=self.noise[start : start + batch_size],
-                layout_fraction=self.config.layout_fraction,
-                shift=self.config.shift,
             )
             scores.append(self.reward(to_uint8(images), layouts).float().cpu().numpy())
         model.train(was_training)

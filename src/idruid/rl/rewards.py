@@ -10,7 +10,7 @@ Variants, selected by name (REWARDS):
   k = 5 Table 4's "+ 5Conf");
 - ``false``: the negated ``iou_conf`` reward (Table 6, robustness to a false reward).
 
-The detector is any idruid.detectors.Detector: the analytic one in the shapes world,
+The detector is any idruid.scorers.protocols.Detector: the analytic one in the shapes world,
 GroundingDINO on real images.
 """
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..detectors import Detections, Detector
+from ..boxes import box_iou
 from ..layout import Layout
-from ..metrics import box_iou
+from ..scorers.protocols import Detections, Detector
 
 
 @dataclass

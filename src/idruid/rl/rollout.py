@@ -19,8 +19,15 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..config import SamplingSettings, TrainConfig
 from ..layout import Layout
 from ..sampling import guidance_conditioning, guided_prediction, model_layout_steps, sample
+
+
+def rollout_settings(config: TrainConfig) -> SamplingSettings:
+    """The sampling settings of the RL stage's rollouts: the run's layout fraction and shift,
+    ``rl.steps`` steps at guidance ``rl.cfg``."""
+    return config.sampling_settings().override(steps=config.rl.steps, cfg=config.rl.cfg)
 
 
 def rl_step_count(steps: int, rl_fraction: float) -> int:
@@ -102,24 +109,23 @@ class _RecordingStep:
 def rollout(
     model,
     layouts: Sequence[Layout],
-    steps: int,
+    settings: SamplingSettings,
     rl_steps: int,
-    cfg: float,
-    layout_fraction: float,
     noise_level: float = 0.7,
-    shift: float = 1.0,
     x_init: torch.Tensor | None = None,
     eta: float = 1.0,
     first_step: int = 0,
 ) -> Rollout:
-    """Sample ``layouts`` with the policy on ``rl_steps`` steps from ``first_step`` on and record
-    them. ``noise_level`` is the flow SDE's a (Eq. 5), ``eta`` the eps process's DDIM eta."""
+    """Sample ``layouts`` with ``settings`` and the policy on ``rl_steps`` steps from
+    ``first_step`` on, and record them. ``noise_level`` is the flow SDE's a (Eq. 5), ``eta`` the
+    eps process's DDIM eta."""
+    steps = settings.steps
     if steps < 2:
         raise ValueError("a rollout needs at least 2 sampling steps")
     if first_step < 0 or rl_steps < 1 or first_step + rl_steps > steps:
         raise ValueError(f"SDE window of {rl_steps} steps from step {first_step} does not fit {steps} steps")
     process = model.process
-    times = process.times(steps, shift)
+    times = process.times(steps, settings.shift)
     device = next(model.parameters()).device
     if x_init is None:
         x_init = torch.randn((len(layouts), *model.latent_shape))
@@ -127,10 +133,7 @@ def rollout(
     images = sample(
         model,
         layouts,
-        steps=steps,
-        cfg=cfg,
-        layout_fraction=layout_fraction,
-        shift=shift,
+        settings,
         step_fn=recorder,
         x_init=x_init.to(device),
     )
@@ -149,16 +152,14 @@ def rollout(
 def policy_log_probs(
     model,
     recorded: Rollout,
-    cfg: float,
-    layout_fraction: float,
-    steps: int,
+    settings: SamplingSettings,
     noise_level: float = 0.7,
-    shift: float = 1.0,
     network=None,
     eta: float = 1.0,
     detach_uncond: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """log pi_theta(action | state) of the recorded steps under the current weights, with grad.
+    """log pi_theta(action | state) of the recorded steps under the current weights, with grad;
+    ``settings`` are those the rollout was sampled with.
 
     ``model`` encodes the text; ``network`` (default ``model``) makes the predictions: in
     training, the accelerate-prepared module, so that gradients synchronise across processes;
@@ -172,8 +173,9 @@ def policy_log_probs(
     device = next(model.parameters()).device
     num_steps, batch = recorded.log_prob.shape
     process = model.process
-    policy = process.policy(process.times(steps, shift), noise_level, eta)
-    with_layout = model_layout_steps(model, steps, layout_fraction)
+    cfg = settings.cfg
+    policy = process.policy(process.times(settings.steps, settings.shift), noise_level, eta)
+    with_layout = model_layout_steps(model, settings.steps, settings.layout_fraction)
     x_t = recorded.x_t.to(device).flatten(0, 1)  # (K * B, C, H, W), step-major
     x_next = recorded.x_next.to(device).flatten(0, 1)
     t = recorded.times[:-1].to(device).repeat_interleave(batch)

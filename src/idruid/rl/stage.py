@@ -31,18 +31,19 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
+from ..boxes import covering_cells
 from ..config import ConfigError, TrainConfig
 from ..data.shapes import image_to_tensor, prompt_only_layout, render_layout_scene
-from ..detectors import load_detector
-from ..layout import Layout, box_masks, load_layouts
+from ..layout import Layout, load_layouts
 from ..sampling import to_uint8
+from ..scorers.registry import load_scorer
 from .advantages import clip_advantages, group_means, one_sign, standardise, within_group_variance
 from .critic import Critic, critic_loss
 from .logprob import box_log_probs, gaussian_kl
 from .pool import ActionPool
 from .ppo import ppo_loss
 from .rewards import LayoutReward
-from .rollout import Rollout, policy_log_probs, rollout, sde_window
+from .rollout import Rollout, policy_log_probs, rollout, rollout_settings, sde_window
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class RLStage:
         self.reward = None
         if rl.algorithm in ("ppo", "grpo"):
             self.reward = LayoutReward(
-                load_detector(rl.detector, str(self.device)), rl.reward, rl.confidence_weight
+                load_scorer("detector", rl.detector, str(self.device)), rl.reward, rl.confidence_weight
             )
         self.critic = None
         if rl.algorithm == "ppo" and self.baseline == "critic":
@@ -165,7 +166,7 @@ class RLStage:
         masks are built once for all of them."""
         steps, batch = recorded.log_prob.shape
         x_next = recorded.x_next.to(self.device).flatten(0, 1)
-        masks = box_masks(cond.boxes, *x_next.shape[-2:]) * cond.valid[..., None]  # (B, N, H * W)
+        masks = covering_cells(cond.boxes, *x_next.shape[-2:]) * cond.valid[..., None]  # (B, N, H * W)
         masks = masks.repeat(steps, 1, 1)
         return tuple(
             box_log_probs(x_next, mean.flatten(0, 1), scale.flatten(0, 1), masks).view(steps, batch, -1)
@@ -177,12 +178,9 @@ class RLStage:
         return policy_log_probs(
             model,
             recorded,
-            rl.cfg,
-            self.config.layout_fraction,
-            rl.steps,
-            rl.noise_level,
-            self.config.shift,
-            network,
+            settings=rollout_settings(self.config),
+            noise_level=rl.noise_level,
+            network=network,
             eta=rl.eta,
             detach_uncond=detach_uncond,
         )
@@ -207,12 +205,9 @@ class RLStage:
         fresh = rollout(
             model,
             layouts,
-            rl.steps,
-            length,
-            rl.cfg,
-            self.config.layout_fraction,
-            rl.noise_level,
-            self.config.shift,
+            settings=rollout_settings(self.config),
+            rl_steps=length,
+            noise_level=rl.noise_level,
             eta=rl.eta,
             first_step=first_step,
         )

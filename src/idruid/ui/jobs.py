@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..layout import Layout
-from ..sampling import StepFn, generate
+from ..sampling import SamplingSettings, StepFn, generate
 from .limits import JOB_TIMEOUT, KEEP_FINISHED, MAX_QUEUE
 from .payload import GenerateRequest
 
@@ -105,8 +105,7 @@ class JobRunner:
     def __init__(
         self,
         model,
-        layout_fraction: float,
-        shift: float,
+        settings: SamplingSettings,  # the checkpoint's; each job sets steps and cfg
         device: str = "cpu",
         workers: int = 1,
         keep: int = KEEP_FINISHED,
@@ -115,8 +114,7 @@ class JobRunner:
         timeout: float = JOB_TIMEOUT,
     ):
         self.model = model
-        self.layout_fraction = layout_fraction
-        self.shift = shift
+        self.settings = settings
         self.device = device
         self.keep = keep
         self.max_pending = max_pending
@@ -206,12 +204,9 @@ class JobRunner:
                 image = generate(
                     self.model,
                     [job.layout],
-                    progress=False,
-                    steps=job.steps,
-                    cfg=job.cfg,
+                    self.settings.override(steps=job.steps, cfg=job.cfg),
                     seed=job.layout.seed,
-                    layout_fraction=self.layout_fraction,
-                    shift=self.shift,
+                    progress=False,
                     device=self.device,
                     step_fn=counting_step(on_step, self.step_fn or self.model.process.step),
                 )[0]

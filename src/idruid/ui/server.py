@@ -108,14 +108,12 @@ def checkpoint_runner(checkpoint: str | None, device: str = "cpu", **limits) -> 
     """Load a checkpoint (the embedded model when None) as ``idruid generate`` does: sampling
     settings the page does not ask for (layout fraction, shift) come from the checkpoint;
     ``limits``: JobRunner's ``max_pending`` and ``timeout``."""
-    from ..checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint, read_checkpoint_meta
-    from ..cli import SAMPLING_DEFAULTS
+    from ..checkpoint import checkpoint_sampling, load_checkpoint
 
     model = load_checkpoint(checkpoint, device=device)
-    saved = read_checkpoint_meta(checkpoint or EMBEDDED_CHECKPOINT).get("sampling", {})
-    settings = {name: saved.get(name, default) for name, default in SAMPLING_DEFAULTS.items()}
-    runner = JobRunner(model, settings["layout_fraction"], settings["shift"], device=device, **limits)
-    return runner, {"steps": settings["steps"], "cfg": settings["cfg"], "seed": 0}
+    settings = checkpoint_sampling(checkpoint)
+    runner = JobRunner(model, settings, device=device, **limits)
+    return runner, {"steps": settings.steps, "cfg": settings.cfg, "seed": 0}
 
 
 def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
+from idruid.boxes import box_iou
 from idruid.colors import COLOR_NAMES
 from idruid.data.shapes import (
     SHAPES,
@@ -17,18 +18,10 @@ from idruid.data.shapes import (
     sample_scene,
     short_caption,
 )
-from idruid.detectors import (
-    DETECTORS,
-    JUDGES,
-    SEGMENTERS,
-    AnalyticDetector,
-    AnalyticJudge,
-    AnalyticSegmenter,
-    CaptionAttributes,
-    Detections,
-    box_iou,
-    parse_caption,
-)
+from idruid.scorers.analytic import AnalyticDetector, AnalyticJudge, AnalyticSegmenter
+from idruid.scorers.captions import CaptionAttributes, parse_caption
+from idruid.scorers.protocols import Detections
+from idruid.scorers.registry import SCORERS
 
 
 def _random_spec(rng) -> ShapeSpec:
@@ -64,9 +57,9 @@ def test_detections_best():
 
 
 def test_registries():
-    assert DETECTORS["analytic"] is AnalyticDetector
-    assert SEGMENTERS["analytic"] is AnalyticSegmenter
-    assert JUDGES["analytic"] is AnalyticJudge
+    assert SCORERS["detector"].analytic["analytic"] is AnalyticDetector
+    assert SCORERS["segmenter"].analytic["analytic"] is AnalyticSegmenter
+    assert SCORERS["judge"].analytic["analytic"] is AnalyticJudge
 
 
 def test_single_shapes_are_found_exactly():
@@ -175,7 +168,7 @@ def test_tiny_specks_are_penalised():
 def test_silhouette_comparison_skips_what_covers_the_shape():
     """A square whose corner a smaller shape covers still reads as a square; without knowing the
     cover, the missing corner makes it look less square."""
-    from idruid.detectors import SHAPE_NAMES, shape_probabilities, silhouettes
+    from idruid.scorers.analytic import SHAPE_NAMES, shape_probabilities, silhouettes
 
     square = np.zeros((16, 16), dtype=bool)
     square[2:14, 2:14] = True

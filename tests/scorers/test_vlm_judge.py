@@ -12,19 +12,20 @@ import pytest
 import torch
 from tiny_models import build_tiny_llava, judge_words, llava_processor, llava_tokenizer
 
-from idruid.detectors import AnalyticJudge, RegionJudgement
-from idruid.judges import (
+from idruid.boxes import pixel_masks, pixel_windows
+from idruid.metrics import aggregate_sam
+from idruid.scorers.analytic import AnalyticJudge
+from idruid.scorers.protocols import RegionJudgement
+from idruid.scorers.registry import load_scorer
+from idruid.scorers.vlm_judge import (
     ATTRIBUTES,
     VlmJudge,
     answer_token_id,
     attribute_question,
     box_crops_pixels,
-    box_pixel_windows,
     judge_regions,
-    load_judge,
     spatial_question,
 )
-from idruid.metrics import aggregate_sam, box_pixel_masks
 
 CAPTIONS = ["a red circle", "a striped blue square", "a green triangle", "a dotted yellow circle"]
 
@@ -85,7 +86,7 @@ def test_crops_by_hand():
         ]
     )
     expected_windows = [[0, 2, 0, 4], [0, 4, 2, 5], [1, 2, 4, 5], [3, 4, 7, 8], [1, 2, 0, 8]]
-    assert box_pixel_windows(boxes, height, width).tolist() == expected_windows
+    assert pixel_windows(boxes, height, width).tolist() == expected_windows
     crops = box_crops_pixels(image, boxes)
     assert [c.shape for c in crops] == [(2, 4, 3), (4, 3, 3), (1, 1, 3), (1, 1, 3), (1, 8, 3)]
     assert crops[1][:, :, 2].tolist() == [[2, 3, 4], [12, 13, 14], [22, 23, 24], [32, 33, 34]]
@@ -94,15 +95,15 @@ def test_crops_by_hand():
     assert crops[4][0, :, 1].tolist() == list(range(8))
 
 
-def test_crops_hold_the_pixels_of_box_pixel_masks():
+def test_crops_hold_the_pixels_of_pixel_masks():
     rng = np.random.default_rng(0)
     image = _images(1, seed=1, height=20, width=28)[0]
     corners = rng.uniform(0, 1, (50, 2, 2))
     boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)  # (50, 4) xyxy
-    masks = box_pixel_masks(boxes, 20, 28)
+    masks = pixel_masks(boxes, 20, 28)
     # Rows and columns counted alone: the same boxes stretched across the other axis.
-    rows = box_pixel_masks(boxes * [0, 1, 0, 1] + [0, 0, 1, 0], 20, 28).any(axis=2).sum(axis=1)
-    cols = box_pixel_masks(boxes * [1, 0, 1, 0] + [0, 0, 0, 1], 20, 28).any(axis=1).sum(axis=1)
+    rows = pixel_masks(boxes * [0, 1, 0, 1] + [0, 0, 1, 0], 20, 28).any(axis=2).sum(axis=1)
+    cols = pixel_masks(boxes * [1, 0, 1, 0] + [0, 0, 0, 1], 20, 28).any(axis=1).sum(axis=1)
     checked = 0
     for crop, mask, h, w in zip(box_crops_pixels(image, boxes), masks, rows, cols, strict=True):
         assert crop.shape == (max(h, 1), max(w, 1), 3)
@@ -248,18 +249,18 @@ def test_aggregate_sam_micro_averages_the_verdicts():
 
 
 def test_load_judge_picks_registry_or_directory(checkpoint, tmp_path):
-    assert isinstance(load_judge("analytic"), AnalyticJudge)
-    loaded = load_judge(str(checkpoint))
+    assert isinstance(load_scorer("judge", "analytic"), AnalyticJudge)
+    loaded = load_scorer("judge", str(checkpoint))
     assert isinstance(loaded, VlmJudge) and loaded.batch_size == 16
     vocab = loaded.processor.tokenizer.get_vocab()
     assert (loaded.yes_id, loaded.no_id) == (vocab["Yes"], vocab["No"])
     missing = tmp_path / "no_such_vlm"
     with pytest.raises(
-        FileNotFoundError, match=rf"{re.escape(str(missing))} does not exist.*--judge.*analytic"
+        FileNotFoundError, match=rf"--judge {re.escape(str(missing))}: unknown judge and no such.*analytic"
     ):
-        load_judge(str(missing))
+        load_scorer("judge", str(missing))
     with pytest.raises(FileNotFoundError, match=r"lacks config.json"):
-        load_judge(str(tmp_path))
+        load_scorer("judge", str(tmp_path))
 
 
 def test_a_processor_without_chat_template_is_refused(checkpoint, tmp_path):

@@ -12,13 +12,10 @@ import pytest
 import torch
 from tiny_models import build_tiny_grounding_dino
 
-from idruid.detectors import (
-    AnalyticDetector,
-    Detections,
-    GroundingDinoDetector,
-    grounding_prompt,
-    load_detector,
-)
+from idruid.scorers.analytic import AnalyticDetector
+from idruid.scorers.grounding_dino import GroundingDinoDetector, grounding_prompt
+from idruid.scorers.protocols import Detections
+from idruid.scorers.registry import load_scorer
 
 WORDS = ["a", "red", "blue", "green", "striped", "dotted", "circle", "square", "dog", "cat", "on", "the"]
 NUM_QUERIES = 12
@@ -65,12 +62,12 @@ def _assert_same_detections(a: Detections, b: Detections, atol: float) -> None:
 
 
 def test_load_detector_picks_registry_or_directory(checkpoint):
-    assert isinstance(load_detector("analytic"), AnalyticDetector)
-    loaded = load_detector(str(checkpoint))
+    assert isinstance(load_scorer("detector", "analytic"), AnalyticDetector)
+    loaded = load_scorer("detector", str(checkpoint))
     assert isinstance(loaded, GroundingDinoDetector)
     assert (loaded.box_threshold, loaded.text_threshold) == (0.25, 0.25)
-    with pytest.raises(ValueError, match=r"'nope'.*analytic.*or a local GroundingDINO directory"):
-        load_detector("nope")
+    with pytest.raises(FileNotFoundError, match=r"--detector nope: unknown detector.*GroundingDINO"):
+        load_scorer("detector", "nope")
 
 
 def test_output_structure(detector):
@@ -177,7 +174,7 @@ def test_tokenizer_with_other_special_ids_is_refused(detector):
 
 def test_missing_directory_and_files(checkpoint, tmp_path):
     missing = tmp_path / "absent"
-    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(missing))}.*does not exist"):
+    with pytest.raises(FileNotFoundError, match=f"{re.escape(str(missing))}.*no such directory"):
         GroundingDinoDetector.from_pretrained(missing)
     no_weights = tmp_path / "no_weights"
     shutil.copytree(checkpoint, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -186,4 +183,4 @@ def test_missing_directory_and_files(checkpoint, tmp_path):
     no_config = tmp_path / "no_config"
     shutil.copytree(checkpoint, no_config, ignore=shutil.ignore_patterns("config.json"))
     with pytest.raises(FileNotFoundError, match=f"{re.escape(str(no_config))}.*config\\.json"):
-        load_detector(str(no_config))
+        load_scorer("detector", str(no_config))

@@ -6,10 +6,8 @@ predicted IoU) and counts the mask's pixels in the caption colour's HSV range. S
 the same with transformers' SamModel + SamProcessor loaded from a local directory: one forward
 per chunk of images, all of an image's boxes prompted together (SAM decodes each box on its own,
 so padding an image's boxes to the chunk's longest list changes nothing), masks brought back
-to the image size by the processor's post_process_masks.
-
-load_segmenter picks a segmenter by registry name ("analytic", the shapes-world stand-in) or by
-SAM directory, as detectors.load_detector does for detectors.
+to the image size by the processor's post_process_masks. Boxes are scaled to pixels unrounded
+(idruid.boxes.to_pixels), as COCO-MIG does.
 """
 
 from __future__ import annotations
@@ -17,57 +15,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .detectors import SEGMENTERS, Segmenter
-from .model_dirs import missing_files
+from idruid.boxes import to_pixels
+
+from .registry import check_model_dir
 
 if TYPE_CHECKING:
     from transformers import SamModel, SamProcessor
 
-FLAG = "--segmenter"
-SAM_TYPES = ("sam", "sam_hq")  # transformers' SamModel and SamHQModel, the same prompting
-
-# What a SAM directory needs, as (what is missing, files any one of which will do).
-_SAM_FILES = (
-    ("config.json", ("config.json",)),
-    ("weights", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")),
-    ("image processor config", ("preprocessor_config.json", "processor_config.json")),
-)
-
-
-def check_sam_dir(path: str | os.PathLike) -> Path:
-    """The directory as a Path; FileNotFoundError naming the path, the flag and what is missing,
-    so a wrong path fails before transformers reads it as a hub id (and, offline, fails)."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{FLAG} {directory}: SAM directory does not exist")
-    missing = missing_files(directory, _SAM_FILES)
-    if missing:
-        raise FileNotFoundError(f"{FLAG} {directory}: not a SAM directory, it lacks {'; '.join(missing)}")
-    try:
-        model_type = json.loads((directory / "config.json").read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise FileNotFoundError(f"{FLAG} {directory}: config.json is not a JSON object ({err})") from None
-    if model_type not in SAM_TYPES:
-        raise FileNotFoundError(
-            f"{FLAG} {directory}: config.json is for model type {model_type!r}, not 'sam' or 'sam_hq'"
-        )
-    return directory
-
 
 def sam_model_type(path: str | os.PathLike) -> str:
     """The model type of a SAM folder: sam, or sam_hq (SAM-HQ, the I-DRUID authors' segmenter)."""
-    return json.loads((check_sam_dir(path) / "config.json").read_text())["model_type"]
-
-
-def pixel_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(n, 4) normalised xyxy -> (n, 4) float64 xyxy in pixels of a height x width image, as
-    COCO-MIG scales its boxes (box * 512 on the 512x512 image)."""
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([width, height, width, height])
+    return json.loads((check_model_dir("segmenter", path) / "config.json").read_text())["model_type"]
 
 
 class SamSegmenter:
@@ -94,7 +56,7 @@ class SamSegmenter:
         from transformers import SamHQModel, SamHQProcessor, SamModel, SamProcessor
 
         hq = sam_model_type(path) == "sam_hq"
-        directory = check_sam_dir(path)
+        directory = check_model_dir("segmenter", path)
         model = (SamHQModel if hq else SamModel).from_pretrained(directory)
         processor = (SamHQProcessor if hq else SamProcessor).from_pretrained(directory)
         return cls(model, processor, device, batch_size)
@@ -107,7 +69,7 @@ class SamSegmenter:
         if len(images) != len(boxes):
             raise ValueError(f"got {len(images)} images but {len(boxes)} box lists")
         height, width = images.shape[1:3]
-        boxes = [pixel_boxes(b, height, width) for b in boxes]
+        boxes = [to_pixels(b, height, width) for b in boxes]
         masks = [np.zeros((len(b), height, width), dtype=bool) for b in boxes]
         prompted = [k for k, b in enumerate(boxes) if len(b)]
         for start in range(0, len(prompted), self.batch_size):
@@ -142,15 +104,3 @@ class SamSegmenter:
             list(low_res.float().cpu()), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
         )  # b x (n, 1, H, W) bool
         return [m[: len(b), 0].numpy().astype(bool) for m, b in zip(full, boxes, strict=True)]
-
-
-def load_segmenter(spec: str, device: str = "cpu") -> Segmenter:
-    """A segmenter by registry name ("analytic") or SAM directory, so one command-line option
-    covers the shapes world and real images."""
-    if spec in SEGMENTERS:
-        return SEGMENTERS[spec]()
-    if Path(spec).is_dir():
-        return SamSegmenter.from_pretrained(spec, device)
-    raise FileNotFoundError(
-        f"{FLAG} {spec}: unknown segmenter; use one of {sorted(SEGMENTERS)} or a local SAM directory"
-    )

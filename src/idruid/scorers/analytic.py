@@ -1,17 +1,15 @@
-"""Detector, segmenter and judge protocols, and their analytic shapes-world versions.
+"""The analytic detector, segmenter and judge: the shapes world's stand-ins for GroundingDINO,
+SAM and the VLM judge (idruid.scorers.protocols).
 
-The paper scores layouts with GroundingDINO (the RL reward, section 3.3, and COCO-MIG's
-position check), SAM (COCO-MIG's colour check) and a VLM judge (LayoutSAM-eval's spatial,
-colour, texture and shape questions). The protocols below are those models' interfaces;
-the analytic classes implement them for the shapes world (idruid.data.shapes) with plain
-image analysis and no knowledge of the target layout, so rewards and benchmarks run on a
-CPU with no weights:
+They implement the protocols for the shapes world (idruid.data.shapes) with plain image
+analysis and no knowledge of the target layout, so rewards and benchmarks run on a CPU with
+no weights:
 
 - each pixel takes the colour of the nearest swatch of the world's palette (a colour, its
   texture shade, or the background grey), and a pixel that no neighbour shares takes its
   neighbours' colour: like a learned detector, this reads a noisy or slightly off-colour
   render as its colours, where COCO-MIG's narrow HSV ranges (kept for its colour check,
-  idruid.metrics) drop pixels and split shapes;
+  idruid.colors) drop pixels and split shapes;
 - candidates are connected components of each colour's pixels (after a 3x3 closing, so
   striped and dotted shapes form one piece; touching shapes of different colours stay apart);
 - a query such as "a striped red circle" keeps the components of its colour and scores
@@ -20,137 +18,22 @@ CPU with no weights:
   box (IoU, skipping pixels that another object may cover).
 
 Per-pixel work is numpy/scipy; Python loops run over images, queries and components only.
-
-GroundingDinoDetector wraps a local transformers GroundingDINO checkpoint in the same Detector
-protocol for real images (one box score per caption: the max over the caption's tokens), and
-load_detector picks a detector by registry name or checkpoint directory.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from scipy import ndimage
 
+from idruid.boxes import box_iou, mask_box, pixel_masks
 from idruid.colors import COLOR_NAMES
 from idruid.data.shapes import BACKGROUND, COLORS, SHADES
-from idruid.metrics import box_iou, box_pixel_masks
-from idruid.model_dirs import missing_files
 
-if TYPE_CHECKING:
-    from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
-
-SHAPE_NAMES = ("circle", "square", "triangle")
-TEXTURE_NAMES = ("solid", "striped", "dotted")
-
-# ----------------------------------------------------------------------------- captions
-
-_SHAPE_SYNONYMS = {
-    "circle": "circle",
-    "circles": "circle",
-    "disc": "circle",
-    "disk": "circle",
-    "round": "circle",
-    "ring": "circle",
-    "square": "square",
-    "squares": "square",
-    "tile": "square",
-    "block": "square",
-    "box": "square",
-    "triangle": "triangle",
-    "triangles": "triangle",
-    "triangular": "triangle",
-    "pyramid": "triangle",
-}
-_TEXTURE_SYNONYMS = {
-    "solid": "solid",
-    "plain": "solid",
-    "flat": "solid",
-    "uniformly": "solid",
-    "uniform": "solid",
-    "striped": "striped",
-    "stripes": "striped",
-    "stripe": "striped",
-    "stripy": "striped",
-    "banded": "striped",
-    "bands": "striped",
-    "lined": "striped",
-    "dotted": "dotted",
-    "dots": "dotted",
-    "dot": "dotted",
-    "polka": "dotted",
-    "speckled": "dotted",
-    "spotted": "dotted",
-}
-
-
-@dataclass(frozen=True)
-class CaptionAttributes:
-    color: str | None
-    shape: str | None
-    texture: str | None
-
-
-def _first(words: Sequence[str], table: dict[str, str]) -> str | None:
-    return next((table[w] for w in words if w in table), None)
-
-
-def parse_caption(caption: str) -> CaptionAttributes:
-    """Colour, shape and texture named in a caption; None for what it does not name."""
-    words = re.findall(r"[a-z]+", caption.lower())
-    color = next((w for w in words if w in COLOR_NAMES), None)
-    return CaptionAttributes(color, _first(words, _SHAPE_SYNONYMS), _first(words, _TEXTURE_SYNONYMS))
-
-
-# ----------------------------------------------------------------------------- protocols
-
-
-@dataclass
-class Detections:
-    boxes: np.ndarray  # (k, 4) float32 normalised xyxy, best first
-    scores: np.ndarray  # (k,) float32 in [0, 1], descending
-
-    @property
-    def best(self) -> tuple[np.ndarray, float]:
-        """The top box and its score; zeros and 0.0 when nothing was detected."""
-        if len(self.scores) == 0:
-            return np.zeros(4, dtype=np.float32), 0.0
-        return self.boxes[0], float(self.scores[0])
-
-
-class Detector(Protocol):
-    def detect(self, images: np.ndarray, captions: Sequence[Sequence[str]]) -> list[list[Detections]]:
-        """images (B, H, W, 3) uint8; captions[b] the queries for image b -> detections[b][query]."""
-        ...
-
-
-class Segmenter(Protocol):
-    def segment(self, images: np.ndarray, boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """images (B, H, W, 3) uint8; boxes[b] (n, 4) normalised -> masks[b] (n, H, W) bool."""
-        ...
-
-
-@dataclass(frozen=True)
-class RegionJudgement:
-    spatial: bool
-    color: bool
-    texture: bool
-    shape: bool
-
-
-class Judge(Protocol):
-    def judge(
-        self, images: np.ndarray, boxes: Sequence[np.ndarray], captions: Sequence[Sequence[str]]
-    ) -> list[list[RegionJudgement]]:
-        """images (B, H, W, 3) uint8; boxes[b] (n, 4) and captions[b] (n) -> one verdict per box."""
-        ...
-
+from .captions import SHAPE_NAMES, TEXTURE_NAMES, CaptionAttributes, parse_caption
+from .protocols import Detections, RegionJudgement
 
 # ----------------------------------------------------------------------------- image analysis
 
@@ -303,15 +186,6 @@ def texture_probabilities(luma: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return _softmax_neg_sq(distances, TEXTURE_SIGMA)
 
 
-def _pixel_box(mask: np.ndarray) -> np.ndarray:
-    height, width = mask.shape
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return np.array(
-        [cols[0] / width, rows[0] / height, (cols[-1] + 1) / width, (rows[-1] + 1) / height], dtype=np.float32
-    )
-
-
 def analyse_image(image: np.ndarray) -> list[Component]:
     """All candidate objects of one (H, W, 3) uint8 image, colour by colour."""
     image = np.asarray(image)
@@ -333,7 +207,7 @@ def analyse_image(image: np.ndarray) -> list[Component]:
                 Component(
                     color=color,
                     mask=mask,
-                    box=_pixel_box(mask),
+                    box=mask_box(mask),
                     area=area,
                     purity=float(pure[mask].mean()),
                     shape_probs=shape_probabilities(mask, others),
@@ -394,7 +268,7 @@ class AnalyticSegmenter:
             foreground = foreground_mask(np.asarray(image))
             image_boxes = np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4)
             masks.append(
-                foreground & box_pixel_masks(image_boxes, height, width)
+                foreground & pixel_masks(image_boxes, height, width)
                 if len(image_boxes)
                 else np.zeros((0, height, width), dtype=bool)
             )
@@ -441,165 +315,3 @@ class AnalyticJudge:
                 [judge_region(components, b, c) for b, c in zip(image_boxes, image_captions, strict=True)]
             )
         return results
-
-
-# ----------------------------------------------------------------------------- grounding dino
-
-# What a GroundingDINO directory needs, as (what is missing, files any one of which will do).
-_GROUNDING_DINO_FILES = (
-    ("config.json", ("config.json",)),
-    ("weights", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")),
-    ("image processor config", ("processor_config.json", "preprocessor_config.json")),
-    ("tokenizer", ("tokenizer.json", "vocab.txt")),
-)
-
-
-def check_grounding_dino_dir(path: str | os.PathLike) -> Path:
-    """The directory as a Path; FileNotFoundError naming what is missing, so a wrong path fails
-    before transformers tries (and, offline, fails) to read it as a hub id."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"GroundingDINO directory {directory} does not exist")
-    missing = missing_files(directory, _GROUNDING_DINO_FILES)
-    if missing:
-        raise FileNotFoundError(f"GroundingDINO directory {directory} lacks {'; '.join(missing)}")
-    return directory
-
-
-def grounding_prompt(captions: Sequence[str]) -> str:
-    """GroundingDINO's text for a set of queries: "cap1. cap2. cap3." lower-cased. The model splits
-    phrases at '.' and '?', so a caption may end with '.' but hold neither inside."""
-    phrases = []
-    for caption in captions:
-        phrase = caption.strip().lower().rstrip(".").strip()
-        if not phrase or "." in phrase or "?" in phrase:
-            raise ValueError(f"caption {caption!r} must be non-empty and hold no '.' or '?' (phrase breaks)")
-        phrases.append(phrase)
-    return " ".join(f"{phrase}." for phrase in phrases)
-
-
-def phrase_spans(input_ids: np.ndarray, separator_id: int, count: int) -> list[tuple[int, int]]:
-    """[start, end) token span of each phrase of a "cap1. cap2." prompt in (T,) input_ids: the
-    tokens after [CLS] or the previous '.', up to the next '.'."""
-    separators = np.flatnonzero(np.asarray(input_ids) == separator_id)
-    if len(separators) != count:
-        raise ValueError(f"expected {count} '.' separators in the prompt, found {len(separators)}")
-    starts = np.concatenate([[1], separators[:-1] + 1])[:count].astype(int)  # [CLS] opens the first
-    if (separators <= starts).any():
-        raise ValueError("a caption tokenised to no tokens")
-    return list(zip(starts.tolist(), separators.tolist(), strict=True))
-
-
-def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    """(..., 4) normalised centre/size boxes, as DETR-style heads predict them, to normalised
-    corners clipped to the image."""
-    centre, size = boxes[..., :2], boxes[..., 2:]
-    return np.clip(np.concatenate([centre - size / 2, centre + size / 2], axis=-1), 0.0, 1.0)
-
-
-class GroundingDinoDetector:
-    """GroundingDINO (transformers) behind the Detector protocol: all of an image's captions go
-    into one prompt, and a query box scores for a caption by the max over the caption's tokens
-    of sigmoid(logits). A box is kept for a caption when that score reaches box_threshold and
-    some token of the caption reaches text_threshold (GroundingDINO's phrase test); with the
-    phrase fixed, the two gates reduce to score >= max(box_threshold, text_threshold)."""
-
-    def __init__(
-        self,
-        model: GroundingDinoForObjectDetection,
-        processor: GroundingDinoProcessor,
-        device: str = "cpu",
-        box_threshold: float = 0.25,
-        text_threshold: float = 0.25,
-    ) -> None:
-        from transformers.models.grounding_dino.modeling_grounding_dino import SPECIAL_TOKENS
-
-        tokenizer = processor.tokenizer
-        tokens = [tokenizer.cls_token, tokenizer.sep_token, ".", "?"]
-        ids = [int(i) for i in tokenizer.convert_tokens_to_ids(tokens)]
-        if ids != list(SPECIAL_TOKENS):
-            # The model splits phrases at these hard-coded ids; another vocabulary would merge them.
-            raise ValueError(f"tokenizer maps {tokens} to {ids}; GroundingDINO hard-codes {SPECIAL_TOKENS}")
-        self.separator_id = ids[2]
-        self.model = model.to(device).eval()
-        self.processor = processor
-        self.device = device
-        self.box_threshold = box_threshold
-        self.text_threshold = text_threshold
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike,
-        device: str = "cpu",
-        box_threshold: float = 0.25,
-        text_threshold: float = 0.25,
-    ) -> GroundingDinoDetector:
-        """Model and processor from a local directory written by their save_pretrained (or a hub
-        snapshot); in transformers 5 AutoProcessor picks the PIL image processor without torchvision."""
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection
-
-        directory = check_grounding_dino_dir(path)
-        model = GroundingDinoForObjectDetection.from_pretrained(directory)
-        processor = AutoProcessor.from_pretrained(directory)
-        return cls(model, processor, device, box_threshold, text_threshold)
-
-    def detect(self, images: np.ndarray, captions: Sequence[Sequence[str]]) -> list[list[Detections]]:
-        """images (B, H, W, 3) uint8; captions[b] the queries for image b -> detections[b][query],
-        boxes normalised xyxy, best first. One forward for the batch; texts are padded."""
-        import torch
-
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"images must be (B, H, W, 3) uint8, got {images.shape} {images.dtype}")
-        if len(images) != len(captions):
-            raise ValueError(f"got {len(images)} images but {len(captions)} caption lists")
-        prompts = [grounding_prompt(queries) for queries in captions]
-        if not any(prompts):
-            return [[] for _ in captions]
-        inputs = self.processor(
-            images=list(images),
-            text=prompts,
-            padding=True,
-            return_tensors="pt",
-            input_data_format="channels_last",
-        )
-        max_text_len = self.model.config.max_text_len
-        lengths = inputs["attention_mask"].sum(dim=1)
-        if int(lengths.max()) > max_text_len:
-            # The model would silently cut the prompt, and the last captions with it.
-            b = int(lengths.argmax())
-            raise ValueError(f"image {b}: prompt of {int(lengths[b])} tokens, the model reads {max_text_len}")
-        with torch.no_grad():
-            outputs = self.model(**inputs.to(self.device))
-        probs = outputs.logits.sigmoid().float().cpu().numpy()  # (B, Q, max_text_len)
-        boxes = cxcywh_to_xyxy(outputs.pred_boxes.float().cpu().numpy()).astype(np.float32)  # (B, Q, 4)
-        input_ids = inputs["input_ids"].cpu().numpy()  # (B, T)
-        threshold = max(self.box_threshold, self.text_threshold)
-        results = []
-        for b, queries in enumerate(captions):
-            detections = []
-            for start, end in phrase_spans(input_ids[b], self.separator_id, len(queries)):
-                scores = probs[b, :, start:end].max(axis=-1)  # (Q,)
-                keep = np.flatnonzero(scores >= threshold)
-                order = keep[np.argsort(-scores[keep], kind="stable")]
-                detections.append(Detections(boxes=boxes[b, order], scores=scores[order].astype(np.float32)))
-            results.append(detections)
-        return results
-
-
-DETECTORS = {"analytic": AnalyticDetector}
-SEGMENTERS = {"analytic": AnalyticSegmenter}
-JUDGES = {"analytic": AnalyticJudge}
-
-
-def load_detector(spec: str, device: str = "cpu") -> Detector:
-    """A detector by registry name ("analytic") or GroundingDINO checkpoint directory, so one
-    command-line option covers the shapes world and real images."""
-    if spec in DETECTORS:
-        return DETECTORS[spec]()
-    if Path(spec).is_dir():
-        return GroundingDinoDetector.from_pretrained(spec, device)
-    raise ValueError(
-        f"unknown detector {spec!r}: use one of {sorted(DETECTORS)} or a local GroundingDINO directory"
-    )

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from idruid.detectors import JUDGES, Judge, RegionJudgement
+from idruid.boxes import pixel_windows
+
+from .protocols import RegionJudgement
+from .registry import check_model_dir
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -42,34 +44,12 @@ Answerer = Callable[[Sequence[np.ndarray], Sequence[str]], np.ndarray]
 # ----------------------------------------------------------------------------- crops
 
 
-def box_pixel_windows(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(n, 4) int [row0, row1, col0, col1) pixel windows of normalised xyxy boxes.
-
-    A window holds the pixels whose centres lie inside the box, the half-open rule of
-    idruid.metrics.box_pixel_masks. Along an axis where a box is thinner than a pixel and
-    holds no centre, the window is the one pixel under the box's centre, so every box gets
-    a crop of at least 1 x 1 pixel.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-
-    def axis(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        centres = (np.arange(size) + 0.5) / size
-        inside = (centres >= lo[:, None]) & (centres < hi[:, None])  # (n, size), contiguous runs
-        count = inside.sum(axis=1)
-        under_centre = np.clip(np.floor((lo + hi) / 2 * size), 0, size - 1).astype(np.int64)
-        start = np.where(count > 0, inside.argmax(axis=1), under_centre)
-        return start, start + np.maximum(count, 1)
-
-    row0, row1 = axis(boxes[:, 1], boxes[:, 3], height)
-    col0, col1 = axis(boxes[:, 0], boxes[:, 2], width)
-    return np.stack([row0, row1, col0, col1], axis=1)
-
-
 def box_crops_pixels(image: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
     """The pixels of each normalised xyxy box of an (H, W, C) image: a list of (h_k, w_k, C)
-    arrays at the image's own resolution (no resampling), at least 1 x 1 each."""
+    arrays at the image's own resolution (no resampling), at least 1 x 1 each
+    (idruid.boxes.pixel_windows)."""
     image = np.asarray(image)
-    windows = box_pixel_windows(boxes, image.shape[0], image.shape[1])
+    windows = pixel_windows(boxes, image.shape[0], image.shape[1])
     return [image[r0:r1, c0:c1] for r0, r1, c0, c1 in windows.tolist()]
 
 
@@ -152,20 +132,6 @@ def answer_token_id(tokenizer, word: str) -> int:
     return int(ids[0])
 
 
-def check_vlm_dir(path: str | os.PathLike) -> Path:
-    """The directory as a Path, or FileNotFoundError naming it before transformers tries (and,
-    offline, fails) to read it as a hub id."""
-    directory = Path(path)
-    names = ", ".join(repr(n) for n in sorted(JUDGES))
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"VLM judge directory {directory} does not exist (--judge takes {names} or a local VLM directory)"
-        )
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"VLM judge directory {directory} lacks config.json (--judge)")
-    return directory
-
-
 class VlmJudge:
     """A local vision-language model behind the Judge protocol, asking LayoutSAM-eval's questions.
 
@@ -202,7 +168,7 @@ class VlmJudge:
         snapshot of a VLM such as Qwen2-VL or Llava)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        directory = check_vlm_dir(path)
+        directory = check_model_dir("judge", path)
         processor = AutoProcessor.from_pretrained(directory)
         if getattr(processor, "chat_template", None) is None:
             raise ValueError(f"{directory}: the processor has no chat template (chat_template.jinja)")
@@ -257,14 +223,3 @@ class VlmJudge:
         flat = judge_regions(crops, [c for image_captions in captions for c in image_captions], self.answers)
         bounds = np.cumsum([0, *map(len, captions)])
         return [flat[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-def load_judge(spec: str, device: str = "cpu") -> Judge:
-    """A judge by registry name ("analytic", the shapes world's stand-in) or a local VLM directory,
-    so one command-line option (--judge) covers the shapes world and real images."""
-    if spec in JUDGES:
-        return JUDGES[spec]()
-    return VlmJudge.from_pretrained(spec, device)

@@ -13,9 +13,11 @@ import pytest
 import torch
 from tiny_models import build_tiny_sam
 
+from idruid.boxes import to_pixels
 from idruid.cli import main
-from idruid.detectors import AnalyticSegmenter
-from idruid.segmenters import SamSegmenter, check_sam_dir, load_segmenter, pixel_boxes
+from idruid.scorers.analytic import AnalyticSegmenter
+from idruid.scorers.registry import check_model_dir, load_scorer
+from idruid.scorers.sam import SamSegmenter
 
 HEIGHT, WIDTH = 40, 50
 BOXES = [
@@ -100,7 +102,7 @@ def test_no_boxes_gives_empty_masks(segmenter):
 
 
 def test_pixel_boxes_scale_x_by_width_and_y_by_height():
-    np.testing.assert_allclose(pixel_boxes(np.array([[0.1, 0.2, 0.5, 1.0]]), 40, 50), [[5, 8, 25, 40]])
+    np.testing.assert_allclose(to_pixels(np.array([[0.1, 0.2, 0.5, 1.0]]), 40, 50), [[5, 8, 25, 40]])
 
 
 def test_bad_input_is_refused(segmenter):
@@ -111,16 +113,16 @@ def test_bad_input_is_refused(segmenter):
 
 
 def test_load_segmenter_by_name_or_directory(sam_dir):
-    assert isinstance(load_segmenter("analytic"), AnalyticSegmenter)
-    assert isinstance(load_segmenter(str(sam_dir)), SamSegmenter)
+    assert isinstance(load_scorer("segmenter", "analytic"), AnalyticSegmenter)
+    assert isinstance(load_scorer("segmenter", str(sam_dir)), SamSegmenter)
     with pytest.raises(FileNotFoundError, match=r"--segmenter nope: unknown segmenter.*analytic"):
-        load_segmenter("nope")
+        load_scorer("segmenter", "nope")
 
 
 def test_missing_or_wrong_directory_names_path_and_flag(sam_dir, tmp_path):
     missing = tmp_path / "absent"
-    with pytest.raises(FileNotFoundError, match=f"--segmenter {re.escape(str(missing))}.*does not exist"):
-        check_sam_dir(missing)
+    with pytest.raises(FileNotFoundError, match=f"--segmenter {re.escape(str(missing))}.*no such directory"):
+        check_model_dir("segmenter", missing)
     no_weights = tmp_path / "no_weights"
     shutil.copytree(sam_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
     with pytest.raises(FileNotFoundError, match=f"--segmenter {re.escape(str(no_weights))}.*lacks weights"):
