@@ -33,12 +33,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from idruid.config import ModelConfig
-from idruid.losses import add_noise, flow_matching_loss
+from idruid.losses import add_noise, flow_matching_loss, idc_loss
 from idruid.models import base, sd3, sd15
 from idruid.models.adapter import LayoutAdapter
 from idruid.models.druid_arch import IDM_REDUCTION, SD3_MEDIUM, DruidSD3Transformer, is_layout_key
-from idruid.models.idm import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
-from idruid.train import idc_loss
+from idruid.models.processors import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
 
 # stable-diffusion-v1-5, unet/config.json
 SD15_UNET = dict(
@@ -72,9 +71,9 @@ def sd3_transformer(num_layers: int = 24) -> SD3Transformer2DModel:
     return SD3Transformer2DModel(**{**SD3_MEDIUM, "num_layers": num_layers})
 
 
-def layout_model(num_layers: int = 24, share_query: bool = False) -> sd3.LayoutToImageModel:
+def layout_model(num_layers: int = 24, share_query: bool = False) -> sd3.SD3LayoutModel:
     """idruid's model around an SD3-medium-sized MM-DiT: the adapter and the IDM processors are
-    attached by LayoutToImageModel itself, only the backbone builder is swapped. ``share_query``:
+    attached by SD3LayoutModel itself, only the backbone builder is swapped. ``share_query``:
     the sd3-medium preset's setting (the branch reuses the backbone's image queries)."""
     config = ModelConfig(
         resolution=SD3_MEDIUM["sample_size"] * VAE_FACTOR,
@@ -90,7 +89,7 @@ def layout_model(num_layers: int = 24, share_query: bool = False) -> sd3.LayoutT
         mock.patch.object(sd3, "build_transformer", lambda *_: sd3_transformer(num_layers)),
         mock.patch.object(base, "build_codec", lambda _: Latents(SD3_MEDIUM["in_channels"])),
     ):
-        return sd3.LayoutToImageModel(config, text_encoder=RealTextWidths())
+        return sd3.SD3LayoutModel(config, text_encoder=RealTextWidths())
 
 
 def sd15_unet() -> UNet2DConditionModel:
@@ -137,7 +136,7 @@ class ParamCounts:
         return self.adapter + self.blocks * sum(self.branch_per_block.values())
 
 
-def param_counts(model: sd3.LayoutToImageModel) -> ParamCounts:
+def param_counts(model: sd3.SD3LayoutModel) -> ParamCounts:
     named = dict(model.transformer.named_parameters())
     backbone = count(p for n, p in named.items() if ".processor." not in n)
     processors = [m for m in model.transformer.modules() if isinstance(m, LayoutJointAttnProcessor)]
@@ -185,7 +184,7 @@ def backbone_flops(image_tokens: int, text_tokens: int, num_layers: int) -> int:
 
 def branch_flops(image_tokens: int, instances: int, num_layers: int, model_config: ModelConfig) -> int:
     """Matrix-product FLOPs the layout adapter + IDM add to one forward (batch 1; tokens
-    [null, layout] per instance, the default two-token path of LayoutJointAttnProcessor)."""
+    [null, layout] per instance, the default two-token path of LayoutBranch)."""
     if model_config.caption_max_length != 0 or not model_config.use_idm:
         raise ValueError("branch_flops counts the default two-token IDM path only")
     d = SD3_MEDIUM["num_attention_heads"] * SD3_MEDIUM["attention_head_dim"]
@@ -208,13 +207,13 @@ def branch_flops(image_tokens: int, instances: int, num_layers: int, model_confi
 
 # ---------------------------------------------------------------------- measured FLOPs
 def inputs(image_side: int, text_tokens: int, instances: int, device, dtype=torch.float32):
-    """Latents (1, 16, side, side), sigma and a TextConditioning with instances boxes in a row."""
+    """Latents (1, 16, side, side), sigma and a Conditioning with instances boxes in a row."""
     latents = torch.randn(1, SD3_MEDIUM["in_channels"], image_side, image_side, device=device, dtype=dtype)
     sigma = torch.full((1,), 0.7, device=device)
     x0s = torch.arange(instances, dtype=torch.float32) / instances
     boxes = torch.stack([x0s, x0s * 0.5, x0s + 1.0 / instances, x0s * 0.5 + 0.5], dim=-1)[None]
     width, pooled = RealTextWidths.hidden_size, RealTextWidths.pooled_size
-    cond = sd3.TextConditioning(
+    cond = sd3.Conditioning(
         prompt_hidden=torch.randn(1, text_tokens, width),
         prompt_pooled=torch.randn(1, pooled),
         caption_hidden=torch.zeros(1, instances, 0, width),
@@ -225,7 +224,7 @@ def inputs(image_side: int, text_tokens: int, instances: int, device, dtype=torc
         enabled=torch.ones(1),
     )
     if torch.device(device).type == "meta":
-        cond = sd3.TextConditioning(**{k: torch.empty_like(v, device="meta") for k, v in vars(cond).items()})
+        cond = sd3.Conditioning(**{k: torch.empty_like(v, device="meta") for k, v in vars(cond).items()})
     else:
         cond = cond.to(device)
     return latents, sigma, cond
@@ -235,7 +234,7 @@ def inputs(image_side: int, text_tokens: int, instances: int, device, dtype=torc
 def untrimmed():
     """On the meta device no value can be read, so the batch cannot be trimmed to its used
     instance slots; here every slot is used, so trimming would change nothing."""
-    with mock.patch.object(sd3.TextConditioning, "trimmed", lambda self: self):
+    with mock.patch.object(sd3.Conditioning, "trimmed", lambda self: self):
         yield
 
 
@@ -412,7 +411,7 @@ def sd15_report(latent_side: int) -> None:
           f"{extra / unet_params:.1%} of the UNet")  # fmt: skip
     width = SD15_UNET["cross_attention_dim"]
     x0s = torch.arange(INSTANCES, dtype=torch.float32) / INSTANCES
-    cond = sd3.TextConditioning(
+    cond = sd3.Conditioning(
         prompt_hidden=torch.empty(1, SD15_PROMPT_TOKENS, width, device="meta"),
         prompt_pooled=torch.empty(1, width, device="meta"),
         caption_hidden=torch.empty(1, INSTANCES, 0, width, device="meta"),

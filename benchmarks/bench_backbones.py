@@ -17,8 +17,8 @@ import torch
 
 from idruid.config import load_config
 from idruid.data.shapes import ShapesPairedDataset
+from idruid.losses import idc_loss
 from idruid.models import build_model
-from idruid.train import idc_loss
 
 PRESETS = {"MM-DiT (shapes)": "shapes", "UNet (shapes-sd15)": "shapes-sd15"}
 

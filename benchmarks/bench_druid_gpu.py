@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL
 
 from idruid.config import ModelConfig
 from idruid.models import base, sd3_druid
-from idruid.models.base import TextConditioning
+from idruid.models.base import Conditioning
 from idruid.models.druid_arch import DruidSD3Transformer
 from idruid.sampling import guided_prediction, layout_steps
 
@@ -71,10 +71,10 @@ def druid_model(num_layers: int) -> sd3_druid.DruidLayoutModel:
     return model
 
 
-def guided_rows(cond: TextConditioning) -> TextConditioning:
+def guided_rows(cond: Conditioning) -> Conditioning:
     """The conditional row and its unconditional partner (enabled 0: null layout tokens)."""
-    uncond = TextConditioning(**{**vars(cond), "enabled": torch.zeros_like(cond.enabled)})
-    return TextConditioning.cat([cond, uncond])
+    uncond = Conditioning(**{**vars(cond), "enabled": torch.zeros_like(cond.enabled)})
+    return Conditioning.cat([cond, uncond])
 
 
 def sync(device: torch.device) -> None:

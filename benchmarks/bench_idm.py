@@ -29,14 +29,13 @@ def _measure(kind: str, instances: int, batch: int, repeats: int, threads: int, 
     import torch
 
     from idruid.config import ModelConfig
-    from idruid.losses import add_noise, flow_matching_loss, sample_sigmas
-    from idruid.models.sd3 import LayoutToImageModel
-    from idruid.train import idc_loss
+    from idruid.losses import add_noise, flow_matching_loss, idc_loss, sample_sigmas
+    from idruid.models.sd3 import SD3LayoutModel
 
     torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = LayoutToImageModel(ModelConfig(use_idm=kind != "adapter")).to(device)
+    model = SD3LayoutModel(ModelConfig(use_idm=kind != "adapter")).to(device)
     layouts = _layouts(batch, instances)
     cond = model.encode_text(layouts).to(device)
     x0 = torch.randn(batch, 3, 32, 32, device=device)

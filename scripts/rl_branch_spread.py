@@ -58,7 +58,7 @@ def main() -> None:
     model.eval()
     layouts = [prompt_only_layout(HELD_OUT_START + k, rl.prompt_seed) for k in range(args.layouts)]
     reward = LayoutReward(load_scorer("detector", rl.detector), rl.reward, rl.confidence_weight)
-    sigmas = flow_sigmas(rl.steps, config.shift)
+    sigmas = flow_sigmas(rl.sampling_steps, config.shift)
     shape = (len(layouts), *model.latent_shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
@@ -74,7 +74,7 @@ def main() -> None:
         return reward(to_uint8(images), layouts)
 
     print(f"ODE only: mean reward {rewards(OneSdeStep(-1, float(sigmas[1]), 0.0)).mean():.3f}")
-    for k in range(rl.steps):
+    for k in range(rl.sampling_steps):
         draws = torch.stack(
             [rewards(OneSdeStep(k, float(sigmas[1]), rl.noise_level)) for _ in range(args.draws)]
         )  # (draws, layouts)

@@ -13,3 +13,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The matplotlib figures saved while the test runs, by file name (``loss.png``; a name saved
+    twice keeps the later figure, as the file does): plotting functions that return only a path can
+    then be checked on what they drew (lines' data, titles), not on PNG bytes."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    figures = {}
+    savefig = Figure.savefig
+
+    def recording_savefig(self, fname, *args, **kwargs):
+        figures[Path(fname).name] = self
+        return savefig(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    return figures

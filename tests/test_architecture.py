@@ -46,6 +46,8 @@ LAYERS = {
     "top": (
         "idruid.rl",
         "idruid.train",
+        "idruid.paired",
+        "idruid.train_log",
         "idruid.train_state",
         "idruid.evaluate",
         "idruid.pipeline",

@@ -21,13 +21,13 @@ from idruid.checkpoint import (
 )
 from idruid.config import ModelConfig
 from idruid.layout import Instance, Layout
-from idruid.models.sd3 import LayoutToImageModel
+from idruid.models.sd3 import SD3LayoutModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build_base(folder: Path, num_layers: int = 1, seed: int = 0) -> Path:
-    """A tiny SD3 diffusers folder holding ``transformer/`` (what LayoutToImageModel reads), sized
+    """A tiny SD3 diffusers folder holding ``transformer/`` (what SD3LayoutModel reads), sized
     for the embedded 64-wide text encoder and 32 px pixel-space images."""
     from diffusers import SD3Transformer2DModel
 
@@ -48,10 +48,10 @@ def build_base(folder: Path, num_layers: int = 1, seed: int = 0) -> Path:
     return folder
 
 
-def model_on(base: Path, seed: int = 1) -> LayoutToImageModel:
+def model_on(base: Path, seed: int = 1) -> SD3LayoutModel:
     torch.manual_seed(seed)
     config = ModelConfig(base_model=str(base), idm_hidden=16, geometry_rank=8)
-    return LayoutToImageModel(config).eval()
+    return SD3LayoutModel(config).eval()
 
 
 def layouts() -> list[Layout]:
@@ -70,7 +70,7 @@ def hand_sha256(config_file: Path) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def predict(model: LayoutToImageModel) -> torch.Tensor:
+def predict(model: SD3LayoutModel) -> torch.Tensor:
     torch.manual_seed(3)
     x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.8, 0.3])
     with torch.no_grad():
@@ -142,7 +142,7 @@ def test_mismatched_base_is_refused_naming_hashes_and_keys(saved, tmp_path):
     with pytest.raises(CheckpointError, match="num_layers: 1 recorded vs 2 found"):
         load_trained_weights(model_on(other), ckpt)
     with pytest.raises(CheckpointError, match="trained with base model .* this run's base model is none"):
-        embedded = LayoutToImageModel(ModelConfig(idm_hidden=16, geometry_rank=8))  # same but the base
+        embedded = SD3LayoutModel(ModelConfig(idm_hidden=16, geometry_rank=8))  # same but the base
         load_trained_weights(embedded, ckpt)
 
 

@@ -7,8 +7,9 @@ import torch
 
 from idruid.config import load_config
 from idruid.data.shapes import prompt_only_layouts
-from idruid.models.sd3 import LayoutToImageModel
-from idruid.train import idc_loss, train
+from idruid.losses import idc_loss
+from idruid.models.sd3 import SD3LayoutModel
+from idruid.train import train
 
 
 def _loss_and_grads(model, layouts, x_t, sigma):
@@ -22,7 +23,7 @@ def _loss_and_grads(model, layouts, x_t, sigma):
 
 def test_checkpointed_blocks_give_the_same_loss_and_gradients():
     torch.manual_seed(0)
-    model = LayoutToImageModel(load_config("tiny").model).train()
+    model = SD3LayoutModel(load_config("tiny").model).train()
     layouts = prompt_only_layouts(3, 0)
     x_t = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     sigma = torch.tensor([0.3, 0.6, 0.9])

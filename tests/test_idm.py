@@ -8,7 +8,8 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from idruid.boxes import covering_cells, patch_geometry
 from idruid.losses import disentangle_loss
 from idruid.models.adapter import LayoutAdapter, fourier_embed
-from idruid.models.idm import LayoutCondition, LayoutJointAttnProcessor
+from idruid.models.idm import LayoutCondition
+from idruid.models.processors import LayoutJointAttnProcessor
 
 DIM, HEADS, SIDE = 32, 2, 4  # 16x16 image, patch 4 -> 4x4 tokens
 

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from idruid.checkpoint import CheckpointError, load_checkpoint, load_trained_weights, save_checkpoint
 from idruid.config import ConfigError, ModelConfig, load_config
 from idruid.layout import Instance, Layout
-from idruid.models.idm import LayoutJointAttnProcessor
-from idruid.models.sd3 import LORA_TARGETS, LayoutToImageModel, build_transformer
+from idruid.models.processors import LayoutJointAttnProcessor
+from idruid.models.sd3 import LORA_TARGETS, SD3LayoutModel, build_transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,12 +24,12 @@ def tiny(**changes) -> ModelConfig:
     return dataclasses.replace(load_config("tiny").model, **changes)
 
 
-def build(config: ModelConfig, seed: int = 0) -> LayoutToImageModel:
+def build(config: ModelConfig, seed: int = 0) -> SD3LayoutModel:
     torch.manual_seed(seed)
-    return LayoutToImageModel(config).eval()
+    return SD3LayoutModel(config).eval()
 
 
-def predict(model: LayoutToImageModel) -> torch.Tensor:
+def predict(model: SD3LayoutModel) -> torch.Tensor:
     layouts = [
         Layout("a red circle and a blue square", (Instance("a red circle", (0.1, 0.1, 0.5, 0.5)),)),
         Layout("two shapes", (Instance("a blue square", (0.2, 0.3, 0.9, 0.8)),)),
@@ -40,7 +40,7 @@ def predict(model: LayoutToImageModel) -> torch.Tensor:
         return model(x, sigma, model.encode_text(layouts))[0]
 
 
-def perturb_lora(model: LayoutToImageModel) -> None:
+def perturb_lora(model: SD3LayoutModel) -> None:
     """Give B non-zero values, as training would, so that LoRA changes the output."""
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -59,7 +59,7 @@ UNUSED = ("adapter.caption_proj.", "adapter.box_proj.", "adapter.caption_norm.")
 
 
 @pytest.fixture(scope="module")
-def pair() -> tuple[LayoutToImageModel, LayoutToImageModel]:
+def pair() -> tuple[SD3LayoutModel, SD3LayoutModel]:
     """The same seed without and with LoRA: identical backbone, adapter and IDM weights."""
     return build(tiny()), build(tiny(lora_rank=RANK, lora_alpha=ALPHA))
 
@@ -187,12 +187,12 @@ def test_lora_checkpoint_into_a_model_without_lora_is_refused(tmp_path):
 
 def test_bad_lora_settings_are_refused():
     with pytest.raises(ConfigError, match="'to_qq' matches no module"):
-        LayoutToImageModel(tiny(lora_rank=2, lora_targets=["to_q", "to_qq"]))
+        SD3LayoutModel(tiny(lora_rank=2, lora_targets=["to_q", "to_qq"]))
     with pytest.raises(ConfigError, match="lora_rank must be >= 0"):
-        LayoutToImageModel(tiny(lora_rank=-1))
+        SD3LayoutModel(tiny(lora_rank=-1))
     with pytest.raises(ConfigError, match="lora_alpha must be > 0"):
-        LayoutToImageModel(tiny(lora_rank=2, lora_alpha=0))
-    only_q = LayoutToImageModel(tiny(lora_rank=2, lora_targets=["to_q"]))
+        SD3LayoutModel(tiny(lora_rank=2, lora_alpha=0))
+    only_q = SD3LayoutModel(tiny(lora_rank=2, lora_targets=["to_q"]))
     adapted = {n.split(".lora_A")[0] for n, _ in only_q.named_parameters() if ".lora_A." in n}
     assert adapted == {f"transformer.transformer_blocks.{i}.attn.to_q" for i in range(2)}
 
@@ -200,4 +200,4 @@ def test_bad_lora_settings_are_refused():
 def test_missing_peft_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'idruid\[lora\]'"):
-        LayoutToImageModel(tiny(lora_rank=2))
+        SD3LayoutModel(tiny(lora_rank=2))

@@ -4,7 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from idruid.losses import add_noise, cas, disentangle_loss, flow_matching_loss, sample_sigmas, velocity_target
+from idruid.boxes import covering_cells
+from idruid.losses import (
+    add_noise,
+    cas,
+    disentangle_loss,
+    flow_matching_loss,
+    idc_loss,
+    sample_sigmas,
+    velocity_target,
+)
 
 
 def naive_cas(attn, box_mask):
@@ -114,6 +123,25 @@ def _loss_mean_fixed(pos, neg, mask, pos_ref):
     return F.softplus(cas_pos.mean() - cas(neg, mask).mean()).item()
 
 
+def test_idc_loss_averages_l_dis_over_layers_on_their_own_grids():
+    """idc_loss: the mean of each layer's L_dis against the box masks of that layer's grid (a UNet's
+    8x8 and 16x16), on the instance slots the model kept (N below the padded boxes), padding out."""
+    torch.manual_seed(0)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.25, 1.0, 1.0], [0.0] * 4]] * 2)
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    layers = [
+        (torch.rand(2, 2, 3, 64), torch.rand(2, 2, 3, 64), (8, 8)),
+        (torch.rand(2, 2, 3, 256), torch.rand(2, 2, 3, 256), (16, 16)),
+        (torch.rand(2, 2, 3, 64), torch.rand(2, 2, 3, 64), (8, 8)),
+    ]
+    expected = []
+    for pos, neg, grid in layers:
+        mask = covering_cells(boxes[:, :2], *grid) * valid[:, :2, None].float()
+        expected.append(disentangle_loss(pos, neg, mask, valid[:, :2]))
+    got = idc_loss(layers, boxes, valid)
+    assert got.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-6)
+
+
 def test_flow_matching_path_and_loss():
     x0, noise = torch.full((1, 1, 2, 2), 2.0), torch.full((1, 1, 2, 2), -1.0)
     assert torch.allclose(add_noise(x0, noise, torch.tensor([0.25])), torch.full((1, 1, 2, 2), 1.25))
@@ -130,5 +158,5 @@ def test_sigma_sampling_range():
     for mode in ("logit_normal", "uniform"):
         s = sample_sigmas(1000, mode, generator=g)
         assert s.min() > 0 and s.max() < 1
-    with pytest.raises(ValueError, match="sigma_sampling"):
+    with pytest.raises(ValueError, match="time_sampling"):
         sample_sigmas(2, "cosine")

@@ -9,7 +9,7 @@ import torch
 from idruid.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from idruid.config import ConfigError, ModelConfig, load_config
 from idruid.layout import Instance, Layout
-from idruid.models.sd3 import LayoutToImageModel
+from idruid.models.sd3 import SD3LayoutModel
 from idruid.sampling import SamplingSettings, euler_step, flow_sigmas, generate, layout_steps, sample
 from idruid.train import train
 
@@ -19,7 +19,7 @@ TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return LayoutToImageModel(TINY).eval()
+    return SD3LayoutModel(TINY).eval()
 
 
 def layouts(n=3):
@@ -156,13 +156,13 @@ def test_init_from_loads_weights_and_refuses_another_config(tmp_path, model):
     from idruid.checkpoint import load_trained_weights
 
     save_checkpoint(model, tmp_path / "ckpt")
-    fresh = LayoutToImageModel(TINY).eval()
+    fresh = SD3LayoutModel(TINY).eval()
     load_trained_weights(fresh, tmp_path / "ckpt")
     cond = model.encode_text(layouts(2))
     x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.5, 0.9])
     with torch.no_grad():
         assert torch.equal(fresh(x, sigma, cond)[0], model(x, sigma, cond)[0])
-    other = LayoutToImageModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=16))
+    other = SD3LayoutModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=16))
     with pytest.raises(CheckpointError, match="idm_hidden: 32 vs 16"):
         load_trained_weights(other, tmp_path / "ckpt")
 
@@ -173,7 +173,7 @@ def test_x0_output_is_turned_into_the_velocity():
     from idruid.models.sd3 import SIGMA_FLOOR
 
     torch.manual_seed(0)
-    net = LayoutToImageModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32, output="x0"))
+    net = SD3LayoutModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32, output="x0"))
     x0, noise = torch.rand(3, 3, 32, 32) * 2 - 1, torch.randn(3, 3, 32, 32)
     sigma = torch.tensor([0.9, 0.3, 0.01])
     x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
@@ -191,7 +191,7 @@ def test_x0_output_is_turned_into_the_velocity():
         )[0]
         torch.testing.assert_close(net(x_t, sigma, cond, layout_on=False)[0], net._velocity(raw, x_t, sigma))
     with pytest.raises(ValueError, match="model.output"):
-        LayoutToImageModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, output="eps"))
+        SD3LayoutModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, output="eps"))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-sd15"])

@@ -30,8 +30,8 @@ import idruid
 import idruid.train as train_module
 from idruid.config import PRESET_DIR, TrainConfig, load_config
 from idruid.losses import sample_sigmas
+from idruid.paired import paired_draws
 from idruid.processes import FlowProcess
-from idruid.train import paired_draws
 
 STEPS = 3
 PER_PROCESS_BATCH = 4
@@ -243,7 +243,7 @@ def test_launch_file_holds_what_accelerate_reads(name):
 def test_fsdp_wraps_the_blocks_that_hold_the_idm():
     """FSDP shards whole transformer blocks by class name (MM-DiT blocks, the UNet's transformer
     blocks); every IDM processor must sit inside one of them, one per block."""
-    from idruid.models.idm import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
+    from idruid.models.processors import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
 
     names = {yaml.safe_load((LAUNCH_DIR / n).read_text())["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
              for n in LAUNCH_FILES if LAUNCH_FILES[n][0] == "FSDP"}  # fmt: skip

@@ -11,6 +11,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteSc
 from PIL import Image
 
 from idruid.checkpoint import CheckpointError, checkpoint_sampling
+from idruid.config import ConfigError
 from idruid.data.shapes import benchmark_layouts
 from idruid.layout import LayoutError, save_layouts
 from idruid.pipeline import IDruidPipeline
@@ -282,3 +283,36 @@ def test_model_cpu_offload_hooks_give_the_same_image(pipe):
     own.enable_model_cpu_offload(device="cpu")
     assert hasattr(own.model, "_hf_hook")
     np.testing.assert_array_equal(own(PROMPT, PHRASES, BOXES, generator=seeded(9), **kwargs).images, before)
+
+
+def test_the_authors_checkpoint_on_an_sd3_folder_equals_idruid_generate(tmp_path):
+    from tiny_models import build_tiny_sd3_folder
+
+    from idruid.cli import main
+    from idruid.models.druid_arch import DruidSD3Transformer
+    from idruid.models.druid_weights import save_folder
+
+    base = build_tiny_sd3_folder(tmp_path / "sd3")
+    torch.manual_seed(0)
+    druid = DruidSD3Transformer(
+        max_boxes=10, sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32,
+        pooled_projection_dim=64, pos_embed_max_size=16,
+    )  # fmt: skip
+    folder = save_folder(druid, tmp_path / "druid")
+    with pytest.raises(ConfigError, match="SD3 folder is required"):
+        IDruidPipeline.from_pretrained(folder)
+    pipe = IDruidPipeline.from_pretrained(folder, base_model=base)
+    pipe.set_progress_bar_config(disable=True)
+    assert (pipe.sampling.steps, pipe.sampling.cfg, pipe.sampling.shift) == (50, 7.0, 3.0)  # theirs
+    layout = sam_layouts()[0]
+    save_layouts([layout], tmp_path / "layout.json")
+    command = ["generate", str(tmp_path / "layout.json"), "--checkpoint", str(folder), "--base", str(base)]
+    assert main([*command, "--out", str(tmp_path / "cli.png"), "--steps", "3"]) == 0
+    ours = pipe(layouts=[layout], num_inference_steps=3, generator=seeded(layout.seed)).images[0]
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(Image.open(tmp_path / "cli.png")))
+    pipe.save_pretrained(tmp_path / "saved")  # their branch only, on the recorded SD3 folder
+    again = IDruidPipeline.from_pretrained(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    same = again(layouts=[layout], num_inference_steps=3, generator=seeded(layout.seed)).images[0]
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(ours))

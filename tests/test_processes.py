@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from idruid.losses import add_noise, flow_matching_loss
-from idruid.policy_steps import sde_step_with_logprob
+from idruid.policy_steps import sde_std, sde_step_with_logprob
 from idruid.processes import PROCESSES, EpsProcess, FlowProcess
 from idruid.sampling import flow_sigmas
 
@@ -33,13 +33,16 @@ def test_flow_process_is_the_rectified_flow():
     torch.testing.assert_close(process.add_noise(x0, noise, sigma), add_noise(x0, noise, sigma))
     v = torch.randn_like(x0)
     assert process.loss(v, x0, noise) == flow_matching_loss(v, x0, noise)
-    # the policy's scale is the SDE step's std * sqrt(-dt)
+    # the policy is the SDE step, and its std is the action's: Eq. 5's g(sigma) * sqrt(-dt)
     times = process.times(4)
     t, t_next = times[1].expand(3), times[2].expand(3)
-    x_next, log_prob, mean, scale = process.policy(times, noise_level=0.7)(v, x0, t, t_next)
-    _, _, ref_mean, std = sde_step_with_logprob(v, x0, t, t_next, float(times[1]), 0.7, x_next=x_next)
-    torch.testing.assert_close(mean, ref_mean)
-    torch.testing.assert_close(scale.flatten(), std.flatten() * math.sqrt(float(times[1] - times[2])))
+    x_next, log_prob, mean, std = process.policy(times, noise_level=0.7)(v, x0, t, t_next)
+    _, ref_log_prob, ref_mean, ref_std = sde_step_with_logprob(
+        v, x0, t, t_next, float(times[1]), 0.7, x_next=x_next
+    )
+    assert torch.equal(mean, ref_mean) and torch.equal(std, ref_std) and torch.equal(log_prob, ref_log_prob)
+    g = sde_std(t, float(times[1]), 0.7)
+    torch.testing.assert_close(std.flatten(), g * math.sqrt(float(times[1] - times[2])))
     with pytest.raises(ValueError, match="at least 2 sampling steps"):
         process.policy(process.times(1))
 
@@ -80,7 +83,7 @@ def test_eps_training_times():
     assert abs(uniform.mean().item() - 499.5) < 20  # uniform over [0, 1000)
     logit = process.train_times(4000, "logit_normal")
     assert logit.min() >= 0 and logit.max() <= 999 and abs(logit.median().item() - 500) < 30
-    with pytest.raises(ValueError, match="sigma_sampling"):
+    with pytest.raises(ValueError, match="time_sampling"):
         process.train_times(2, "cosine")
 
 

@@ -68,7 +68,7 @@ def test_training_on_a_folder_and_its_checkpoint(folders, backbone, tmp_path):
     config = TrainConfig(model=config_for(backbone, folders[backbone]), steps=2, batch_size=2, warmup_steps=1,
                          checkpoint_every=1, log_every=1)  # fmt: skip
     if backbone == "sd15":
-        config.sigma_sampling = "uniform"
+        config.time_sampling = "uniform"
     export = train(config, tmp_path / "run", progress=False)
     loaded = load_checkpoint(export)
     keys = set(loaded.trainable_state_dict())

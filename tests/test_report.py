@@ -86,14 +86,22 @@ def test_write_metrics_round_trip(tmp_path):
     assert text.index('"a"') < text.index('"b"')
 
 
-def test_plot_isr_by_level_writes_png(tmp_path):
+def test_plot_isr_by_level_draws_one_line_per_run(tmp_path, saved_figures):
+    """Each run's ISR (%) per level, x the level numbers; "all" and "avg" are not levels."""
     metrics = {
         "base": {"L2": {"isr": 0.5}, "L3": {"isr": 0.4}, "all": {"isr": 0.45}, "avg": {"isr": 0.45}},
-        "ours": {"L2": {"isr": 0.7}, "L3": {"isr": 0.6}, "all": {"isr": 0.65}, "avg": {"isr": 0.65}},
+        "ours": {"L2": {"isr": 0.7}, "L4": {"isr": 0.6}, "all": {"isr": 0.65}, "avg": {"isr": 0.65}},
     }
     path = plot_isr_by_level(metrics, tmp_path / "plots" / "isr.png")
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.size[0] > 100
+    assert path == tmp_path / "plots" / "isr.png" and path.is_file()
+    assert list(saved_figures) == ["isr.png"]
+    (axes,) = saved_figures["isr.png"].axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert set(lines) == {"base", "ours"}
+    assert list(lines["base"].get_xdata()) == [2, 3] and list(lines["base"].get_ydata()) == [50.0, 40.0]
+    assert list(lines["ours"].get_xdata()) == [2, 4] and list(lines["ours"].get_ydata()) == [70.0, 60.0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["L2", "L3", "L4"]
+    assert axes.get_ylim() == (0.0, 100.0)
 
 
 # ----------------------------------------------------------------------------- idruid report (run folders)
@@ -389,7 +397,16 @@ def test_lambda_sensitivity_points_and_baseline(tmp_path):
     assert baselines(group_runs(loaded), ["shapes-mig"]) == {"baseline: no IDM, no RL": {"shapes-mig": 20.0}}
 
 
-def test_report_writes_plots_grids_and_embeds_them(tmp_path):
+def _line_data(axes) -> dict[str, tuple[list, list]]:
+    """label -> (x, y) of the lines drawn on ``axes`` (unlabelled ones left out)."""
+    return {
+        line.get_label(): ([float(v) for v in line.get_xdata()], [float(v) for v in line.get_ydata()])
+        for line in axes.get_lines()
+        if not line.get_label().startswith("_")
+    }
+
+
+def test_report_writes_plots_grids_and_embeds_them(tmp_path, saved_figures):
     log = [{"step": 10 * k, "l_ldm": 0.1, "rl_reward": float(k)} for k in range(1, 6)]
     runs = [
         _run(
@@ -416,11 +433,23 @@ def test_report_writes_plots_grids_and_embeds_them(tmp_path):
     out = tmp_path / "report"
     report = write_report(runs, out, window=2).read_text()
     for name in ("isr-shapes-mig.png", "lambda_dis.png", "reward.png"):
-        path = out / "plots" / name
-        assert path.is_file() and path.stat().st_size > 1000
-        assert f"](plots/{name})" in report
-        with Image.open(path) as image:
-            assert image.format == "PNG"
+        assert (out / "plots" / name).is_file() and f"](plots/{name})" in report
+    assert sorted(saved_figures) == ["isr-shapes-mig.png", "lambda_dis.png", "reward.png"]
+    # Table 1 as a figure: each run's ISR (%) per level (c has no per-level numbers)
+    (isr,) = saved_figures["isr-shapes-mig.png"].axes
+    assert _line_data(isr) == {"a": ([2, 3], [50.0, 30.0]), "b": ([2, 3], [70.0, 50.0]), "c": ([], [])}
+    # Fig. 5: a and c differ only in lambda_dis (b also in its RL stage): ISR Avg against lambda_dis
+    (sensitivity,) = saved_figures["lambda_dis.png"].axes
+    assert sensitivity.get_title() == "shapes-mig" and sensitivity.get_xlabel().startswith("λ_dis")
+    (bars,) = sensitivity.containers
+    assert bars.get_label() == "IDM, no RL"
+    assert list(bars.lines[0].get_xdata()) == [0.5, 2.0] and list(bars.lines[0].get_ydata()) == [40.0, 50.0]
+    # Fig. 6: b's raw reward (thin) and its moving average over 2 logs (bold, labelled)
+    (reward,) = saved_figures["reward.png"].axes
+    raw, smooth = reward.get_lines()
+    assert list(raw.get_ydata()) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert _line_data(reward) == {"b": ([10, 20, 30, 40, 50], [1.0, 1.5, 2.5, 3.5, 4.5])}
+    assert smooth.get_linewidth() > raw.get_linewidth()
     assert not (out / "plots" / "rl.lambda_rl.png").exists()
     assert "No runs differ only in λ_rl" in report
     grid = out / "grids" / "00-a-shapes-mig.png"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from idruid.boxes import covering_cells
-from idruid.policy_steps import ddim_step_with_logprob, sde_step_with_logprob
+from idruid.policy_steps import ddim_step_with_logprob, sde_std, sde_step_with_logprob
 from idruid.rl.logprob import box_log_probs, gaussian_kl
 from idruid.sampling import ddim_step, euler_step
 
@@ -37,7 +37,7 @@ def test_log_prob_matches_torch_normal():
 
 
 def test_hand_worked_step():
-    """x = 1, v = 0.5, sigma 0.5 -> 0.25, a = 0.7: std = 0.7, mean = 0.8775 - 0.155625 = 0.721875,
+    """x = 1, v = 0.5, sigma 0.5 -> 0.25, a = 0.7: g = 0.7, mean = 0.8775 - 0.155625 = 0.721875,
     step std 0.35; x_next one std above the mean has log-density -1/2 - log 0.35 - log sqrt(2 pi)."""
     x, v = torch.ones(1, 1), torch.full((1, 1), 0.5)
     sigma, sigma_next = torch.tensor([0.5]), torch.tensor([0.25])
@@ -45,15 +45,16 @@ def test_hand_worked_step():
         v, x, sigma, sigma_next, 0.9, 0.7, x_next=torch.full((1, 1), 0.721875 + 0.35)
     )
     assert mean.item() == pytest.approx(0.721875, abs=1e-6)
-    assert std.item() == pytest.approx(0.7, abs=1e-6)
+    assert std.item() == pytest.approx(0.35, abs=1e-6)
     assert log_prob.item() == pytest.approx(-0.5 - math.log(0.35) - 0.5 * math.log(2 * math.pi), abs=1e-5)
 
 
 def test_sigma_one_uses_sigma_max():
-    """At sigma = 1, std = a sqrt(1 / (1 - sigma_max)): finite, and 0.7 sqrt(20) for sigma_max 0.95."""
+    """At sigma = 1, g = a sqrt(1 / (1 - sigma_max)): finite, 0.7 sqrt(20) for sigma_max 0.95, and
+    the step's std g sqrt(-dt) = 0.7 sqrt(20 * 0.05) = 0.7."""
     x, v = torch.zeros(2, 4), torch.zeros(2, 4)
     _, log_prob, _, std = sde_step_with_logprob(v, x, torch.ones(2), torch.full((2,), 0.95), 0.95, 0.7)
-    assert std.flatten().tolist() == pytest.approx([0.7 * math.sqrt(20.0)] * 2, rel=1e-5)
+    assert std.flatten().tolist() == pytest.approx([0.7 * math.sqrt(20.0 * 0.05)] * 2, rel=1e-5)
     assert torch.isfinite(log_prob).all()
 
 
@@ -74,7 +75,9 @@ def test_sample_is_mean_plus_scaled_noise_and_gradients_reach_the_velocity():
         v, x, sigma, sigma_next, 0.9, generator=torch.Generator().manual_seed(3)
     )
     noise = torch.randn(2, 8, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(x_next, mean + std * math.sqrt(0.2) * noise)
+    torch.testing.assert_close(x_next, mean + std * noise)
+    g = sde_std(torch.tensor(0.6), 0.9, 0.7).item()  # Eq. 5's coefficient; the step's std is g sqrt(-dt)
+    assert std.flatten().tolist() == pytest.approx([g * math.sqrt(0.2)] * 2)
     _, log_prob, _, _ = sde_step_with_logprob(v, x, sigma, sigma_next, 0.9, x_next=x_next.detach())
     log_prob.sum().backward()
     assert v.grad is not None and v.grad.abs().sum() > 0
@@ -196,8 +199,7 @@ def test_box_log_probs_match_a_loop_over_boxes():
     torch.manual_seed(0)
     x_t, v = torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 8)
     sigma, sigma_next = torch.tensor([1.0, 0.6]), torch.tensor([0.8, 0.4])
-    x_next, log_prob, mean, std = sde_step_with_logprob(v, x_t, sigma, sigma_next, 0.9)
-    scale = std * (sigma - sigma_next).sqrt().view(2, 1, 1, 1)
+    x_next, log_prob, mean, scale = sde_step_with_logprob(v, x_t, sigma, sigma_next, 0.9)
     boxes = torch.tensor(
         [
             [[0.0, 0.0, 0.5, 0.5], [0.25, 0.4, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]],

@@ -9,7 +9,7 @@ import torch
 from idruid.cli import main
 from idruid.config import load_config
 from idruid.data.shapes import prompt_only_layout
-from idruid.models.sd3 import LayoutToImageModel
+from idruid.models.sd3 import SD3LayoutModel
 from idruid.reports import write_report
 from idruid.rl.held_out import HELD_OUT_START, HeldOutReward
 from idruid.rl.rewards import LayoutReward
@@ -17,7 +17,7 @@ from idruid.sampling import sample, to_uint8
 from idruid.scorers.registry import load_scorer
 from idruid.train import train
 
-PROBE = ["rl.algorithm=ppo", "rl.steps=3", "rl.batch_size=4", "rl.group_size=2"]
+PROBE = ["rl.algorithm=ppo", "rl.sampling_steps=3", "rl.batch_size=4", "rl.group_size=2"]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_held_out_reward_is_the_mean_reward_of_fixed_layouts_and_noise():
     detector's reward of the ODE samples of the layouts from index HELD_OUT_START on."""
     config = load_config("tiny", PROBE)
     torch.manual_seed(0)
-    model = LayoutToImageModel(config.model).eval()
+    model = SD3LayoutModel(config.model).eval()
     reward = LayoutReward(load_scorer("detector", "analytic"), "iou_conf")
     held_out = HeldOutReward(config, reward, 3, model.latent_shape, seed=5)
     torch.manual_seed(123)
@@ -46,7 +46,7 @@ def test_held_out_reward_is_the_mean_reward_of_fixed_layouts_and_noise():
     assert first == pytest.approx(float(reward(to_uint8(images), layouts).mean()), abs=1e-5)
 
 
-def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys):
+def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys, saved_figures):
     out = tmp_path / "probe"
     args = ["rl-probe", "--checkpoint", str(tiny_checkpoint), "--config", "tiny", "--out", str(out)]
     args += ["--iterations", "2", "--every", "1", "--held-out", "2", "--threads", "1", *PROBE]
@@ -56,6 +56,16 @@ def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys):
     assert all(np.isfinite(r["held_out_reward"]) for r in records)
     assert records[1]["rl_age"] == 0 and records[1]["rl_ratio"] == pytest.approx(1.0, abs=1e-4)
     assert (out / "probe.png").is_file() and json.loads((out / "probe.json").read_text())["iterations"] == 2
+    # probe.png: the held-out reward of every record, and the rollouts' mean reward where logged
+    (axes,) = saved_figures["probe.png"].axes
+    held_out_line, *rollout_lines = axes.get_lines()
+    assert list(held_out_line.get_xdata()) == [0, 1, 2]
+    np.testing.assert_allclose(held_out_line.get_ydata(), [r["held_out_reward"] for r in records])
+    rollouts = [(r["iteration"], r["rl_reward"]) for r in records if r.get("rl_reward") is not None]
+    assert rollouts and [r["iteration"] for r in records[1:]] == [i for i, _ in rollouts]
+    (rollout_line,) = rollout_lines
+    assert list(rollout_line.get_xdata()) == [i for i, _ in rollouts]
+    np.testing.assert_allclose(rollout_line.get_ydata(), [v for _, v in rollouts])
     assert "iteration 2: held-out reward" in capsys.readouterr().out
 
     report = write_report([out], tmp_path / "report", {out: "default"}).read_text()
@@ -64,3 +74,8 @@ def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys):
     expected = [f"{r['held_out_reward']:.3f}" for r in records]
     assert cells[1:4] == expected
     assert cells[4] == f"{records[-1]['held_out_reward'] - records[0]['held_out_reward']:+.3f}"
+    # the report's probe figure: one line per probe, named as the report names it
+    (axes,) = saved_figures["rl-probes.png"].axes
+    (line,) = axes.get_lines()
+    assert line.get_label() == "default" and list(line.get_xdata()) == [0, 1, 2]
+    np.testing.assert_allclose(line.get_ydata(), [r["held_out_reward"] for r in records])

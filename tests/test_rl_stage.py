@@ -5,16 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from idruid.config import ConfigError, ModelConfig, RLConfig, load_config
 from idruid.data.shapes import prompt_only_layouts
-from idruid.models.sd3 import LayoutToImageModel
+from idruid.models.sd3 import SD3LayoutModel
 from idruid.rl.pool import ActionPool
 from idruid.rl.rollout import Rollout, policy_log_probs, rl_step_count, rollout, sde_window
 from idruid.rl.stage import RLStage, RLStats
 from idruid.sampling import SamplingSettings, sample
-from idruid.train import EMA, ema_count, mean_rl_stats, plot_losses, train
+from idruid.train import EMA, ema_count, train
+from idruid.train_log import mean_rl_stats, plot_losses
 
 TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
 
@@ -22,7 +22,7 @@ TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return LayoutToImageModel(TINY).eval()
+    return SD3LayoutModel(TINY).eval()
 
 
 def test_rl_step_count():
@@ -92,7 +92,7 @@ def _config(algorithm, **rl):
     config = load_config("tiny", [f"rl.algorithm={algorithm}"])
     config.model = TINY
     defaults = {
-        "steps": 4,
+        "sampling_steps": 4,
         "batch_size": 4,
         "group_size": 2,
         "critic_warmup": 2,
@@ -140,7 +140,7 @@ def test_fresh_updates_are_on_policy_at_their_first_inner_step(model):
     """rl.update=fresh trains on the batch just sampled: ratio 1 and no clipping at its first inner
     step (age 0); with ppo_epochs=2 the next iteration reuses it (age 1) after a weight update, so
     its ratio moves off 1, without a new rollout."""
-    net = LayoutToImageModel(TINY)
+    net = SD3LayoutModel(TINY)
     net.load_state_dict(model.state_dict())
     stage = RLStage(_config("ppo", ppo_epochs=2, clip_range=1e-6, kl_weight=0.0), net)
     optimizer = torch.optim.SGD(net.trainable_parameters(), lr=1e-2)
@@ -167,7 +167,7 @@ def test_pool_updates_draw_from_the_action_pool(model):
 def test_kl_to_the_frozen_reference(model):
     """The KL term is 0 while the actor equals the reference it froze when RL started, and grows
     after a step, even on a freshly sampled (on-policy) batch."""
-    net = LayoutToImageModel(TINY)
+    net = SD3LayoutModel(TINY)
     net.load_state_dict(model.state_dict())
     stage = RLStage(_config("ppo", kl_to="reference", kl_weight=1.0), net)
     optimizer = torch.optim.SGD(net.trainable_parameters(), lr=1e-2)
@@ -330,7 +330,7 @@ def test_rl_training_runs_and_resumes(tmp_path, algorithm, credit, baseline):
         "rl.held_out=2",
         "rl.held_out_every=2",
         "rl.start_fraction=0",
-        "rl.steps=3",
+        "rl.sampling_steps=3",
         "rl.batch_size=2",
         "rl.group_size=2",
         "rl.critic_warmup=1",
@@ -361,7 +361,7 @@ def test_rl_presets_match_the_shipped_model():
     from idruid.checkpoint import EMBEDDED_CHECKPOINT, load_trained_weights
 
     for preset in ("shapes-full", "shapes-rl", "shapes"):
-        load_trained_weights(LayoutToImageModel(load_config(preset).model), EMBEDDED_CHECKPOINT)
+        load_trained_weights(SD3LayoutModel(load_config(preset).model), EMBEDDED_CHECKPOINT)
     assert load_config("shapes-rl").init_from == "runs/shapes/model"
 
 
@@ -384,19 +384,50 @@ def test_log_records_average_the_rl_iterations_of_their_interval():
     assert by_age["clip_fraction_age0"] == 0.0 and by_age["clip_fraction_age1"] == 0.375
 
 
-def test_loss_plot_adds_the_rl_diagnostics(tmp_path):
-    """loss.png gains a row of RL panels (reward, critic loss, KL, clip fraction, ratio)."""
-    stage1 = [{"step": s, "l_ldm": 0.1, "l_dis": 0.6} for s in (1, 2)]
-    rl = [
-        {**r, "rl_reward": 5.0, "rl_critic_loss": 1.0, "rl_kl": 0.1, "rl_clip_fraction": 0.5} for r in stage1
+def _panels(figure) -> list[dict[str, tuple[list, list]]]:
+    """The visible panels of a figure, each as line label -> (x, y) (NaN as None)."""
+
+    def values(data):
+        return [None if np.isnan(v) else float(v) for v in np.asarray(data, dtype=float)]
+
+    return [
+        {line.get_label(): (values(line.get_xdata()), values(line.get_ydata())) for line in axes.get_lines()}
+        for axes in figure.axes
+        if axes.axison
     ]
-    heights = []
+
+
+def test_loss_plot_adds_the_rl_diagnostics(tmp_path, saved_figures):
+    """loss.png plots L_ldm and L_dis (a missing L_dis as a gap, ln 2 dashed) and, with RL, a
+    panel per diagnostic the log holds, each key against its step (the held-out reward against
+    the step it was measured at); panels without data are left out."""
+    stage1 = [{"step": 1, "l_ldm": 0.2, "l_dis": 0.6}, {"step": 2, "l_ldm": 0.1, "l_dis": None}]
+    rl = [
+        {**stage1[0], "rl_reward": 5.0, "rl_kl": 0.1, "rl_held_out_reward": 0.3, "rl_held_out_step": 0},
+        {**stage1[1], "rl_reward": 6.0, "rl_kl": 0.2, "rl_critic_loss": 1.0, "rl_clip_fraction": 0.5},
+    ]
     for name, rows in (("stage1", stage1), ("rl", rl)):
         log = tmp_path / f"{name}.jsonl"
         log.write_text("".join(json.dumps(r) + "\n" for r in rows))
         plot_losses(log, tmp_path / f"{name}.png")
-        heights.append(Image.open(tmp_path / f"{name}.png").size[1])
-    assert heights[1] == 2 * heights[0]
+    ldm, dis = {"_child0": ([1.0, 2.0], [0.2, 0.1])}, ([1.0, 2.0], [0.6, None])
+    stage1_panels = _panels(saved_figures["stage1.png"])
+    assert len(saved_figures["stage1.png"].axes) == 4 and len(stage1_panels) == 2  # one row, two used
+    assert stage1_panels[0] == ldm
+    (dis_line, ln2) = stage1_panels[1].values()
+    assert dis_line == dis and ln2[1] == [pytest.approx(np.log(2))] * 2
+    rl_figure = saved_figures["rl.png"]
+    assert len(rl_figure.axes) == 8  # a second row for the RL panels
+    titles = [axes.get_title() for axes in rl_figure.axes if axes.axison]
+    assert titles[0].startswith("L_ldm") and titles[1].startswith("L_dis")
+    rl_panels = _panels(rl_figure)[2:]
+    assert rl_panels == [
+        {"rl_reward": ([1.0, 2.0], [5.0, 6.0])},
+        {"rl_held_out_reward": ([0.0], [0.3])},
+        {"rl_critic_mse": ([], []), "rl_within_var": ([], []), "rl_critic_loss": ([2.0], [1.0])},
+        {"rl_kl": ([1.0, 2.0], [0.1, 0.2])},
+        {"rl_clip_fraction": ([2.0], [0.5])},
+    ]
 
 
 def test_prompt_only_layouts_from_a_file_are_read_in_order_and_cycled(model, tmp_path):

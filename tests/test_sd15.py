@@ -12,12 +12,13 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from idruid.checkpoint import load_checkpoint, save_checkpoint
 from idruid.config import ConfigError, load_config
 from idruid.layout import Instance, Layout
+from idruid.losses import idc_loss
 from idruid.models import build_model
-from idruid.models.idm import LayoutCrossAttnProcessor, PromptAttnProcessor
+from idruid.models.processors import LayoutCrossAttnProcessor, PromptAttnProcessor
 from idruid.models.sd15 import LayoutUNetModel, idm_layers
 from idruid.rl.rollout import policy_log_probs, rollout
 from idruid.sampling import SamplingSettings, sample
-from idruid.train import idc_loss, train
+from idruid.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -187,8 +188,9 @@ def test_bad_configs_are_refused():
 def test_unet_trains_with_ppo_and_resumes(tmp_path):
     """Stage 1 (noise prediction + L_dis) and the RL stage (DDPM policy, critic, PPO) on the UNet."""
     overrides = [
-        "rl.algorithm=ppo", "rl.start_fraction=0", "rl.steps=3", "rl.batch_size=2", "rl.group_size=2",
-        "rl.baseline=critic", "rl.critic_gate=0", "rl.critic_warmup=1", "rl.critic_hidden=16", "steps=3",
+        "rl.algorithm=ppo", "rl.start_fraction=0", "rl.sampling_steps=3", "rl.batch_size=2",
+        "rl.group_size=2", "rl.baseline=critic", "rl.critic_gate=0", "rl.critic_warmup=1",
+        "rl.critic_hidden=16", "steps=3",
     ]  # fmt: skip
     config = load_config("tiny-sd15", overrides)
     config.steps = 2

@@ -208,7 +208,7 @@ def test_rl_fine_tuning_of_their_model_runs_and_resumes(tmp_path, model):
         "lambda_dis=0",
         "rl.algorithm=grpo",
         "rl.start_fraction=0",
-        "rl.steps=3",
+        "rl.sampling_steps=3",
         "rl.batch_size=2",
         "rl.group_size=2",
         "checkpoint_every=1",

@@ -123,13 +123,13 @@ def test_instance_captions_skip_t5_unless_their_tokens_need_it(sd3_dir, encoder,
     """encode_text: T5 reads the prompts once; the captions, only CLIP (their tokens are CLIP's)."""
     from idruid.config import ModelConfig
     from idruid.layout import Instance, Layout
-    from idruid.models.sd3 import LayoutToImageModel
+    from idruid.models.sd3 import SD3LayoutModel
 
     config = ModelConfig(
         num_layers=1, num_heads=2, head_dim=16, idm_hidden=16, geometry_rank=4, resolution=16,
         prompt_max_length=CLIP_MAX_LENGTH + T5_LENGTH, caption_max_length=caption_tokens,
     )  # fmt: skip
-    model = LayoutToImageModel(config, text_encoder=encoder)
+    model = SD3LayoutModel(config, text_encoder=encoder)
     captions = ["a red circle", "a blue square"]
     layout = Layout(PROMPTS[1], tuple(Instance(c, (0.1, 0.1, 0.5, 0.5)) for c in captions))
     with t5_calls(encoder) as calls:

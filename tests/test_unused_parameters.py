@@ -9,7 +9,7 @@ from idruid.checkpoint import load_checkpoint, load_trained_weights, save_checkp
 from idruid.config import ModelConfig
 from idruid.layout import Instance, Layout
 from idruid.losses import add_noise, flow_matching_loss
-from idruid.models.sd3 import LayoutToImageModel
+from idruid.models.sd3 import SD3LayoutModel
 
 TINY = ModelConfig(num_layers=1, num_heads=2, head_dim=16, idm_hidden=16, geometry_rank=4, resolution=16)
 CAPTION = ("adapter.caption_proj.", "adapter.box_proj.", "adapter.caption_norm.")
@@ -31,7 +31,7 @@ def layouts() -> list[Layout]:
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return LayoutToImageModel(TINY)
+    return SD3LayoutModel(TINY)
 
 
 def test_caption_modules_are_not_optimised_nor_saved_without_caption_tokens(model, tmp_path):
@@ -44,7 +44,7 @@ def test_caption_modules_are_not_optimised_nor_saved_without_caption_tokens(mode
 
 
 def test_with_caption_tokens_they_are_optimised_and_saved(tmp_path):
-    with_tokens = LayoutToImageModel(ModelConfig(**{**TINY.__dict__, "caption_max_length": 4}))
+    with_tokens = SD3LayoutModel(ModelConfig(**{**TINY.__dict__, "caption_max_length": 4}))
     unused = unused_names(with_tokens)
     params = {id(p) for p in with_tokens.trainable_parameters()}
     assert {id(p) for n, p in with_tokens.named_parameters() if n in unused} <= params
@@ -83,6 +83,6 @@ def test_checkpoints_that_hold_them_load_with_them_ignored(model, tmp_path):
     save_file({**state, **extra}, str(file))
     loaded = load_checkpoint(folder)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
-    target = LayoutToImageModel(TINY)
+    target = SD3LayoutModel(TINY)
     load_trained_weights(target, folder)
     assert all(torch.equal(target.state_dict()[k], v) for k, v in state.items())

@@ -7,6 +7,7 @@ Every run saves the resolved config next to its outputs, so a run can be reprodu
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ class RLConfig:
     every: int = 1  # one RL iteration every `every` training steps
     batch_size: int = 64  # rollouts per RL iteration (prompt-only layouts x group_size)
     group_size: int = 4  # rollouts per prompt: the group baseline's groups, the critic gate's variance
-    steps: int = 10  # sampling steps of a rollout
+    sampling_steps: int = 10  # sampling steps of a rollout (TrainConfig.steps counts optimiser steps)
     # which steps explore (SDE) and are trained: "first" (the paper's leading rl_fraction of the
     # steps), "random" (a window of that many steps drawn within the first half, Flow-GRPO-Fast)
     # or "full" (every step, appendix E)
@@ -205,8 +206,8 @@ class RLConfig:
             raise ConfigError(f"rl.start_fraction must be in [0, 1), got {self.start_fraction}")
         if not 0.0 < self.rl_fraction <= 1.0:
             raise ConfigError(f"rl.rl_fraction must be in (0, 1], got {self.rl_fraction}")
-        if self.steps < 2:
-            raise ConfigError(f"rl.steps must be at least 2, got {self.steps}")
+        if self.sampling_steps < 2:
+            raise ConfigError(f"rl.sampling_steps must be at least 2, got {self.sampling_steps}")
         if self.every < 1 or self.batch_size < 1 or self.pool_size < 1:
             raise ConfigError("rl.every, rl.batch_size and rl.pool_size must be at least 1")
         if self.algorithm != "none" and self.prompts is None:
@@ -249,7 +250,9 @@ class TrainConfig:
     ema_decay: float = 0.999
     drop_prompt: float = 0.1  # drop prompt and layout together (unconditional, for CFG)
     drop_layout: float = 0.1  # drop the layout only (what late sampling steps see, paper 4.1)
-    sigma_sampling: str = "logit_normal"  # "logit_normal" (SD3) or "uniform"
+    # how training draws the noise time: "logit_normal" (SD3's density; eps backbones take
+    # floor(T * sigmoid(n)) as the DDPM timestep) or "uniform" (sigma, or DDPM's uniform timesteps)
+    time_sampling: str = "logit_normal"
     # paired training data: "shapes" (the embedded world, generated on the fly) or "layoutsam"
     # (parquet shards at data_path, images under image_root; idruid.data.layoutsam_train)
     data: str = "shapes"
@@ -297,6 +300,50 @@ def check_data(config: TrainConfig) -> None:
             raise ConfigError(f"captions '{config.captions}': expected detailed or short")
 
 
+# Keys renamed since older configs were written, per section ("" is the top level): old -> new.
+# Deprecated aliases: the old names still load (committed results/*/config.yaml use them) and are
+# read as the new ones here, the one place config keys are renamed; new configs use the new names.
+RENAMED_KEYS: dict[str, dict[str, str]] = {
+    "": {"sigma_sampling": "time_sampling"},  # it also picks DDPM timesteps
+    "rl": {"steps": "sampling_steps"},  # sampling steps of a rollout, not optimiser steps
+}
+
+
+def _renamed(section: str, key: str, where: str, warn: bool) -> str:
+    """The current name of ``key`` in ``section`` (a deprecated alias warns)."""
+    new = RENAMED_KEYS.get(section, {}).get(key)
+    if new is None:
+        return key
+    if warn:
+        dotted = f"{section}." if section else ""
+        warnings.warn(
+            f"{where}: config key '{dotted}{key}' is deprecated, read as '{dotted}{new}'",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return new
+
+
+def upgrade_keys(data: dict[str, Any], where: str = "config", warn: bool = True) -> dict[str, Any]:
+    """A raw config mapping (a YAML file's) with the deprecated keys of ``RENAMED_KEYS`` under
+    their current names; a mapping that holds both names of one key is refused."""
+    if not isinstance(data, dict):
+        return data  # _from_dict says what is wrong with it
+
+    def section(values: dict[str, Any], name: str) -> dict[str, Any]:
+        for old, new in RENAMED_KEYS.get(name, {}).items():
+            if old in values and new in values:
+                dotted = f"{name}." if name else ""
+                raise ConfigError(f"{where}: both '{dotted}{old}' and its new name '{dotted}{new}' are set")
+        return {_renamed(name, key, where, warn): value for key, value in values.items()}
+
+    upgraded = section(data, "")
+    for name in RENAMED_KEYS:
+        if name and isinstance(upgraded.get(name), dict):
+            upgraded[name] = section(upgraded[name], name)
+    return upgraded
+
+
 def _from_dict(cls, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping")
@@ -334,7 +381,7 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainC
         data = yaml.safe_load(read_text(path, ConfigError)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: malformed YAML ({err})") from None
-    config = _from_dict(TrainConfig, data, path.stem)
+    config = _from_dict(TrainConfig, upgrade_keys(data, str(path)), path.stem)
     for item in overrides or []:
         apply_override(config, item)
     return config
@@ -351,7 +398,7 @@ def apply_override(config: TrainConfig, item: str) -> None:
         if not hasattr(target, part):
             raise ConfigError(f"override '{item}': unknown key '{part}'")
         target = getattr(target, part)
-    name = parts[-1]
+    name = _renamed(".".join(parts[:-1]), parts[-1], f"override '{item}'", warn=True)
     if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
         raise ConfigError(f"override '{item}': unknown key '{key}'")
     setattr(target, name, yaml.safe_load(raw))

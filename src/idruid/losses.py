@@ -1,5 +1,6 @@
 """Training losses as pure functions: flow matching (Eq. 11), noise prediction (SD1.5's L_ldm,
-appendix B) and the instance disentanglement constraint, CAS (Eq. 3) and L_dis (Eq. 4).
+appendix B) and the instance disentanglement constraint, CAS (Eq. 3) and L_dis (Eq. 4): per
+IDM layer (``disentangle_loss``) and averaged over the layers of a model (``idc_loss``).
 
 Flow (SD3): sigma = 1 is pure noise, x_t = (1 - sigma) x_0 + sigma * noise, and the velocity
 target is v = noise - x_0. DDPM (SD1.5): x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) noise,
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .boxes import covering_cells
 
 _EPS = 1e-6  # as in the paper's pseudo-code (appendix H)
 
@@ -48,7 +51,7 @@ def sample_sigmas(
         return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
     if mode == "uniform":
         return torch.rand(batch, generator=generator, device=device).clamp(1e-4, 1 - 1e-4)
-    raise ValueError(f"sigma_sampling '{mode}': expected 'logit_normal' or 'uniform'")
+    raise ValueError(f"time_sampling '{mode}': expected 'logit_normal' or 'uniform'")
 
 
 def cas(attn: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
@@ -87,3 +90,21 @@ def disentangle_loss(
     weight = valid.to(cas_pos.dtype).unsqueeze(-1).expand_as(cas_pos)
     total = weight.sum().clamp(min=1.0)
     return F.softplus((cas_pos * weight).sum() / total - (cas_neg * weight).sum() / total)
+
+
+def idc_loss(attention_maps: list, boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """L_dis (Eq. 4) averaged over the IDM layers, a scalar; each layer left (attn_pos, attn_neg,
+    grid), maps (B, N, heads, h * w) on its own token grid (one for MM-DiT, two sizes in a UNet),
+    against the boxes (B, N', 4) and ``valid`` (B, N') of the batch, N' >= N.
+
+    The model drops instance slots that no sample uses, so N may be below the padded 10.
+    """
+    num = attention_maps[0][0].shape[1]
+    boxes, valid = boxes[:, :num], valid[:, :num]
+    masks = {}
+    losses = []
+    for pos, neg, grid in attention_maps:
+        if grid not in masks:
+            masks[grid] = covering_cells(boxes, *grid) * valid.unsqueeze(-1).to(boxes.dtype)
+        losses.append(disentangle_loss(pos, neg, masks[grid], valid))
+    return torch.stack(losses).mean()

@@ -44,6 +44,8 @@ from .checkpoint import (
 )
 from .config import SamplingSettings
 from .layout import Layout, LayoutError, layout_from_dict
+from .models.druid_weights import is_druid_folder
+from .models.sd3_druid import load_druid
 from .sampling import sample, seeded_noise, to_uint8
 
 EMBEDDED_NAMES = ("embedded", "idruid/shapes")  # names of the embedded model for from_pretrained
@@ -142,9 +144,10 @@ class IDruidPipeline(DiffusionPipeline):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> IDruidPipeline:
-        """Load a folder written by ``save_pretrained``, an idruid checkpoint folder, or the
-        embedded model (None, or a name of ``EMBEDDED_NAMES``). ``base_model``: where the base
-        folder of a checkpoint trained on one lives now; ``scheduler`` replaces the saved one;
+        """Load a folder written by ``save_pretrained``, an idruid checkpoint folder, the I-DRUID
+        authors' checkpoint folder (``base_model``: an SD3 folder, required), or the embedded
+        model (None, or a name of ``EMBEDDED_NAMES``). ``base_model``: where the base folder of a
+        checkpoint trained on one lives now; ``scheduler`` replaces the saved one;
         ``dtype`` is ``torch_dtype``'s newer diffusers name."""
         name = pretrained_model_name_or_path
         if name is None or str(name) in EMBEDDED_NAMES:
@@ -157,7 +160,9 @@ class IDruidPipeline(DiffusionPipeline):
                     f"{', '.join(EMBEDDED_NAMES)} for the embedded model)"
                 )
         index_file = folder / "model_index.json"
-        if index_file.is_file():  # a saved pipeline
+        if is_druid_folder(folder):  # the authors' checkpoint, on an SD3 folder
+            model, sampling = load_druid(folder, base_model)
+        elif index_file.is_file():  # a saved pipeline
             index = json.loads(index_file.read_text())
             model = load_checkpoint(folder / "model", base_model=base_model)
             sampling = SamplingSettings.from_dict(index.get("sampling"))

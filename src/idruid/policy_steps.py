@@ -3,8 +3,8 @@ Eq. 5, SD3) and the DDPM transition as a DDIM step with eta = 1 (appendix B, SD1
 The processes (idruid.processes) hand these steps to RL, so they sit below both.
 
 Time runs from sigma = 1 (pure noise) to sigma = 0 (data), as in SD3; dt = sigma_next - sigma < 0.
-The step keeps the ODE's marginals while injecting noise of std ``std * sqrt(-dt)``, with
-``std = noise_level * sqrt(sigma / (1 - sigma))`` (the paper's sigma_t = a sqrt(t / (1 - t)),
+The step keeps the ODE's marginals while injecting noise of std ``g * sqrt(-dt)``, with
+``g = noise_level * sqrt(sigma / (1 - sigma))`` (the paper's sigma_t = a sqrt(t / (1 - t)),
 a = 0.7). At sigma = 1 that ratio is infinite, so the appendix's pseudo-code puts the
 schedule's largest sigma below 1 (``sigma_max``) in the denominator there; we do the same.
 """
@@ -49,12 +49,14 @@ def sde_step_with_logprob(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One policy step pi(x_next | x_t) (Eq. 5): returns (x_next, log_prob, mean, std).
 
-    v_pred, x_t: (B, ...); sigma, sigma_next: (B,). The mean is
-    x_t (1 + std^2 dt / (2 sigma)) + v_pred (1 + std^2 (1 - sigma) / (2 sigma)) dt, the sample
-    is mean + std sqrt(-dt) noise (unless ``x_next`` is given, as when PPO re-scores a stored
-    action), and log_prob (B,) is the Gaussian log-density of x_next averaged over the non-batch
-    dimensions, in float32. std is (B, 1, ..., 1). With noise_level = 0 the step is the Euler
-    ODE step, a deterministic map with no density: its log_prob is returned as zeros.
+    v_pred, x_t: (B, ...); sigma, sigma_next: (B,). With Eq. 5's diffusion coefficient
+    ``g = sde_std(sigma)``, the mean is
+    x_t (1 + g^2 dt / (2 sigma)) + v_pred (1 + g^2 (1 - sigma) / (2 sigma)) dt and the step's
+    standard deviation is std = g sqrt(-dt); the sample is mean + std noise (unless ``x_next`` is
+    given, as when PPO re-scores a stored action), and log_prob (B,) is the Gaussian log-density
+    of x_next averaged over the non-batch dimensions, in float32. std is (B, 1, ..., 1), the
+    action's own std as ``ddim_step_with_logprob`` returns it. With noise_level = 0 the step is
+    the Euler ODE step, a deterministic map with no density: its log_prob is returned as zeros.
     """
     if not 0.0 < float(sigma_max) < 1.0:
         raise ValueError(f"sigma_max must be in (0, 1): the largest noise level below 1, got {sigma_max}")
@@ -66,19 +68,19 @@ def sde_step_with_logprob(
     x_t, v_pred = x_t.float(), v_pred.float()
     sigma_b = _per_sample(sigma.float(), x_t)
     dt = _per_sample((sigma_next - sigma).float(), x_t)
-    std = sde_std(sigma_b, sigma_max, noise_level)
+    g = sde_std(sigma_b, sigma_max, noise_level)  # Eq. 5's sigma_t, per unit of time
     mean = (
-        x_t * (1.0 + std**2 / (2.0 * sigma_b) * dt)
-        + v_pred * (1.0 + std**2 * (1.0 - sigma_b) / (2.0 * sigma_b)) * dt
+        x_t * (1.0 + g**2 / (2.0 * sigma_b) * dt)
+        + v_pred * (1.0 + g**2 * (1.0 - sigma_b) / (2.0 * sigma_b)) * dt
     )
-    scale = std * torch.sqrt(-dt)  # the step's standard deviation
+    std = g * torch.sqrt(-dt)  # the step's standard deviation
     if x_next is None:
         noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        x_next = mean + scale * noise
+        x_next = mean + std * noise
     x_next = x_next.float()
     if noise_level == 0.0:
         return x_next, torch.zeros(x_t.shape[0], device=x_t.device), mean, std
-    log_density = gaussian_log_density(x_next, mean, scale)
+    log_density = gaussian_log_density(x_next, mean, std)
     return x_next, log_density.mean(dim=tuple(range(1, x_t.ndim))), mean, std
 
 

@@ -27,13 +27,9 @@ from .losses import add_noise, diffuse, flow_matching_loss, noise_prediction_los
 from .policy_steps import ddim_step_with_logprob, sde_step_with_logprob
 from .sampling import ddim_step, euler_step
 
-# (prediction, x_t, t, t_next, x_next or None) -> (x_next, log_prob (B,), mean, scale): the
-# Gaussian policy of one step and the standard deviation of its action
+# (prediction, x_t, t, t_next, x_next or None) -> (x_next, log_prob (B,), mean, std): the
+# Gaussian policy of one step and the standard deviation of its action, (B, 1, ..., 1)
 PolicyStep = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def _column(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return value.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
 
 
 class FlowProcess:
@@ -76,10 +72,7 @@ class FlowProcess:
         sigma_max = float(times[1])
 
         def step(prediction, x_t, t, t_next, x_next=None):
-            x_next, log_prob, mean, std = sde_step_with_logprob(
-                prediction, x_t, t, t_next, sigma_max, noise_level, x_next=x_next
-            )
-            return x_next, log_prob, mean, std * _column((t - t_next).float().sqrt(), std)
+            return sde_step_with_logprob(prediction, x_t, t, t_next, sigma_max, noise_level, x_next=x_next)
 
         return step
 
@@ -171,7 +164,7 @@ class EpsProcess:
         if mode == "logit_normal":
             unit = torch.sigmoid(torch.randn(batch, device=device))
             return (unit * self.num_train_timesteps).floor().clamp(max=self.num_train_timesteps - 1)
-        raise ValueError(f"sigma_sampling '{mode}': expected 'logit_normal' or 'uniform'")
+        raise ValueError(f"time_sampling '{mode}': expected 'logit_normal' or 'uniform'")
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return diffuse(x0, noise, self.alpha_bar(t))

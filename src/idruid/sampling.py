@@ -22,7 +22,7 @@ from .config import SamplingSettings
 from .layout import Layout
 
 if TYPE_CHECKING:
-    from .models.base import TextConditioning
+    from .models.base import Conditioning
 
 # (prediction, x_t, t, t_next) -> x_next, with t and t_next (B,) in the process's time convention
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -65,7 +65,10 @@ def layout_steps(steps: int, layout_fraction: float, rounding: str = "ceil") -> 
         raise ValueError(f"layout_fraction must be in [0, 1], got {layout_fraction}")
     if rounding not in ("ceil", "floor"):
         raise ValueError(f"layout rounding '{rounding}': expected ceil or floor")
-    count = math.ceil(layout_fraction * steps) if rounding == "ceil" else math.floor(layout_fraction * steps)
+    product = layout_fraction * steps
+    # ceil ignores float error (0.28 * 25 = 7.000000000000001 is 7 steps); floor keeps the authors'
+    # int(0.3 * steps) exactly as their code computes it
+    count = math.ceil(product - 1e-9) if rounding == "ceil" else math.floor(product)
     return min(steps, count)
 
 
@@ -95,7 +98,7 @@ def guidance_conditioning(
     cfg: float,
     device,
     negative_prompts: Sequence[str] | None = None,
-) -> TextConditioning:
+) -> Conditioning:
     """The text conditioning of a batch; with guidance, its unconditional partner stacked below
     (the empty prompt, or ``negative_prompts``, one per layout)."""
     cond = model.encode_text(layouts).to(device)

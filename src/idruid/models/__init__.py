@@ -10,9 +10,9 @@ from ..config import ConfigError, ModelConfig
 
 
 def _sd3():
-    from .sd3 import LayoutToImageModel
+    from .sd3 import SD3LayoutModel
 
-    return LayoutToImageModel
+    return SD3LayoutModel
 
 
 def _sd15():

@@ -1,5 +1,6 @@
 """What both layout-to-image backbones share: the frozen text encoder, the layout adapter's
-inputs, text conditioning, optional LoRA and the bookkeeping of what idruid trains and saves.
+inputs, the conditioning (``Conditioning``: text, boxes, masks), optional LoRA and the
+bookkeeping of what idruid trains and saves.
 
 A backbone model (models/sd3.py, models/sd15.py) subclasses ``LayoutModel`` and provides
 ``forward(x_t, t, cond, layout_on, record_attention) -> (prediction, attention_maps)`` and a
@@ -23,8 +24,9 @@ from .vae import LatentCodec, PixelCodec, UnshuffleCodec, VaeCodec
 
 
 @dataclass
-class TextConditioning:
-    """Frozen-text-encoder outputs and layout tensors for a batch of layouts."""
+class Conditioning:
+    """The whole conditioning of a batch of layouts: the frozen text encoder's outputs (prompt and
+    captions), the boxes, which instance slots are real, and whether the layout is on."""
 
     prompt_hidden: torch.Tensor  # (B, Lp, Dt)
     prompt_pooled: torch.Tensor  # (B, Dt)
@@ -35,22 +37,22 @@ class TextConditioning:
     valid: torch.Tensor  # (B, N) bool
     enabled: torch.Tensor  # (B,) float: 0 drops the layout (classifier-free guidance, dropout)
 
-    def to(self, device) -> TextConditioning:
-        return TextConditioning(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    def to(self, device) -> Conditioning:
+        return Conditioning(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @staticmethod
-    def cat(parts: Sequence[TextConditioning]) -> TextConditioning:
-        return TextConditioning(
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        return Conditioning(
             **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])}
         )
 
-    def rows(self, index: torch.Tensor | slice) -> TextConditioning:
+    def rows(self, index: torch.Tensor | slice) -> Conditioning:
         """The conditioning of the batch rows ``index`` (an index tensor or a slice)."""
         if isinstance(index, torch.Tensor):
             index = index.to(self.valid.device)
-        return TextConditioning(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return Conditioning(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
-    def trimmed(self) -> TextConditioning:
+    def trimmed(self) -> Conditioning:
         """Drop instance slots and caption tokens that no sample of the batch uses.
 
         Padding to 10 instances keeps shapes fixed, but every padded slot costs attention;
@@ -58,7 +60,7 @@ class TextConditioning:
         """
         num = max(int(self.valid.sum(1).max()), 1)
         tokens = max(int(self.caption_mask.sum(-1).max()), 1)
-        return TextConditioning(
+        return Conditioning(
             prompt_hidden=self.prompt_hidden,
             prompt_pooled=self.prompt_pooled,
             caption_hidden=self.caption_hidden[:, :num, :tokens],
@@ -181,8 +183,8 @@ class LayoutModel(nn.Module):
         return self.codec.latent_channels, side, side
 
     def backbone_inputs(
-        self, x_t: torch.Tensor, cond: TextConditioning
-    ) -> tuple[torch.Tensor, TextConditioning]:
+        self, x_t: torch.Tensor, cond: Conditioning
+    ) -> tuple[torch.Tensor, Conditioning]:
         """Check x_t's shape, and cast x_t and the conditioning's float tensors to the weights'
         dtype when the whole model was cast (DeepSpeed's bf16 and fp16 engines hold bf16 / fp16
         weights and feed them what the data loader gives; under autocast the weights stay float32
@@ -199,7 +201,7 @@ class LayoutModel(nn.Module):
             for f in fields(cond)
             for value in [getattr(cond, f.name)]
         }
-        return x_t.to(dtype), TextConditioning(**cast)
+        return x_t.to(dtype), Conditioning(**cast)
 
     @property
     def device(self) -> torch.device:
@@ -221,7 +223,7 @@ class LayoutModel(nn.Module):
         return self.config.base_model is not None
 
     def layout_condition(
-        self, cond: TextConditioning, grid: Sequence[int], patch: int, record_attention: bool
+        self, cond: Conditioning, grid: Sequence[int], patch: int, record_attention: bool
     ) -> LayoutCondition:
         """The layout branch's input for a batch: the adapter's instance tokens of the used
         instance slots, on a token grid of ``grid`` cells of ``patch`` x ``patch`` latent pixels."""
@@ -283,7 +285,7 @@ class LayoutModel(nn.Module):
         layouts: Sequence[Layout],
         drop_prompt: torch.Tensor | None = None,
         drop_layout: torch.Tensor | None = None,
-    ) -> TextConditioning:
+    ) -> Conditioning:
         """Encode prompts and captions with the frozen text encoder.
 
         drop_prompt / drop_layout: (B,) bool. A dropped prompt becomes "" and drops the layout
@@ -311,7 +313,7 @@ class LayoutModel(nn.Module):
             caption_pooled[where] = words.pooled.float()
             caption_mask[where] = words.mask
         enabled = (~(drop_prompt | drop_layout)).float()
-        return TextConditioning(
+        return Conditioning(
             prompt_hidden=prompt.hidden[:, :length].float(),
             prompt_pooled=prompt.pooled.float(),
             caption_hidden=caption_hidden,
@@ -323,8 +325,8 @@ class LayoutModel(nn.Module):
         )
 
     def unconditional(
-        self, cond: TextConditioning, negative_prompts: Sequence[str] | None = None
-    ) -> TextConditioning:
+        self, cond: Conditioning, negative_prompts: Sequence[str] | None = None
+    ) -> Conditioning:
         """The classifier-free-guidance partner of ``cond``: empty prompt, no layout;
         ``negative_prompts`` (one per row) in place of the empty prompt (diffusers' negative prompt)."""
         batch = len(cond)
@@ -333,7 +335,7 @@ class LayoutModel(nn.Module):
         texts = [""] if negative_prompts is None else list(negative_prompts)
         empty = self.text_encoder.encode(texts)
         device = cond.prompt_hidden.device
-        return TextConditioning(
+        return Conditioning(
             prompt_hidden=empty.hidden[:, : cond.prompt_hidden.shape[1]]
             .float()
             .to(device)

@@ -1,10 +1,9 @@
-"""Instance disentanglement module (IDM, paper Eq. 1-2) as diffusers attention processors.
+"""Instance disentanglement module (IDM, paper Eq. 1-2): the layout branch of an attention layer.
 
-Installed on every joint-attention block of the MM-DiT (paper 4.1, ``LayoutJointAttnProcessor``)
-and on the 8x8 mid-block and 16x16 decoder cross-attention layers of the SD1.5 UNet (appendix B,
-``LayoutCrossAttnProcessor``; every other UNet attention layer gets ``PromptAttnProcessor``, the
-plain one, conditioned on the global prompt only). The processor first runs the backbone's own
-attention unchanged, then an instance branch:
+``LayoutBranch`` holds the branch's weights and math; the attention processors that carry it
+(models/processors.py) are installed on every joint-attention block of the MM-DiT (paper 4.1)
+and on the 8x8 mid-block and 16x16 decoder cross-attention layers of the SD1.5 UNet (appendix
+B). The processor first runs the backbone's own attention unchanged, then this branch:
 
 1. enhanced features E (Eq. 1 inputs): e_i = cross-attention of the image queries to instance
    i's tokens (all instances at once), and e_{n+1} = the global-prompt-enhanced feature, i.e.
@@ -20,8 +19,11 @@ attention unchanged, then an instance branch:
    branch at pixel precision, docs/method.md point 11), and added through a zero-initialised
    projection, so an untrained adapter leaves the backbone's behaviour intact.
 
-With ``use_idm=False`` (the adapter-only baseline, ablation row 1) the branch is one plain
-cross-attention from the image to the tokens of all instances, with no masks and no weights.
+Which path runs: with the default tokens [null, layout] per instance (``caption_max_length=0``,
+every preset and the shipped model) ``LayoutBranch._two_token_idm`` computes steps 1-5 in closed
+form; with caption word tokens the general path of ``instance_branch``; with ``use_idm=False``
+(the adapter-only baseline, ablation row 1) ``_adapter_only``, one plain cross-attention from the
+image to the tokens of all instances, with no masks and no weights.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
 from ..boxes import patch_geometry
@@ -150,52 +150,6 @@ class InstanceDisentanglementModule(nn.Module):
         return torch.sigmoid(self.to_alpha(desc + mixed))
 
 
-def joint_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None):
-    """The backbone's MM-DiT joint attention, returning the pre-projection image features too.
-
-    Same computation as diffusers' ``JointAttnProcessor2_0``; returns (image_out, context_out,
-    image_features, image_query) where image_features (B, HW, C) is e_{n+1} before ``to_out`` and
-    image_query (B, heads, HW, d) the image tokens' queries (after the backbone's q-norm, if any).
-    """
-    batch = hidden_states.shape[0]
-    heads = attn.heads
-
-    def split(x):  # (B, S, C) -> (B, heads, S, d)
-        return x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
-
-    query, key, value = (
-        split(attn.to_q(hidden_states)),
-        split(attn.to_k(hidden_states)),
-        split(attn.to_v(hidden_states)),
-    )
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
-    image_query = query
-    num_image = hidden_states.shape[1]
-    if encoder_hidden_states is not None:
-        ctx_q = split(attn.add_q_proj(encoder_hidden_states))
-        ctx_k = split(attn.add_k_proj(encoder_hidden_states))
-        ctx_v = split(attn.add_v_proj(encoder_hidden_states))
-        if attn.norm_added_q is not None:
-            ctx_q = attn.norm_added_q(ctx_q)
-        if attn.norm_added_k is not None:
-            ctx_k = attn.norm_added_k(ctx_k)
-        query, key, value = (
-            torch.cat(pair, dim=2) for pair in ((query, ctx_q), (key, ctx_k), (value, ctx_v))
-        )
-    out = F.scaled_dot_product_attention(query, key, value)
-    out = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
-    image_features, context = out[:, :num_image], out[:, num_image:]
-    image_out = attn.to_out[1](attn.to_out[0](image_features))
-    if encoder_hidden_states is None:
-        return image_out, None, image_features, image_query
-    if not attn.context_pre_only:
-        context = attn.to_add_out(context)
-    return image_out, context, image_features, image_query
-
-
 def _token_attention(queries: torch.Tensor, keys: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
     """Softmax attention of pixels to each instance's tokens.
 
@@ -220,8 +174,10 @@ def _softmax_last(logits: torch.Tensor) -> torch.Tensor:
     return shifted / shifted.sum(dim=-1, keepdim=True)
 
 
-class LayoutJointAttnProcessor(nn.Module):
-    """Joint attention + the layout branch (IDM or adapter-only), one per MM-DiT block.
+class LayoutBranch(nn.Module):
+    """The layout branch (IDM or adapter-only) of one attention layer: its weights and steps 1-5.
+    The attention processors (models/processors.py) subclass it and add the backbone's own
+    attention, whose image features are e_{n+1} and whose output the branch is added to.
 
     The branch keeps features split into heads, (B, K, h, P, d), from the token attention to
     the composition, so the per-instance tensors are never transposed or copied.
@@ -259,21 +215,6 @@ class LayoutJointAttnProcessor(nn.Module):
         self.to_out = nn.Linear(dim, dim)
         nn.init.zeros_(self.to_out.weight)  # zero-initialised residual
         nn.init.zeros_(self.to_out.bias)
-
-    # diffusers forwards only the keyword arguments that __call__ names (see STACK.md).
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, layout=None):
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, layout)
-
-    def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, layout=None):
-        image_out, context_out, global_features, query = joint_attention(
-            attn, hidden_states, encoder_hidden_states
-        )
-        if layout is not None:
-            branch = self.instance_branch(hidden_states, global_features, layout, query)
-            image_out = image_out + layout.enabled.to(branch.dtype)[:, None, None] * branch
-        if encoder_hidden_states is None:
-            return image_out
-        return image_out, context_out
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(..., S, C) -> (..., h, S, d)."""
@@ -401,79 +342,3 @@ class LayoutJointAttnProcessor(nn.Module):
             maps = per_instance.permute(0, 3, 1, 2)
             layout.attention_maps.append((maps, maps, layout.grid))
         return (probs @ flat_values)[:, 0].transpose(1, 2).flatten(-2)
-
-
-def cross_attention(
-    attn, hidden_states: torch.Tensor, context: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A UNet attention layer's own attention: (features (B, P, C) before ``to_out``, queries
-    (B, heads, P, d)), the same computation as diffusers' ``AttnProcessor2_0`` for the layers of
-    SD1.5's transformer blocks (no group or spatial norm, no residual inside the layer, which this
-    refuses rather than mis-computes)."""
-    if attn.group_norm is not None or attn.spatial_norm is not None or attn.residual_connection:
-        raise NotImplementedError(
-            "IDM on a UNet attention layer with group/spatial norm or an inner residual"
-        )
-    if getattr(attn, "norm_q", None) is not None or attn.rescale_output_factor != 1.0:
-        raise NotImplementedError("IDM on a UNet attention layer with q/k norms or a rescaled output")
-    context = hidden_states if context is None else context
-    if attn.norm_cross:
-        context = attn.norm_encoder_hidden_states(context)
-
-    def split(x):  # (B, S, C) -> (B, heads, S, d)
-        return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
-
-    query, key, value = split(attn.to_q(hidden_states)), split(attn.to_k(context)), split(attn.to_v(context))
-    out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
-    return out.transpose(1, 2).flatten(-2), query
-
-
-class LayoutCrossAttnProcessor(LayoutJointAttnProcessor):
-    """The prompt cross-attention of a UNet layer + the layout branch (IDM or adapter-only).
-
-    ``downsample`` is the layer's spatial factor against the model input (8 for SD1.5's mid block
-    at 64x64 latents): the layer's token grid is the input's divided by it, and each token cell
-    covers downsample x downsample input pixels for the IDM's pixel-precision geometry.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        token_dim: int,
-        downsample: int,
-        use_idm: bool = True,
-        idm_hidden: int = 128,
-        geometry_rank: int = 32,
-        share_query: bool = False,
-    ):
-        super().__init__(dim, heads, token_dim, use_idm, idm_hidden, downsample, geometry_rank, share_query)
-        self.downsample = downsample
-
-    def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, layout=None):
-        if attention_mask is not None:
-            raise NotImplementedError("LayoutCrossAttnProcessor takes no attention mask (SD1.5 passes none)")
-        global_features, query = cross_attention(attn, hidden_states, encoder_hidden_states)  # e_{n+1}
-        out = attn.to_out[1](attn.to_out[0](global_features))
-        if layout is not None:
-            height, width = layout.grid[0] * layout.patch, layout.grid[1] * layout.patch  # model input
-            grid = (height // self.downsample, width // self.downsample)
-            if grid[0] * grid[1] != hidden_states.shape[1]:
-                raise ValueError(
-                    f"a layer with downsample {self.downsample} of a {height}x{width} input should see "
-                    f"{grid[0]}x{grid[1]} tokens, got {hidden_states.shape[1]}"
-                )
-            view = layout.at(grid, self.downsample * layout.patch)
-            branch = self.instance_branch(hidden_states, global_features, view, query)
-            out = out + layout.enabled.to(branch.dtype)[:, None, None] * branch
-        return out
-
-
-class PromptAttnProcessor(AttnProcessor2_0):
-    """diffusers' own attention for the UNet layers without IDM; it names ``layout`` so that the
-    layout passed to every layer through ``cross_attention_kwargs`` is dropped without a warning."""
-
-    def __call__(
-        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, layout=None
-    ):
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)

@@ -22,8 +22,8 @@ from ..config import ModelConfig
 from ..model_dirs import load_diffusers_model
 from ..processes import EpsProcess
 from .adapter import LayoutAdapter
-from .base import LayoutModel, TextConditioning
-from .idm import LayoutCrossAttnProcessor, PromptAttnProcessor
+from .base import Conditioning, LayoutModel
+from .processors import LayoutCrossAttnProcessor, PromptAttnProcessor
 from .text_encoder import CachedTextEncoder
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection of the UNet
@@ -122,7 +122,7 @@ class LayoutUNetModel(LayoutModel):
         self,
         x_t: torch.Tensor,
         t: torch.Tensor,
-        cond: TextConditioning,
+        cond: Conditioning,
         layout_on: bool = True,
         record_attention: bool = False,
     ) -> tuple[torch.Tensor, list]:

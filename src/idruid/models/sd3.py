@@ -17,11 +17,11 @@ from ..config import ModelConfig
 from ..model_dirs import load_diffusers_model
 from ..processes import FlowProcess
 from .adapter import LayoutAdapter
-from .base import LayoutModel, TextConditioning
-from .idm import LayoutJointAttnProcessor
+from .base import Conditioning, LayoutModel
+from .processors import LayoutJointAttnProcessor
 from .text_encoder import CachedTextEncoder
 
-__all__ = ["LayoutToImageModel", "TextConditioning", "build_transformer", "LORA_TARGETS"]
+__all__ = ["SD3LayoutModel", "Conditioning", "build_transformer", "LORA_TARGETS"]
 
 
 def build_transformer(
@@ -69,7 +69,7 @@ SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by
 OUTPUTS = ("velocity", "x0")
 
 
-class LayoutToImageModel(LayoutModel):
+class SD3LayoutModel(LayoutModel):
     """SD3 (MM-DiT, rectified flow) with the layout adapter and IDM on every joint-attention block."""
 
     backbone_attr = "transformer"
@@ -113,7 +113,7 @@ class LayoutToImageModel(LayoutModel):
         self,
         x_t: torch.Tensor,
         sigma: torch.Tensor,
-        cond: TextConditioning,
+        cond: Conditioning,
         layout_on: bool = True,
         record_attention: bool = False,
     ) -> tuple[torch.Tensor, list]:

@@ -2,7 +2,7 @@
 
 ``model(x_t, sigma, cond, layout_on)`` returns the velocity of their transformer
 (models/druid_arch.py), so idruid's one sampling loop, evaluation and RL stage run it unchanged.
-What their pipeline does, done here from idruid's ``TextConditioning``:
+What their pipeline does, done here from idruid's ``Conditioning``:
 
 - layout tokens from each instance's pooled CLIP-L + CLIP-G caption embedding (``caption_pooled``)
   and its box, in ``max_instances`` (10) slots; a row with ``enabled`` 0 (the unconditional row of
@@ -28,7 +28,7 @@ import torch
 
 from ..config import ConfigError, ModelConfig, SamplingSettings, TrainConfig, load_config
 from ..processes import FlowProcess
-from .base import LayoutModel, TextConditioning
+from .base import Conditioning, LayoutModel
 from .druid_arch import DruidSD3Transformer, box_grid_masks, is_layout_key
 from .druid_weights import load_transformer, read_config
 from .sd3 import transformer_kwargs
@@ -44,7 +44,7 @@ DRUID_LORA_TARGETS = tuple(
 )
 
 
-def spatial_masks(cond: TextConditioning, mask_rows: str, grid: tuple[int, int]) -> torch.Tensor:
+def spatial_masks(cond: Conditioning, mask_rows: str, grid: tuple[int, int]) -> torch.Tensor:
     """(B, K, h, w) binary box masks in the rows ``mask_rows`` names ("unconditional": rows with
     ``enabled`` 0, "conditional": rows with 1, "both"), all zeros in the others."""
     if mask_rows not in MASK_ROWS:
@@ -133,7 +133,7 @@ class DruidLayoutModel(LayoutModel):
         self,
         x_t: torch.Tensor,
         sigma: torch.Tensor,
-        cond: TextConditioning,
+        cond: Conditioning,
         layout_on: bool = True,
         record_attention: bool = False,
     ) -> tuple[torch.Tensor, list]:
@@ -193,3 +193,25 @@ def druid_sampling(config: TrainConfig, benchmark: str | None = None) -> Samplin
     """Their sampling settings: steps, guidance (per benchmark), layout fraction and shift."""
     settings = config.sampling_settings()
     return settings.override(cfg=DRUID_CFG.get(benchmark, settings.cfg))
+
+
+def load_druid(
+    druid_dir: str | Path,
+    base_dir: str | Path | None,
+    device: str | torch.device = "cpu",
+    mask_rows: str | None = None,
+    benchmark: str | None = None,
+) -> tuple[DruidLayoutModel, SamplingSettings]:
+    """Their checkpoint folder on an SD3 folder (its text encoders, VAE and scheduler), ready to
+    sample, with their sampling settings: what ``idruid generate --checkpoint DIR --base SD3``
+    and ``IDruidPipeline.from_pretrained(DIR, base_model=SD3)`` load."""
+    if base_dir is None:
+        raise ConfigError(
+            f"'{druid_dir}' is the I-DRUID authors' model: an SD3 folder is required as its base "
+            "(--base SD3_DIR, or base_model=) for its text encoders, VAE and scheduler"
+        )
+    config = druid_config(druid_dir, base_dir)
+    if mask_rows is not None:
+        config.model.druid_mask_rows = mask_rows
+    model = DruidLayoutModel(config.model).to(device).eval()
+    return model, druid_sampling(config, benchmark)

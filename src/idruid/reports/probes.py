@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .runs import ReportError, _read_json, flatten, format_value, read_log, varying_keys
+from .runs import ReportError, _read_json, current_keys, flatten, format_value, read_log, varying_keys
 
 
 @dataclass
@@ -44,7 +44,7 @@ def load_probe(path: str | Path, name: str | None = None) -> Probe:
     if not config_path.is_file():
         raise ReportError(f"{path}: probe.jsonl without config.yaml")
     try:
-        config = flatten(yaml.safe_load(config_path.read_text()) or {})
+        config = flatten(current_keys(yaml.safe_load(config_path.read_text()) or {}, config_path))
     except yaml.YAMLError as err:
         raise ReportError(f"{config_path}: malformed YAML ({err})") from None
     settings = _read_json(path / "probe.json") if (path / "probe.json").is_file() else {}

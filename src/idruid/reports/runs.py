@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from ..config import ConfigError, upgrade_keys
+
 # config keys that do not make a different variant: the seed, and run-time settings only
 IGNORED_KEYS = frozenset(
     {
@@ -184,6 +186,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise ReportError(f"{config_path}: not valid YAML ({err})") from err
     if not isinstance(config, dict):
         raise ReportError(f"{config_path}: expected a mapping of config keys")
+    config = current_keys(config, config_path)
     evals, notes = find_evals(path)
     if not evals:
         raise ReportError(
@@ -193,6 +196,15 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     log_path = path / "log.jsonl"
     log = read_log(log_path) if log_path.is_file() else []
     return Run(path, label or path.name, label, {**_defaults(), **flatten(config)}, evals, log, notes)
+
+
+def current_keys(config: dict, config_path: Path) -> dict:
+    """A run's config.yaml with keys renamed since it was written under today's names
+    (idruid.config.RENAMED_KEYS), so that old and new runs of one variant group together."""
+    try:
+        return upgrade_keys(config, str(config_path), warn=False)
+    except ConfigError as err:
+        raise ReportError(str(err)) from None
 
 
 @functools.cache

@@ -26,8 +26,8 @@ from ..sampling import guidance_conditioning, guided_prediction, model_layout_st
 
 def rollout_settings(config: TrainConfig) -> SamplingSettings:
     """The sampling settings of the RL stage's rollouts: the run's layout fraction and shift,
-    ``rl.steps`` steps at guidance ``rl.cfg``."""
-    return config.sampling_settings().override(steps=config.rl.steps, cfg=config.rl.cfg)
+    ``rl.sampling_steps`` steps at guidance ``rl.cfg``."""
+    return config.sampling_settings().override(steps=config.rl.sampling_steps, cfg=config.rl.cfg)
 
 
 def rl_step_count(steps: int, rl_fraction: float) -> int:

@@ -199,7 +199,7 @@ class RLStage:
         """ROLLOUT + REWARD a fresh batch, enqueue it and fit the critic (actor untouched)."""
         rl = self.rl
         layouts = self.next_layouts()
-        first_step, length = sde_window(rl.steps, rl.window, rl.rl_fraction, self.window_generator)
+        first_step, length = sde_window(rl.sampling_steps, rl.window, rl.rl_fraction, self.window_generator)
         was_training = model.training
         model.eval()
         fresh = rollout(

@@ -1,22 +1,20 @@
-"""Evaluation metrics of the paper's section 4.1 (Tables 1-3).
+"""Per-instance checks of the paper's section 4.1 metrics: pure functions from generated images
+and their layouts to one verdict per instance (levels.py aggregates them, tables.py prints them).
 
 - Greedy NMS (torchvision's rule); IoU and box pixels are idruid.boxes.
-- COCO-MIG (Table 1): per-instance position and colour checks of MIG_Bench's
-  ``eval_mig.py`` (see ``shared/data/coco-mig/README.md``), aggregated into instance success
-  rate (ISR) and mIoU per level L2-L6 and their average, the paper's "Avg" column.
-- Attribute leakage: the failure I-DRUID targets (section 1, 4.3): an instance box painted
-  mostly in a colour that another instance of the same layout asked for.
-- LayoutSAM-eval (Table 2): spatial / colour / texture / shape judgements, micro-averaged.
-- Markdown tables shaped like Tables 1 and 2.
+- COCO-MIG (Table 1): the position and colour checks of MIG_Bench's ``eval_mig.py`` (see
+  ``shared/data/coco-mig/README.md``), with its resize and caption parsing.
+- Attribute leakage: whether an instance box is painted mostly in a colour that another
+  instance of the same layout asked for (section 1, 4.3).
+- LayoutSAM-eval (Table 2): the judge's spatial / colour / texture / shape verdicts.
 
-Boxes are normalised ``[x0, y0, x1, y1]`` throughout; IoU does not depend on the image size.
-Rates are fractions in [0, 1]; the tables print percentages.
+Boxes are normalised ``[x0, y0, x1, y1]``; images uint8 (B, H, W, 3).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,8 +27,8 @@ from idruid.layout import Layout
 if TYPE_CHECKING:
     from idruid.scorers.protocols import Detector, Judge, RegionJudgement, Segmenter
 
-SAM_ATTRIBUTES = ("spatial", "color", "texture", "shape")
 _ARTICLES = {"a", "an", "the"}
+
 
 # ----------------------------------------------------------------------------- boxes
 
@@ -264,49 +262,6 @@ def _mask_fraction(membership: np.ndarray, mask: np.ndarray, color: str) -> floa
     return float(membership[..., COLOR_NAMES.index(color)][mask].sum()) / count
 
 
-def _level_key(level: int) -> str:
-    return f"L{level}"
-
-
-def _group_by_level(items: Sequence, levels: Sequence[int]) -> dict[str, list]:
-    if len(items) != len(levels):
-        raise ValueError(f"{len(items)} images scored but {len(levels)} levels given")
-    groups: dict[str, list] = {}
-    for level in sorted(set(levels)):
-        groups[_level_key(level)] = [item for item, lv in zip(items, levels, strict=True) if lv == level]
-    return groups
-
-
-def _mean_over_levels(per_level: dict[str, dict], keys: Sequence[str]) -> dict[str, float]:
-    return {k: float(np.mean([v[k] for v in per_level.values()])) if per_level else 0.0 for k in keys}
-
-
-def _mig_summary(rows: list[list[InstanceScore]]) -> dict:
-    flat = [s for row in rows for s in row]
-    n = len(flat)
-    return {
-        "isr": sum(s.success for s in flat) / n if n else 0.0,
-        "miou": sum(s.miou_value for s in flat) / n if n else 0.0,
-        "success_ratio": sum(all(s.success for s in row) for row in rows) / len(rows) if rows else 0.0,
-        "instances": n,
-        "images": len(rows),
-    }
-
-
-def aggregate_mig(scores: list[list[InstanceScore]], levels: list[int]) -> dict:
-    """ISR, mIoU and image success ratio per level ("L2".."L6"), over all instances, and "avg".
-
-    ISR and mIoU average over instances; success_ratio is the share of images whose instances
-    all succeed. "avg" is the mean of the per-level values (Table 1's "Avg").
-    """
-    per_level = {key: _mig_summary(rows) for key, rows in _group_by_level(scores, levels).items()}
-    return {
-        **per_level,
-        "all": _mig_summary(scores),
-        "avg": _mean_over_levels(per_level, ("isr", "miou", "success_ratio")),
-    }
-
-
 # ----------------------------------------------------------------------------- leakage
 
 
@@ -331,15 +286,9 @@ def _leak_flags(
     return (coloured > 0) & (own_count < top) & foreign_top & dominant
 
 
-def leakage(images, layouts: Sequence[Layout], dominance: float = 0.5) -> dict:
-    """Attribute-leakage rate: how often an instance shows another instance's colour.
-
-    For each instance whose caption names a colour, take the pixels of its target box that lie
-    in any of the 7 COCO-MIG colour ranges. It leaks when the most frequent colour there is named
-    by another instance of the layout, is not its own (a tie with its own colour does not leak),
-    and covers >= ``dominance`` of those coloured pixels. Returns ``{"rate", "leaked",
-    "instances"}``, the same per level ("L2", ...), and "avg", the mean of the per-level rates.
-    """
+def leak_counts(images, layouts: Sequence[Layout], dominance: float = 0.5) -> list[tuple[int, int]]:
+    """Per image: (instances that leak, instances whose caption names a colour); the rule is
+    idruid.metrics.levels.leakage's."""
     batch = _as_batch(images)
     _check_lengths(batch, layouts)
     per_image = []  # (leaked, instances with a colour)
@@ -355,18 +304,7 @@ def leakage(images, layouts: Sequence[Layout], dominance: float = 0.5) -> dict:
         others = one_hot.sum(axis=0)[None, :] - one_hot > 0  # (n, 7): named by another instance
         flags = _leak_flags(color_membership(image), _layout_boxes(layout), own, others, dominance)
         per_image.append((int((flags & has_color).sum()), int(has_color.sum())))
-    summary = _leak_summary(per_image)
-    per_level = {
-        key: _leak_summary(rows)
-        for key, rows in _group_by_level(per_image, [lay.level for lay in layouts]).items()
-    }
-    return {**summary, **per_level, "avg": _mean_over_levels(per_level, ("rate",))["rate"]}
-
-
-def _leak_summary(rows: list[tuple[int, int]]) -> dict:
-    leaked = sum(r[0] for r in rows)
-    total = sum(r[1] for r in rows)
-    return {"rate": leaked / total if total else 0.0, "leaked": leaked, "instances": total}
+    return per_image
 
 
 # ----------------------------------------------------------------------------- LayoutSAM-eval
@@ -383,77 +321,3 @@ def score_layoutsam(images, layouts: Sequence[Layout], judge: Judge) -> list[lis
         if len(row) != len(layout.instances):
             raise ValueError(f"judge answered for {len(row)} of {len(layout.instances)} boxes")
     return judgements
-
-
-def _sam_summary(rows: list[list[RegionJudgement]]) -> dict:
-    flat = [j for row in rows for j in row]
-    n = len(flat)
-    out: dict = {a: sum(bool(getattr(j, a)) for j in flat) / n if n else 0.0 for a in SAM_ATTRIBUTES}
-    return {**out, "instances": n, "images": len(rows)}
-
-
-def aggregate_sam(judgements: list[list[RegionJudgement]], levels: list[int]) -> dict:
-    """Spatial / colour / texture / shape pass rates over all boxes ("all"), per level, and "avg"."""
-    per_level = {key: _sam_summary(rows) for key, rows in _group_by_level(judgements, levels).items()}
-    return {**per_level, "all": _sam_summary(judgements), "avg": _mean_over_levels(per_level, SAM_ATTRIBUTES)}
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def _level_keys(metrics_by_name: dict[str, dict]) -> list[str]:
-    keys = {k for m in metrics_by_name.values() for k in m if re.fullmatch(r"L\d+", k)}
-    return sorted(keys, key=lambda k: int(k[1:]))
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100.0 * value:.2f}"
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _table(
-    metrics_by_name: dict[str, dict], columns: list[tuple[str, Callable[[dict], float | None]]]
-) -> str:
-    rows = [[name] + [_pct(get(m)) for _, get in columns] for name, m in metrics_by_name.items()]
-    return _markdown(["Method"] + [title for title, _ in columns], rows)
-
-
-def _at(*path: str) -> Callable[[dict], float | None]:
-    def get(metrics: dict) -> float | None:
-        value = metrics
-        for key in path:
-            if not isinstance(value, dict) or key not in value:
-                return None
-            value = value[key]
-        return value
-
-    return get
-
-
-def format_table_mig(metrics_by_name: dict[str, dict]) -> str:
-    """Markdown like Table 1: ISR per level and Avg, then mIoU per level and Avg, in percent."""
-    levels = _level_keys(metrics_by_name)
-    columns = []
-    for metric, title in (("isr", "ISR"), ("miou", "mIoU")):
-        columns += [(f"{title} {lv}", _at(lv, metric)) for lv in levels] + [
-            (f"{title} Avg", _at("avg", metric))
-        ]
-    return _table(metrics_by_name, columns)
-
-
-def format_table_sam(metrics_by_name: dict[str, dict]) -> str:
-    """Markdown like Table 2: Spatial, Color, Texture, Shape over all boxes, in percent."""
-    return _table(metrics_by_name, [(a.capitalize(), _at("all", a)) for a in SAM_ATTRIBUTES])
-
-
-def format_table_leakage(metrics_by_name: dict[str, dict]) -> str:
-    """Markdown of leakage rates per level, their Avg and over all instances, in percent."""
-    levels = _level_keys(metrics_by_name)
-    columns = [(f"Leak {lv}", _at(lv, "rate")) for lv in levels]
-    columns += [("Leak Avg", _at("avg")), ("Leak All", _at("rate"))]
-    return _table(metrics_by_name, columns)

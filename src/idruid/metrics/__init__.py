@@ -1,0 +1,46 @@
+"""Evaluation metrics of the paper's section 4.1 (Tables 1-3).
+
+- Greedy NMS (torchvision's rule); IoU and box pixels are idruid.boxes.
+- COCO-MIG (Table 1): per-instance position and colour checks of MIG_Bench's
+  ``eval_mig.py`` (see ``shared/data/coco-mig/README.md``), aggregated into instance success
+  rate (ISR) and mIoU per level L2-L6 and their average, the paper's "Avg" column.
+- Attribute leakage: the failure I-DRUID targets (section 1, 4.3): an instance box painted
+  mostly in a colour that another instance of the same layout asked for.
+- LayoutSAM-eval (Table 2): spatial / colour / texture / shape judgements, micro-averaged.
+- Markdown tables shaped like Tables 1 and 2.
+
+Boxes are normalised ``[x0, y0, x1, y1]`` throughout; IoU does not depend on the image size.
+Rates are fractions in [0, 1]; the tables print percentages.
+
+checks.py holds the per-instance checks, levels.py their aggregation by level and tables.py the
+Markdown tables; this package re-exports their public names.
+"""
+
+from .checks import (
+    InstanceScore,
+    caption_color,
+    nms,
+    object_name,
+    resize_linear,
+    score_coco_mig,
+    score_layoutsam,
+)
+from .levels import SAM_ATTRIBUTES, aggregate_mig, aggregate_sam, leakage
+from .tables import format_table_leakage, format_table_mig, format_table_sam
+
+__all__ = [
+    "SAM_ATTRIBUTES",
+    "InstanceScore",
+    "aggregate_mig",
+    "aggregate_sam",
+    "caption_color",
+    "format_table_leakage",
+    "format_table_mig",
+    "format_table_sam",
+    "leakage",
+    "nms",
+    "object_name",
+    "resize_linear",
+    "score_coco_mig",
+    "score_layoutsam",
+]
