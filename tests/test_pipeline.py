@@ -286,20 +286,12 @@ def test_model_cpu_offload_hooks_give_the_same_image(pipe):
 
 
 def test_the_authors_checkpoint_on_an_sd3_folder_equals_idruid_generate(tmp_path):
-    from tiny_models import build_tiny_sd3_folder
+    from tiny_models import build_tiny_druid_folder, build_tiny_sd3_folder
 
     from idruid.cli import main
-    from idruid.models.druid_arch import DruidSD3Transformer
-    from idruid.models.druid_weights import save_folder
 
     base = build_tiny_sd3_folder(tmp_path / "sd3")
-    torch.manual_seed(0)
-    druid = DruidSD3Transformer(
-        max_boxes=10, sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
-        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32,
-        pooled_projection_dim=64, pos_embed_max_size=16,
-    )  # fmt: skip
-    folder = save_folder(druid, tmp_path / "druid")
+    folder = build_tiny_druid_folder(tmp_path / "druid")
     with pytest.raises(ConfigError, match="SD3 folder is required"):
         IDruidPipeline.from_pretrained(folder)
     pipe = IDruidPipeline.from_pretrained(folder, base_model=base)

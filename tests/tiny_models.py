@@ -416,6 +416,21 @@ def build_tiny_sd3_folder(path: Path, seed: int = 0) -> Path:
     return Path(path)
 
 
+def build_tiny_druid_folder(path: Path, seed: int = 0, **save_kwargs) -> Path:
+    """The authors' transformer (2 layers) in their checkpoint-folder format, sized to run on the
+    tiny SD3 folder of ``build_tiny_sd3_folder`` (16 latent channels, joint width 96, pooled 64)."""
+    from idruid.models.druid_arch import DruidSD3Transformer
+    from idruid.models.druid_weights import save_folder
+
+    torch.manual_seed(seed)
+    druid = DruidSD3Transformer(
+        max_boxes=10, sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32,
+        pooled_projection_dim=24 + 40, pos_embed_max_size=16,
+    )  # fmt: skip
+    return save_folder(druid, path, **save_kwargs)
+
+
 def build_tiny_sd15_folder(path: Path, seed: int = 0) -> Path:
     """A complete random SD1.5 pipeline saved in diffusers layout (StableDiffusionPipeline.save_pretrained,
     no safety checker): CLIP-L without projection (32 wide), a 4-channel VAE with scaling 0.18215,

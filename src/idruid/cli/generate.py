@@ -145,19 +145,10 @@ def _load_model(args):
 def _load_druid(args):
     """The I-DRUID authors' checkpoint (--checkpoint) on an SD3 folder (--base), with their
     sampling settings (models/sd3_druid.py)."""
-    from ..models import build_model
-    from ..models.sd3_druid import druid_config, druid_sampling
+    from ..models.sd3_druid import load_druid
 
-    if args.base is None:
-        raise ConfigError(
-            f"--checkpoint {args.checkpoint} is the I-DRUID authors' model: --base SD3_DIR is required "
-            "(its text encoders, VAE and scheduler)"
-        )
-    config = druid_config(args.checkpoint, args.base)
-    if args.mask_rows is not None:
-        config.model.druid_mask_rows = args.mask_rows
-    model = build_model(config.model).to(args.device).eval()
-    return model, druid_sampling(config, getattr(args, "benchmark", None))
+    benchmark = getattr(args, "benchmark", None)
+    return load_druid(args.checkpoint, args.base, args.device, args.mask_rows, benchmark)
 
 
 def cmd_generate(args) -> int:

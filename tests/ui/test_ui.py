@@ -41,7 +41,7 @@ OTHER = {
     "instances": [{"caption": "a green triangle", "box": [0.2, 0.3, 0.8, 0.9]}],
     "seed": 7,
 }
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "ui.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "ui.png"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # the authors' facts (keys.json, golden/): the team's shared folder, or where this variable says
 OFFICIAL = Path(
-    os.environ.get("IDRUID_OFFICIAL_DRUID", Path(__file__).resolve().parents[2] / "shared" / "official-druid")
+    os.environ.get("IDRUID_OFFICIAL_DRUID", Path(__file__).resolve().parents[3] / "shared" / "official-druid")
 )
 GOLDEN = OFFICIAL / "golden"
 needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"{OFFICIAL} (authors' facts) not present")

@@ -18,7 +18,7 @@ from idruid.data.coco_mig import (
 from idruid.layout import Instance, Layout, LayoutError
 
 # the real files: $IDRUID_COCO_MIG_DIR, else shared/data/coco-mig beside the checkout
-BESIDE_CHECKOUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mig"
+BESIDE_CHECKOUT = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco-mig"
 BENCH = Path(os.environ.get("IDRUID_COCO_MIG_DIR", BESIDE_CHECKOUT))
 needs_bench = pytest.mark.skipif(not (BENCH / ANNOTATION_FILE).is_file(), reason="COCO-MIG files not present")
 

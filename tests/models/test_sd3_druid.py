@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import build_tiny_sd3_folder
+from tiny_models import build_tiny_druid_folder, build_tiny_sd3_folder
 
 from idruid.checkpoint import load_checkpoint, load_trained_weights, save_checkpoint
 from idruid.cli import main
 from idruid.config import ConfigError, ModelConfig, load_config
 from idruid.layout import Instance, Layout, save_layouts
 from idruid.models import build_model
-from idruid.models.druid_arch import DruidSD3Transformer, is_layout_key
+from idruid.models.druid_arch import is_layout_key
 from idruid.models.druid_weights import save_folder
 from idruid.models.sd3_druid import DruidLayoutModel, druid_config, druid_sampling, spatial_masks
 from idruid.sampling import SamplingSettings, layout_steps, sample
@@ -163,13 +163,7 @@ def test_checkpoint_with_their_folder_saves_the_branch_only(tmp_path, model):
 
 def test_generate_from_their_folder_and_an_sd3_folder(tmp_path):
     base = build_tiny_sd3_folder(tmp_path / "sd3")
-    torch.manual_seed(0)
-    druid = DruidSD3Transformer(
-        max_boxes=10, sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
-        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32,
-        pooled_projection_dim=64, pos_embed_max_size=16,
-    )  # fmt: skip
-    folder = save_folder(druid, tmp_path / "druid", dtype=torch.bfloat16, shards=2)
+    folder = build_tiny_druid_folder(tmp_path / "druid", dtype=torch.bfloat16, shards=2)
     config = druid_config(folder, base)
     assert (config.model.resolution, config.shift, config.eval_steps, config.eval_cfg) == (16, 3.0, 50, 7.0)
     assert [druid_sampling(config, name).cfg for name in ("coco-mig", "layoutsam-eval")] == [7.0, 7.5]
