@@ -33,3 +33,13 @@ def saved_figures(monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", recording_savefig)
     return figures
+
+
+@pytest.fixture(scope="session")
+def sam_dir(tmp_path_factory):
+    """A tiny random SAM folder (tiny_models.build_tiny_sam), built once per test session."""
+    from tiny_models import build_tiny_sam
+
+    path = tmp_path_factory.mktemp("sam")
+    build_tiny_sam(path)
+    return path

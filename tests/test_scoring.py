@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import build_tiny_grounding_dino, build_tiny_sam
+from tiny_models import build_tiny_grounding_dino
 
 from idruid.benchmarks import BENCHMARKS, ScorerSpecs, ScoringError, check_scorers, resolve, select_layouts
 from idruid.boxes import box_iou
@@ -68,13 +68,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def bench_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("coco_mig")
     write_coco_mig(COCO_LAYOUTS, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def sam_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sam")
-    build_tiny_sam(path)
     return path
 
 

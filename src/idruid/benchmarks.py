@@ -99,11 +99,29 @@ def _read_layoutsam_eval(bench_dir: Path | None, first: int | None) -> list[Layo
     return layouts
 
 
+_SHAPES = {"shapes_world": True, "needs_detector": False, "needs_judge": False}
+_SHAPES_SCORING = {"mig_resize": False, "separate_queries": False}
 BENCHMARKS: dict[str, Benchmark] = {
-    "shapes-mig": Benchmark("shapes-mig", _shapes_reader("shapes-mig"), True, False, False, False, False),
-    "shapes-sam": Benchmark("shapes-sam", _shapes_reader("shapes-sam"), True, False, False, False, False),
-    "coco-mig": Benchmark("coco-mig", _read_coco_mig, False, True, False, True, True),
-    "layoutsam-eval": Benchmark("layoutsam-eval", _read_layoutsam_eval, False, False, True, False, True),
+    "shapes-mig": Benchmark("shapes-mig", _shapes_reader("shapes-mig"), **_SHAPES, **_SHAPES_SCORING),
+    "shapes-sam": Benchmark("shapes-sam", _shapes_reader("shapes-sam"), **_SHAPES, **_SHAPES_SCORING),
+    "coco-mig": Benchmark(
+        "coco-mig",
+        _read_coco_mig,
+        shapes_world=False,
+        needs_detector=True,
+        needs_judge=False,
+        mig_resize=True,
+        separate_queries=True,
+    ),
+    "layoutsam-eval": Benchmark(
+        "layoutsam-eval",
+        _read_layoutsam_eval,
+        shapes_world=False,
+        needs_detector=False,
+        needs_judge=True,
+        mig_resize=False,
+        separate_queries=True,
+    ),
 }
 
 

@@ -11,7 +11,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from tiny_models import build_tiny_sam
 
 from idruid.boxes import to_pixels
 from idruid.cli import main
@@ -29,13 +28,6 @@ BOXES = [
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def sam_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sam")
-    build_tiny_sam(path)
-    return path
 
 
 @pytest.fixture(scope="module")
