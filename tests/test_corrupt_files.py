@@ -74,8 +74,8 @@ def test_a_truncated_model_safetensors(tmp_path, capsys, layout_file, checkpoint
     ("content", "message"),
     [
         (BINARY, "idruid.json: not UTF-8 text"),
-        (b"[1, 2]", "idruid.json is not a JSON object"),
-        (b'{"format": ', "idruid.json is malformed"),
+        (b"[1, 2]", "idruid.json: not a JSON object"),
+        (b'{"format": ', "idruid.json: malformed JSON"),
     ],
 )
 def test_a_corrupt_idruid_json(tmp_path, capsys, layout_file, checkpoint_copy, content, message):

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import partial_path, replace_dir
 from .config import ModelConfig, SamplingSettings, model_config_from_dict
 from .faults import crash_point
-from .textfile import read_text
+from .textfile import read_json_object
 
 FORMAT = "idruid-checkpoint"
 VERSION = 1
@@ -55,12 +55,7 @@ def base_config(folder: str | Path, name: str) -> dict:
     file = Path(folder) / name
     if not file.is_file():
         raise CheckpointError(f"base model '{folder}': no {name} (expected a diffusers folder)")
-    try:
-        config = json.loads(read_text(file, CheckpointError))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"base model '{folder}': {name} is malformed ({err.msg})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"base model '{folder}': {name} is not a JSON object")
+    config = read_json_object(file, CheckpointError, f"base model '{folder}': {name}")
     return {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
 
 
@@ -117,12 +112,7 @@ def read_checkpoint_meta(path: str | Path) -> dict:
         raise CheckpointError(
             f"checkpoint '{path}': not an idruid checkpoint (needs idruid.json and model.safetensors)"
         )
-    try:
-        meta = json.loads(read_text(marker, CheckpointError))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"checkpoint '{path}': idruid.json is malformed ({err.msg})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"checkpoint '{path}': idruid.json is not a JSON object")
+    meta = read_json_object(marker, CheckpointError, f"checkpoint '{path}': idruid.json")
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"checkpoint '{path}': idruid.json has format {meta.get('format')!r}, expected {FORMAT!r}"

@@ -7,7 +7,6 @@ error; checking the files first gives an error that names what is missing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -112,15 +111,10 @@ def check_readable(folder: Path) -> None:
     the header is read, so this costs nothing on a 10 GB file)."""
     from safetensors import SafetensorError, safe_open
 
-    from .textfile import read_text
+    from .textfile import read_json_object
 
     for file in sorted(folder.glob("*.json")):
-        try:
-            config = json.loads(read_text(file, ModelFolderError))
-        except json.JSONDecodeError as err:
-            raise ModelFolderError(f"{file}: malformed JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(config, dict):
-            raise ModelFolderError(f"{file}: not a JSON object")
+        read_json_object(file, ModelFolderError)
     for file in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt"):

@@ -135,7 +135,7 @@ def test_demo_runs_the_rl_stage_and_says_so(tmp_path, capsys):
     """The default demo preset is stage 1 + RL; a tiny run with RL from step 1 of 2 reports it."""
     out = tmp_path / "demo"
     overrides = ["steps=2", "rl.algorithm=ppo", "rl.start_fraction=0.5", "rl.critic_warmup=0"]
-    overrides += ["rl.batch_size=2", "rl.group_size=2", "rl.steps=2", "rl.critic_hidden=16"]
+    overrides += ["rl.batch_size=2", "rl.group_size=2", "rl.sampling_steps=2", "rl.critic_hidden=16"]
     assert main(["demo", "--config", "tiny", "--out", str(out), "--per-level", "1", *overrides]) == 0
     assert "stage 1 + PPO (group baseline) from step 1 of 2" in (out / "report.md").read_text()
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

@@ -39,7 +39,7 @@ def test_folder_checks_name_the_flag_the_path_and_what_is_wrong(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "sam_hq"}))
     assert check_model_dir("segmenter", tmp_path) == tmp_path
     (tmp_path / "config.json").write_text("[1]")
-    with pytest.raises(FileNotFoundError, match="config.json is not a JSON object"):
+    with pytest.raises(FileNotFoundError, match="config.json: not a JSON object"):
         check_model_dir("segmenter", tmp_path)
     # the judge's folder needs only config.json; the detector's also a tokenizer
     assert check_model_dir("judge", tmp_path) == tmp_path

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..checkpoint import CheckpointError
+from ..textfile import read_json_object
 from .druid_arch import DruidSD3Transformer
 
 CLASS_NAME = "AdapterLayoutSD3Transformer2DModel"
@@ -63,12 +64,7 @@ def read_config(path: str | Path) -> dict:
     file = folder / "config.json"
     if not file.is_file():
         raise DruidCheckpointError(f"I-DRUID checkpoint '{folder}': no config.json")
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise DruidCheckpointError(
-            f"I-DRUID checkpoint '{folder}': config.json is malformed ({err.msg})"
-        ) from None
+    config = read_json_object(file, DruidCheckpointError, f"I-DRUID checkpoint '{folder}': config.json")
     if config.get("_class_name") != CLASS_NAME:
         raise DruidCheckpointError(
             f"I-DRUID checkpoint '{folder}': config.json has _class_name {config.get('_class_name')!r}, "

@@ -9,14 +9,13 @@ anything, so a wrong path fails before transformers reads it as a hub id (and, o
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from idruid.model_dirs import TRANSFORMERS_MODEL, RequiredFiles, missing_files
-
+from ..model_dirs import TRANSFORMERS_MODEL, RequiredFiles, missing_files
+from ..textfile import read_json_object
 from .analytic import AnalyticDetector, AnalyticJudge, AnalyticSegmenter
 
 
@@ -106,10 +105,8 @@ def check_model_dir(role: str, path: str | os.PathLike) -> Path:
     if missing:
         raise FileNotFoundError(f"{where}: not a {kind.model} directory, it lacks {'; '.join(missing)}")
     if kind.model_types is not None:
-        try:
-            model_type = json.loads((directory / "config.json").read_text()).get("model_type")
-        except (json.JSONDecodeError, AttributeError) as err:
-            raise FileNotFoundError(f"{where}: config.json is not a JSON object ({err})") from None
+        config = read_json_object(directory / "config.json", FileNotFoundError, f"{where}: config.json")
+        model_type = config.get("model_type")
         if model_type not in kind.model_types:
             accepted = " or ".join(repr(t) for t in kind.model_types)
             raise FileNotFoundError(f"{where}: config.json is for model type {model_type!r}, not {accepted}")
