@@ -23,12 +23,12 @@ from idruid.evaluate import evaluate, tables_markdown
 from idruid.metrics import (
     aggregate_mig,
     aggregate_sam,
-    format_table_mig,
     leakage,
     score_coco_mig,
     score_layoutsam,
 )
 from idruid.reports.figures import image_grid
+from idruid.reports.metric_tables import format_table_mig
 from idruid.sampling import euler_step
 from idruid.scorers.registry import load_scorer
 

@@ -26,8 +26,8 @@ from PIL import Image
 from .benchmarks import BenchmarkRun, check_scorers, get_benchmark
 from .data.shapes import render_layout_scene
 from .layout import Layout
-from .metrics import format_table_leakage, format_table_mig, format_table_sam
 from .reports.figures import image_grid, write_metrics
+from .reports.metric_tables import format_table_leakage, format_table_mig, format_table_sam
 from .sampling import SamplingSettings, generate
 from .scoring import load_scorers, save_images, score_benchmark, score_folder
 

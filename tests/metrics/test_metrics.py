@@ -15,15 +15,13 @@ from idruid.metrics import (
     aggregate_mig,
     aggregate_sam,
     caption_color,
-    format_table_leakage,
-    format_table_mig,
-    format_table_sam,
     leakage,
     nms,
     object_name,
     score_coco_mig,
     score_layoutsam,
 )
+from idruid.reports.metric_tables import format_table_leakage, format_table_mig, format_table_sam
 
 SIZE = 32
 GREY = (128, 128, 128)
@@ -351,7 +349,7 @@ def test_aggregate_sam_micro_averages():
     assert out["avg"] == pytest.approx({"spatial": 0.5, "color": 7 / 12, "texture": 0.25, "shape": 7 / 12})
 
 
-# ----------------------------------------------------------------------------- tables
+# ------------------------------------------------------------ tables (reports.metric_tables)
 
 
 def test_format_table_mig_percentages():

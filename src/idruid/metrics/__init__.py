@@ -7,13 +7,12 @@
 - Attribute leakage: the failure I-DRUID targets (section 1, 4.3): an instance box painted
   mostly in a colour that another instance of the same layout asked for.
 - LayoutSAM-eval (Table 2): spatial / colour / texture / shape judgements, micro-averaged.
-- Markdown tables shaped like Tables 1 and 2.
 
 Boxes are normalised ``[x0, y0, x1, y1]`` throughout; IoU does not depend on the image size.
 Rates are fractions in [0, 1]; the tables print percentages.
 
-checks.py holds the per-instance checks, levels.py their aggregation by level and tables.py the
-Markdown tables; this package re-exports their public names.
+checks.py holds the per-instance checks and levels.py their aggregation by level; this package
+re-exports their public names. The Markdown tables of these metrics are reports.metric_tables.
 """
 
 from .checks import (
@@ -26,7 +25,6 @@ from .checks import (
     score_layoutsam,
 )
 from .levels import SAM_ATTRIBUTES, aggregate_mig, aggregate_sam, leakage
-from .tables import format_table_leakage, format_table_mig, format_table_sam
 
 __all__ = [
     "SAM_ATTRIBUTES",
@@ -34,9 +32,6 @@ __all__ = [
     "aggregate_mig",
     "aggregate_sam",
     "caption_color",
-    "format_table_leakage",
-    "format_table_mig",
-    "format_table_sam",
     "leakage",
     "nms",
     "object_name",

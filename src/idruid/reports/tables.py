@@ -1,7 +1,7 @@
 """The paper's tables from run folders, in markdown.
 
 - Table 1 (COCO-MIG protocol): ISR and mIoU per level L2-L6 and Avg, one row per run, one table
-  per MIG-style benchmark (shapes-mig, coco-mig), formatted by metrics.format_table_mig, plus the
+  per MIG-style benchmark (shapes-mig, coco-mig), formatted by metric_tables.format_table_mig, plus the
   leakage table where the benchmark was scored for it.
 - Table 2 (LayoutSAM-eval protocol): spatial / colour / texture / shape pass rates over all boxes,
   then every numeric entry of the eval folder's quality.json (FID, IS, CLIP score, ...).
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metrics import format_table_leakage, format_table_mig
+from .metric_tables import format_table_leakage, format_table_mig
 from .runs import Run, Variant
 
 SAM_COLUMNS = (("spatial", "Spatial"), ("color", "Color"), ("texture", "Texture"), ("shape", "Shape"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from .levels import SAM_ATTRIBUTES
+from ..metrics.levels import SAM_ATTRIBUTES
 
 
 def _level_keys(metrics_by_name: dict[str, dict]) -> list[str]:
