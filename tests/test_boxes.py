@@ -9,6 +9,7 @@ from idruid.boxes import (
     covering_cells,
     cxcywh_to_xyxy,
     mask_box,
+    pair_iou,
     pairwise_iou,
     patch_geometry,
     patch_pixel_masks,
@@ -39,6 +40,25 @@ def test_box_iou_broadcasts_and_pairwise_matches():
     np.testing.assert_allclose(matrix, [[1.0, 0.25, 0.0], [0.0, 0.25, 0.04]])
     assert pairwise_iou(a, np.zeros((0, 4))).shape == (2, 0)
 
+
+
+def test_pair_iou_equals_box_iou_exactly():
+    """The shapes sampler's scalar IoU: the same float64 as box_iou, on integer grid boxes (what
+    the sampler passes, ints divided exactly), on floats, and on touching, nested, inverted
+    and empty boxes."""
+    rng = np.random.default_rng(0)
+    grid = rng.integers(0, 32, size=(500, 2, 4))
+    floats = rng.uniform(-0.2, 1.2, size=(500, 2, 4))
+    special = [
+        ([0, 0, 4, 4], [4, 0, 8, 4]),  # touching
+        ([0, 0, 8, 8], [2, 2, 4, 4]),  # nested
+        ([5, 5, 1, 1], [0, 0, 8, 8]),  # inverted: zero area
+        ([3, 3, 3, 3], [3, 3, 3, 3]),  # empty union
+    ]
+    pairs = [*grid, *floats, *(np.array(pair) for pair in special)]
+    for a, b in pairs:
+        assert pair_iou(a.tolist(), b.tolist()) == float(box_iou(a, b))
+    assert pair_iou([0, 0, 8, 8], [2, 2, 4, 4]) == 4 / 64 and pair_iou([3, 3, 3, 3], [3, 3, 3, 3]) == 0.0
 
 def test_pixel_masks_use_pixel_centres():
     masks = pixel_masks(np.array([[0.0, 0.0, 0.5, 0.25], [0.5, 0.0, 1.0, 0.25]]), 4, 4)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from idruid.checkpoint import (
     EMBEDDED_CHECKPOINT,
@@ -183,10 +183,25 @@ def test_embedded_checkpoint_still_holds_and_loads_its_whole_backbone():
     assert meta["model"]["base_model"] is None and "base" not in meta
     model = load_checkpoint()
     stored = set(load_file(str(EMBEDDED_CHECKPOINT / "model.safetensors")))
-    # saved before the unused caption-token modules were left out: loading ignored those keys
-    unused = {k for k in stored if k.startswith(model.unused_prefixes)}
-    assert len(unused) == 6 and stored - unused == set(model.trainable_state_dict())
+    assert stored == set(model.trainable_state_dict())
     assert "transformer.transformer_blocks.0.attn.to_q.weight" in stored
     assert all(p.requires_grad for p in model.trainable_parameters())
     with pytest.raises(CheckpointError, match="holds its whole backbone"):
         load_checkpoint(base_model=EMBEDDED_CHECKPOINT)
+
+
+def test_a_checkpoint_with_the_unused_caption_modules_loads(tmp_path):
+    """An older idruid also saved the 6 never-trained caption-token parameters
+    (``unused_prefixes``): loading ignores them and reads the rest unchanged."""
+    model = load_checkpoint()
+    old = tmp_path / "old"
+    shutil.copytree(EMBEDDED_CHECKPOINT, old)
+    state = load_file(str(old / "model.safetensors"))
+    unused = {k: v for k, v in model.state_dict().items() if k.startswith(model.unused_prefixes)}
+    assert len(unused) == 6 and not set(unused) & set(state)
+    sevens = {k: torch.full_like(v, 7.0) for k, v in unused.items()}
+    save_file({**state, **sevens}, str(old / "model.safetensors"))
+    loaded = load_checkpoint(old)
+    for name, value in model.trainable_state_dict().items():
+        assert torch.equal(loaded.trainable_state_dict()[name], value)
+    assert not any(torch.equal(v, sevens[k]) for k, v in loaded.state_dict().items() if k in sevens)

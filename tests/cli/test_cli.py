@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -147,6 +148,8 @@ def test_default_demo_preset_is_the_full_method():
     full, stage1 = load_config("shapes-full"), load_config("shapes")
     assert full.rl.algorithm == "ppo" and int(full.rl.start_fraction * full.steps) == stage1.steps
     assert full.model == stage1.model and full.learning_rate == stage1.learning_rate
+    # the RL stage is the one Table 3 measures (`shapes-rl`), joining at step 1700 instead of 0
+    assert dataclasses.replace(full.rl, start_fraction=0.0) == load_config("shapes-rl").rl
 
 
 def test_embedded_default_model_generates(tmp_path):

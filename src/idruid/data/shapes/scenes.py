@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from idruid.boxes import box_iou
+from idruid.boxes import pair_iou
 from idruid.colors import COLOR_NAMES
 from idruid.layout import MAX_INSTANCES
 
@@ -53,7 +53,7 @@ def _overlaps(a: Sequence[int], b: Sequence[int]) -> bool:
 def _boxes_ok(new: tuple[int, ...], color: str, placed: list[tuple[int, ...]], colors: list[str]) -> bool:
     """Pairwise IoU, same-colour gap and covered share, rechecked only where ``new`` overlaps."""
     for box, other_color in zip(placed, colors, strict=True):
-        if box_iou(new, box) > MAX_PAIR_IOU:
+        if pair_iou(new, box) > MAX_PAIR_IOU:
             return False
         if other_color == color and not _gap_ok(new, box, SAME_COLOR_GAP):
             return False
