@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import resource
 import time
+
+from fresh_process import in_fresh_process
 
 
 def _layouts(batch: int, instances: int):
@@ -86,13 +87,7 @@ def _measure(kind: str, instances: int, batch: int, repeats: int, threads: int, 
 
 
 def run(kind: str, instances: int, args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(kind, instances, args.batch, args.repeats, args.threads, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return in_fresh_process(_measure, kind, instances, args.batch, args.repeats, args.threads)
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ Each configuration runs in its own process. Results go into BENCHMARKS.md by han
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import time
+
+from fresh_process import in_fresh_process
 
 DEFAULT = "default: first 20%, group baseline"
 CONFIGS = {
@@ -68,16 +69,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", default=None, help="idruid checkpoint (default: the embedded model)")
     args = parser.parse_args()
-    context = mp.get_context("spawn")
     seconds = {}
     for name in CONFIGS:
-        queue = context.Queue()
-        process = context.Process(
-            target=_measure, args=(name, args.checkpoint, args.repeats, args.threads, queue)
-        )
-        process.start()
-        seconds[name] = queue.get()
-        process.join()
+        seconds[name] = in_fresh_process(_measure, name, args.checkpoint, args.repeats, args.threads)
     base = seconds[DEFAULT]
     print("| RL iteration | s / iteration | vs default |")
     print("|---|---:|---:|")

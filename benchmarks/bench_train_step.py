@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import tempfile
 from pathlib import Path
+
+from fresh_process import in_fresh_process
 
 LOG_EVERY = 20
 
@@ -36,16 +37,6 @@ def _measure(config_name: str, overrides: list[str], steps: int, threads: int, q
     queue.put(LOG_EVERY * (len(records) - 1) / seconds)
 
 
-def steps_per_second(config_name: str, overrides: list[str], steps: int, threads: int) -> float:
-    context = mp.get_context("spawn")  # a fresh process per run: no thread pool or cache carried over
-    queue = context.Queue()
-    process = context.Process(target=_measure, args=(config_name, overrides, steps, threads, queue))
-    process.start()
-    rate = queue.get()
-    process.join()
-    return rate
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="shapes")
@@ -60,7 +51,8 @@ def main() -> None:
     rates: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.repeats):
         for variant in variants:
-            rates[variant].append(steps_per_second(args.config, variant.split(), args.steps, args.threads))
+            rate = in_fresh_process(_measure, args.config, variant.split(), args.steps, args.threads)
+            rates[variant].append(rate)
     base = statistics.mean(rates[variants[0]])
     print(f"| {args.config}, {args.threads} threads | steps / s (runs) | vs {variants[0]} |")
     print("|---|---|---:|")

@@ -99,11 +99,17 @@ def _read_layoutsam_eval(bench_dir: Path | None, first: int | None) -> list[Layo
     return layouts
 
 
-_SHAPES = {"shapes_world": True, "needs_detector": False, "needs_judge": False}
-_SHAPES_SCORING = {"mig_resize": False, "separate_queries": False}
+# both shapes benchmarks: rendered in the shapes world, scored by the analytic tools at their own size
+_SHAPES = {
+    "shapes_world": True,
+    "needs_detector": False,
+    "needs_judge": False,
+    "mig_resize": False,
+    "separate_queries": False,
+}
 BENCHMARKS: dict[str, Benchmark] = {
-    "shapes-mig": Benchmark("shapes-mig", _shapes_reader("shapes-mig"), **_SHAPES, **_SHAPES_SCORING),
-    "shapes-sam": Benchmark("shapes-sam", _shapes_reader("shapes-sam"), **_SHAPES, **_SHAPES_SCORING),
+    "shapes-mig": Benchmark("shapes-mig", _shapes_reader("shapes-mig"), **_SHAPES),
+    "shapes-sam": Benchmark("shapes-sam", _shapes_reader("shapes-sam"), **_SHAPES),
     "coco-mig": Benchmark(
         "coco-mig",
         _read_coco_mig,
