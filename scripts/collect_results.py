@@ -4,8 +4,9 @@
     python scripts/collect_results.py runs/probe results/probe
 
 Keeps each run's config.yaml, log.jsonl and loss.png, each eval folder's metrics.json, table.md
-and grid.png, and a probe's probe.jsonl, probe.json and probe.png; leaves checkpoints, the
-exported model and the generated images behind. ``idruid report results/...`` reads the copies.
+and grid.png, a probe's probe.jsonl, probe.json and probe.png, and the direction.json of
+scripts/rl_direction_check.py; leaves checkpoints, the exported model and the generated images
+behind. ``idruid report results/...`` reads the copies.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import argparse
 import shutil
 from pathlib import Path
 
-RUN_FILES = ("config.yaml", "log.jsonl", "loss.png", "probe.jsonl", "probe.json", "probe.png", "report.md")
+RUN_FILES = (
+    *("config.yaml", "log.jsonl", "loss.png", "report.md"),
+    *("probe.jsonl", "probe.json", "probe.png", "direction.json"),
+)
 EVAL_FILES = ("metrics.json", "table.md", "grid.png")
 
 

@@ -12,6 +12,7 @@ from idruid.data.shapes import prompt_only_layout
 from idruid.models.sd3 import SD3LayoutModel
 from idruid.reports import write_report
 from idruid.rl.held_out import HELD_OUT_START, HeldOutReward
+from idruid.rl.probe import signal_fraction
 from idruid.rl.rewards import LayoutReward
 from idruid.sampling import sample, to_uint8
 from idruid.scorers.registry import load_scorer
@@ -79,3 +80,20 @@ def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys, save
     (line,) = axes.get_lines()
     assert line.get_label() == "default" and list(line.get_xdata()) == [0, 1, 2]
     np.testing.assert_allclose(line.get_ydata(), [r["held_out_reward"] for r in records])
+
+
+def test_signal_fraction_is_the_mean_cross_product_over_the_mean_square():
+    """Against a naive loop over the distinct pairs, and hand-worked extremes."""
+    torch.manual_seed(0)
+    grads = torch.randn(5, 7) + torch.tensor([1.0, -2.0, 0, 0, 0, 0, 0.5])
+    pairs = [float(grads[i] @ grads[j]) for i in range(5) for j in range(5) if i != j]
+    naive = np.mean(pairs) / np.mean([float(g @ g) for g in grads])
+    assert signal_fraction(grads) == pytest.approx(naive, rel=1e-6)
+    same = torch.tensor([[3.0, 4.0]] * 4)
+    assert signal_fraction(same) == pytest.approx(1.0)
+    opposite = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # <g1, g2> = -1, |g|^2 = 1
+    assert signal_fraction(opposite) == pytest.approx(-1.0)
+    noise = torch.randn(400, 50)  # zero mean: about 0, with SE sqrt(2) / (K sqrt(P)) = 5e-4
+    assert abs(signal_fraction(noise)) < 0.01
+    with pytest.raises(ValueError, match="at least two"):
+        signal_fraction(grads[:1])

@@ -38,6 +38,22 @@ class Brightness:
         return self.instance_rewards(images, layouts).sum(dim=1)
 
 
+def signal_fraction(gradients: torch.Tensor) -> float:
+    """How much of one RL gradient is signal: |E g|^2 / E|g|^2, estimated without bias from K >= 2
+    independent gradients (K, P) as the mean inner product of distinct pairs over the mean squared
+    norm. 1 when every draw is the same vector, about 0 (it can dip below) when the draws are noise
+    around a zero mean. Adam steps along a gradient's sign whatever this is, so a small fraction
+    means that the update is mostly a random walk of the weights."""
+    count = gradients.shape[0]
+    if gradients.ndim != 2 or count < 2:
+        raise ValueError(f"need at least two flattened gradients (K, P), got shape {tuple(gradients.shape)}")
+    grads = gradients.double()
+    squares = (grads * grads).sum(dim=1)
+    total = grads.sum(dim=0)
+    cross = (total @ total - squares.sum()) / (count * (count - 1))
+    return float(cross / squares.mean())
+
+
 def run_probe(
     config,
     model,
