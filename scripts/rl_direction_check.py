@@ -1,16 +1,17 @@
-"""Does the RL stage's mean gradient point uphill on this model? (README, "The mini Table 3", row 5)
+"""Does the RL stage's mean gradient point uphill on this model? (README, "Why RL lowers the
+adapter-only model")
 
 At a checkpoint's weights (no update), draws K independent RL gradients of a preset's RL stage,
 each from its own fresh batch of rollouts, and writes ``direction.json`` (beside ``config.yaml``):
 
 - ``signal_fraction``: |E g|^2 / E|g|^2 of one gradient (idruid.rl.probe.signal_fraction), with
   the gradients' norms;
-- ``slope``: for each size s, (R(+s) - R(-s)) / 2, R being the held-out reward
-  (idruid.rl.held_out) at the weights moved by s x lr along the mean of the K gradients, downhill
-  on L_rl, scaled to a root-mean-square of 1 per weight (so s x lr is an Adam-sized move); and
-  ``random_slope``, the same along a random Gaussian direction of the same scale. A gradient that
-  carries signal has a positive slope; one that is noise has a slope of either sign, like the
-  random direction's.
+- ``along_mean_gradient``: for each size s, the held-out reward R (idruid.rl.held_out) at the
+  weights moved by +s x lr and -s x lr along the mean of the K gradients (downhill on L_rl),
+  scaled to a root-mean-square of 1 per weight so that s x lr is an Adam-sized move, and the
+  slope (R(+s) - R(-s)) / 2; ``along_random_direction``: the same along a random Gaussian
+  direction. A gradient that carries signal has a positive slope; one that is noise has a slope
+  of either sign, like the random direction's.
 
     python scripts/rl_direction_check.py --checkpoint runs/stage1/model --out results/direction/idm
 """
