@@ -1,9 +1,10 @@
 """The benchmark registry (paper 4.1, Tables 1-2): each benchmark's layouts, default scorers,
 resize and query style, resolved once from the command line.
 
-- ``shapes-mig`` / ``shapes-sam``: the embedded shapes-world benchmarks, scored by the analytic
-  detector, segmenter and judge (COCO-MIG protocol, leakage, LayoutSAM-eval protocol); a VLM
-  directory given as the judge replaces the analytic one.
+- ``shapes-mig`` / ``shapes-sam`` (and ``shapes-mig-narrow``, ``shapes-sam-narrow``,
+  ``shapes-strips``: idruid.data.shapes.splits): the embedded shapes-world benchmarks, scored by
+  the analytic detector, segmenter and judge (COCO-MIG protocol, leakage, LayoutSAM-eval
+  protocol); a VLM directory given as the judge replaces the analytic one.
 - ``coco-mig``: the 800 COCO-MIG layouts read from a benchmark folder (idruid.data.coco_mig),
   scored by the official protocol: each image resized to 512x512 as cv2 does, GroundingDINO
   asked for each instance's object name on its own, SAM on the target box for the colour
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from .data.shapes.splits import BENCHMARKS as SHAPES_BENCHMARKS
 from .layout import Layout
 from .scorers.registry import SCORERS, check_scorer
 from .scorers.sam import sam_model_type
@@ -108,8 +110,7 @@ _SHAPES = {
     "separate_queries": False,
 }
 BENCHMARKS: dict[str, Benchmark] = {
-    "shapes-mig": Benchmark("shapes-mig", _shapes_reader("shapes-mig"), **_SHAPES),
-    "shapes-sam": Benchmark("shapes-sam", _shapes_reader("shapes-sam"), **_SHAPES),
+    **{name: Benchmark(name, _shapes_reader(name), **_SHAPES) for name in SHAPES_BENCHMARKS},
     "coco-mig": Benchmark(
         "coco-mig",
         _read_coco_mig,

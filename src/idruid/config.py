@@ -175,9 +175,17 @@ class RLConfig:
     # Flow-GRPO) or to the "old" policy that sampled the rollout (the paper's pseudo-code)
     kl_to: str = "reference"
     kl_weight: float = 0.01  # weight of the KL term of Eq. 10
-    reward: str = "iou_conf"  # "iou", "iou_conf" or "false" (idruid.rl.rewards.REWARDS)
+    # "iou", "iou_conf", "false" or "iou_conf_color" (idruid.rl.rewards.REWARDS)
+    reward: str = "iou_conf"
     confidence_weight: float = 1.0  # k in IoU + k * confidence (Table 4)
+    # the detector's box threshold in the reward: an instance whose best box scores below it counts
+    # as not found (GroundingDINO reports nothing below its threshold; COCO-MIG's scorer uses 0.25);
+    # 0: every candidate the analytic detector returns counts, however unsure
+    reward_threshold: float = 0.0
     detector: str | None = "analytic"  # a registered detector name or a local GroundingDINO folder
+    # the iou_conf_color reward's segmenter (the colour share of each target box, as COCO-MIG's colour
+    # check segments it): a registered name or a local SAM folder
+    segmenter: str | None = "analytic"
     critic_lr: float = 1e-3
     critic_hidden: int = 256
     critic_epochs: int = 4  # critic updates per RL iteration, on rollouts drawn from the action pool
@@ -192,10 +200,16 @@ class RLConfig:
     # (idruid JSON, e.g. COCO-MIG's prompts through `idruid convert`), read in order and cycled
     prompts: str | None = "shapes"
     prompt_seed: int = 1  # seed of the shapes prompt-only set (idruid.data.shapes.prompt_only_layout)
+    # box geometry of the shapes prompt-only set (idruid.data.shapes.geometry): "coco" (COCO-MIG's,
+    # as the paper's RL prompts are COCO-MIG's), "open", "narrow" (the world's first) or "strips"
+    prompt_geometry: str = "coco"
     # held-out reward logged during training: this many prompt-only layouts (never drawn by the
-    # RL stage) sampled with the ODE from fixed noise every held_out_every steps; 0 = off
+    # RL stage) sampled with the ODE from fixed noise every held_out_every steps; 0 = off. The
+    # first set has the prompts' geometry; a second one of the geometry held_out_off (none: no
+    # second set) tells whether the stage gains only on the kind of layout it trains on
     held_out: int = 0
     held_out_every: int = 50
+    held_out_off: str = "strips"
 
     def check(self) -> None:
         """Refuse settings the RL stage cannot run, before any training starts."""
@@ -231,6 +245,12 @@ class RLConfig:
             )
         if self.ppo_epochs < 1 or self.critic_epochs < 0 or self.advantage_clip < 0:
             raise ConfigError("rl.ppo_epochs must be >= 1, rl.critic_epochs and rl.advantage_clip >= 0")
+        if self.algorithm in ("ppo", "grpo") and self.reward == "iou_conf_color" and self.segmenter is None:
+            raise ConfigError("rl.reward=iou_conf_color needs rl.segmenter (analytic, or a local SAM folder)")
+        _check_geometry("rl.prompt_geometry", self.prompt_geometry)
+        if self.held_out_off != "none":
+            _check_geometry("rl.held_out_off", self.held_out_off, "none")
+
 
 @dataclass
 class TrainConfig:
@@ -260,6 +280,10 @@ class TrainConfig:
     data_seed: int = 0
     min_instances: int = 1  # shapes: instances per scene
     max_instances: int = 6
+    # shapes: the training pairs' box geometry (idruid.data.shapes.geometry): "open" (every size
+    # and aspect, as LayoutSAM's SA-1B boxes) or "narrow" (the world's first, before COCO-MIG's
+    # geometry was measured)
+    geometry: str = "open"
     data_path: str | None = None  # layoutsam: a parquet shard, a folder of shards
     image_root: str | None = None  # layoutsam: the folder the rows' image_path are relative to
     captions: str = "detailed"  # layoutsam: "detailed" (detail_region_captions) or "short"
@@ -288,10 +312,19 @@ class TrainConfig:
 DATASETS = ("shapes", "layoutsam")
 
 
+def _check_geometry(key: str, name: str, *extra: str) -> None:
+    from .data.shapes.geometry import GEOMETRIES
+
+    if name not in GEOMETRIES:
+        raise ConfigError(f"{key} '{name}': expected one of {', '.join([*GEOMETRIES, *extra])}")
+
+
 def check_data(config: TrainConfig) -> None:
     """Refuse a training-data setting that cannot work, before any model is built."""
     if config.data not in DATASETS:
         raise ConfigError(f"data '{config.data}': expected one of {', '.join(DATASETS)}")
+    if config.data == "shapes":
+        _check_geometry("geometry", config.geometry)
     if config.data == "layoutsam":
         for key in ("data_path", "image_root"):
             if getattr(config, key) is None:

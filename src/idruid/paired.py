@@ -36,6 +36,7 @@ def paired_dataset(config: TrainConfig):
         resolution=config.model.resolution,
         min_shapes=config.min_instances,
         max_shapes=config.max_instances,
+        geometry=config.geometry,
     )
 
 

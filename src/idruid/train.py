@@ -28,7 +28,7 @@ from .checkpoint import EMBEDDED_CHECKPOINT, describe_base, load_trained_weights
 from .config import TrainConfig, check_data, save_config
 from .models import build_model
 from .paired import collate, paired_dataset, paired_losses
-from .rl.held_out import HeldOutReward
+from .rl.held_out import held_out_sets
 from .rl.stage import RLStage, RLStats
 from .train_log import gradient_norms, mean_over_processes, mean_rl_stats, plot_losses
 from .train_state import (
@@ -145,9 +145,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     # the EMA's warm-up restarts when RL joins: the exported model then reflects the RL stage, as
     # a separate second-stage run's does (init_from), instead of averaging mostly stage-1 weights
     ema_origin = rl_start if stage is not None and rl.restart_ema else 0
-    held_out = None
+    held_out = {}  # name -> HeldOutReward (the prompts' geometry, and rl.held_out_off's)
     if stage is not None and stage.reward is not None and rl.held_out > 0 and accelerator.is_main_process:
-        held_out = HeldOutReward(config, stage.reward, rl.held_out, model.latent_shape)
+        held_out = held_out_sets(config, stage.reward, rl.held_out, model.latent_shape)
 
     ckpt_dir = out / "checkpoints"
     latest, step, skipped = find_resumable(ckpt_dir)  # the newest complete one (train_state)
@@ -170,14 +170,16 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     started, last_log = time.time(), step
     rl_window: list[RLStats] = []  # the RL iterations since the last log record
     grad_norms: list[tuple[float, float]] = []  # (|g_paired|, |g_rl|) measured since the last record
-    held_out_value: tuple[int, float] | None = None  # (updates so far, held-out reward) not yet logged
+    held_out_values: dict[str, float] = {}  # held-out rewards not yet logged, measured at held_out_step
+    held_out_step = 0
     network.train()
     while step < config.steps:
         for batch in data:
             if step >= config.steps:
                 break
-            if held_out is not None and step >= rl_start and (step - rl_start) % rl.held_out_every == 0:
-                held_out_value = (step, held_out(model))  # before this step's update
+            if held_out and step >= rl_start and (step - rl_start) % rl.held_out_every == 0:
+                held_out_step = step  # before this step's update
+                held_out_values = {name: measure(model) for name, measure in held_out.items()}
             # ---------------------------------------------------- PAIRED LOSSES
             loss, l_ldm, l_dis = paired_losses(
                 model, network, batch["image"], batch["layouts"], config, accelerator
@@ -238,11 +240,13 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                     ratio = rl_norm / max(paired_norm, 1e-12)
                     record.update(rl_grad_paired=paired_norm, rl_grad_rl=rl_norm, rl_grad_ratio=ratio)
                     grad_norms = []
-                if held_out is not None and step == config.steps:
-                    held_out_value = (step, held_out(model))  # after the last update
-                if held_out_value is not None:
-                    record["rl_held_out_step"], record["rl_held_out_reward"] = held_out_value
-                    held_out_value = None
+                if held_out and step == config.steps:
+                    held_out_step = step  # after the last update
+                    held_out_values = {name: measure(model) for name, measure in held_out.items()}
+                if held_out_values:
+                    record["rl_held_out_step"] = held_out_step
+                    record.update({f"rl_{name}_reward": value for name, value in held_out_values.items()})
+                    held_out_values = {}
                 bar.set_postfix(
                     loss=f"{record['loss']:.4f}", l_dis=record["l_dis"] and f"{record['l_dis']:.4f}"
                 )

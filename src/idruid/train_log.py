@@ -59,10 +59,11 @@ def _global_norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.stack([t.float().norm() for t in tensors]).norm()) if tensors else 0.0
 
 
-X_KEYS = {"rl_held_out_reward": "rl_held_out_step"}  # measured at another step than their record
+# measured at another step than their record
+X_KEYS = {"rl_held_out_reward": "rl_held_out_step", "rl_held_out_off_reward": "rl_held_out_step"}
 RL_DIAGNOSTICS = (  # log key(s), panel title
     (("rl_reward",), "RL: mean rollout reward (Eq. 6)"),
-    (("rl_held_out_reward",), "held-out reward (fixed noise, ODE)"),
+    (("rl_held_out_reward", "rl_held_out_off_reward"), "held-out reward: prompts' geometry, off (ODE)"),
     (("rl_critic_mse", "rl_within_var", "rl_critic_loss"), "critic: fresh MSE, within-prompt var, fit"),
     (("rl_grad_ratio",), "|g_rl| / |g_ldm + g_dis|"),
     (("rl_kl",), "KL term (Eq. 10)"),

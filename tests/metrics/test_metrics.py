@@ -313,6 +313,20 @@ def test_leakage_tie_with_own_colour_and_grey_boxes_do_not_leak():
     assert out["leaked"] == 0 and out["instances"] == 2
 
 
+def test_leakage_counts_another_colour_only_outside_its_own_boxes():
+    # a blue cup on a red table: the table's red around the cup is the table, not leakage
+    table, cup, plate = (0.0, 0.0, 1.0, 0.75), (0.25, 0.25, 0.5, 0.5), (0.0, 0.75, 0.5, 1.0)
+    layout = _layout(("a red table", table), ("a blue cup", cup), ("a yellow plate", plate))
+    images = _grey(3)
+    for image in images:
+        _paint(image, table, RGB["red"])
+        _paint(image, plate, RGB["yellow"])
+    images[0, 8:12, 8:12] = RGB["blue"]  # the cup's centre only: red fills most of its box
+    _paint(images[1], cup, RGB["red"])  # no cup at all: red, where the table's box is, no leak
+    _paint(images[2], plate, RGB["red"])  # red outside the table's box, in the plate's: leaks
+    assert [leakage(image[None], [layout])["leaked"] for image in images] == [0, 0, 1]
+
+
 # ----------------------------------------------------------------------------- LayoutSAM
 
 

@@ -11,7 +11,7 @@ from idruid.config import load_config
 from idruid.data.shapes import prompt_only_layout
 from idruid.models.sd3 import SD3LayoutModel
 from idruid.reports import write_report
-from idruid.rl.held_out import HELD_OUT_START, HeldOutReward
+from idruid.rl.held_out import HELD_OUT_START, HeldOutReward, held_out_sets
 from idruid.rl.probe import signal_fraction
 from idruid.rl.rewards import LayoutReward
 from idruid.sampling import sample, to_uint8
@@ -47,6 +47,22 @@ def test_held_out_reward_is_the_mean_reward_of_fixed_layouts_and_noise():
     assert first == pytest.approx(float(reward(to_uint8(images), layouts).mean()), abs=1e-5)
 
 
+def test_held_out_sets_of_the_prompts_geometry_and_the_off_geometry():
+    config = load_config("tiny", PROBE)
+    model = SD3LayoutModel(config.model).eval()
+    reward = LayoutReward(load_scorer("detector", "analytic"), "iou_conf")
+    sets = held_out_sets(config, reward, 3, model.latent_shape)
+    assert list(sets) == ["held_out", "held_out_off"]
+    for name, geometry in (("held_out", "coco"), ("held_out_off", "strips")):
+        expected = [
+            prompt_only_layout(HELD_OUT_START + k, 1, resolution=32, geometry=geometry) for k in range(3)
+        ]
+        assert sets[name].layouts == expected and sets[name].geometry == geometry
+    assert sets["held_out"].layouts != sets["held_out_off"].layouts
+    only = held_out_sets(load_config("tiny", [*PROBE, "rl.held_out_off=none"]), reward, 3, model.latent_shape)
+    assert list(only) == ["held_out"]
+
+
 def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys, saved_figures):
     out = tmp_path / "probe"
     args = ["rl-probe", "--checkpoint", str(tiny_checkpoint), "--config", "tiny", "--out", str(out)]
@@ -54,14 +70,15 @@ def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys, save
     assert main(args) == 0
     records = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2]
-    assert all(np.isfinite(r["held_out_reward"]) for r in records)
+    assert all(np.isfinite(r["held_out_reward"]) and np.isfinite(r["held_out_off_reward"]) for r in records)
     assert records[1]["rl_age"] == 0 and records[1]["rl_ratio"] == pytest.approx(1.0, abs=1e-4)
     assert (out / "probe.png").is_file() and json.loads((out / "probe.json").read_text())["iterations"] == 2
     # probe.png: the held-out reward of every record, and the rollouts' mean reward where logged
     (axes,) = saved_figures["probe.png"].axes
-    held_out_line, *rollout_lines = axes.get_lines()
+    held_out_line, off_line, *rollout_lines = axes.get_lines()
     assert list(held_out_line.get_xdata()) == [0, 1, 2]
     np.testing.assert_allclose(held_out_line.get_ydata(), [r["held_out_reward"] for r in records])
+    np.testing.assert_allclose(off_line.get_ydata(), [r["held_out_off_reward"] for r in records])
     rollouts = [(r["iteration"], r["rl_reward"]) for r in records if r.get("rl_reward") is not None]
     assert rollouts and [r["iteration"] for r in records[1:]] == [i for i, _ in rollouts]
     (rollout_line,) = rollout_lines
@@ -75,6 +92,7 @@ def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys, save
     expected = [f"{r['held_out_reward']:.3f}" for r in records]
     assert cells[1:4] == expected
     assert cells[4] == f"{records[-1]['held_out_reward'] - records[0]['held_out_reward']:+.3f}"
+    assert cells[5] == f"{records[-1]['held_out_off_reward'] - records[0]['held_out_off_reward']:+.3f}"
     # the report's probe figure: one line per probe, named as the report names it
     (axes,) = saved_figures["rl-probes.png"].axes
     (line,) = axes.get_lines()

@@ -7,8 +7,8 @@ import torch
 from idruid.data.shapes import render_layout_scene
 from idruid.layout import Instance, Layout
 from idruid.rl.critic import Critic, box_crops, critic_loss
-from idruid.rl.rewards import REWARDS, LayoutReward, match_instances
-from idruid.scorers.analytic import AnalyticDetector
+from idruid.rl.rewards import REWARDS, LayoutReward, color_shares, match_instances
+from idruid.scorers.analytic import AnalyticDetector, AnalyticSegmenter
 from idruid.scorers.protocols import Detections
 
 
@@ -54,14 +54,75 @@ def test_reward_variants(variant, weight, expected):
 def test_instance_rewards_are_the_terms_of_the_reward():
     """LayoutReward keeps each instance's term (for rl.credit=instance); they sum to the reward."""
 
-    class Fixed:
-        def detect(self, images, captions):
-            return _detections()
-
-    reward = LayoutReward(Fixed(), "iou_conf", 1.0)
+    reward = LayoutReward(_Fixed(), "iou_conf", 1.0)
     terms = reward.instance_rewards(np.zeros((2, 8, 8, 3), np.uint8), _layouts())
     torch.testing.assert_close(terms, torch.tensor([[1.9, 0.9], [0.0, 0.0]]))
     torch.testing.assert_close(reward(np.zeros((2, 8, 8, 3), np.uint8), _layouts()), torch.tensor([2.8, 0.0]))
+
+
+class _Fixed:
+    def detect(self, images, captions):
+        return _detections()
+
+
+def test_the_box_threshold_drops_unsure_detections():
+    """At threshold 0.5 the second instance's only box (conf 0.4) is not reported: IoU and
+    confidence 0, as GroundingDINO reports nothing below its threshold."""
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    terms = LayoutReward(_Fixed(), "iou_conf", 1.0, threshold=0.5).instance_rewards(images, _layouts())
+    torch.testing.assert_close(terms, torch.tensor([[1.9, 0.0], [0.0, 0.0]]))
+    at_own_score = LayoutReward(_Fixed(), "iou_conf", 1.0, threshold=0.4).instance_rewards(images, _layouts())
+    torch.testing.assert_close(at_own_score, torch.tensor([[1.9, 0.9], [0.0, 0.0]]))  # >= keeps it
+    with pytest.raises(ValueError, match="threshold"):
+        LayoutReward(_Fixed(), threshold=1.0)
+
+
+def test_colour_shares_by_hand():
+    """A 16x16 image: the red circle's box (top-left 8x8) holds 16 red, 16 blue and 32 grey pixels;
+    the blue square's box (bottom-right) 48 blue and 16 grey; the analytic segmenter keeps the
+    non-grey pixels, so the shares are 16/32 and 48/48."""
+    image = np.full((1, 16, 16, 3), 128, np.uint8)
+    image[0, 0:2, 0:8] = (220, 20, 20)  # red: 16 pixels
+    image[0, 2:4, 0:8] = (20, 20, 220)  # blue inside the red circle's box: 16 pixels
+    image[0, 10:16, 8:16] = (20, 20, 220)  # blue: 48 pixels in the square's box
+    layout = Layout(
+        "p", (Instance("a red circle", (0.0, 0.0, 0.5, 0.5)), Instance("a blue square", (0.5, 0.5, 1.0, 1.0)))
+    )
+    shares = color_shares(image, [layout], AnalyticSegmenter())
+    torch.testing.assert_close(shares, torch.tensor([[0.5, 1.0]]))
+    no_colour = Layout("p", (Instance("a circle", (0.0, 0.0, 0.5, 0.5)),))
+    torch.testing.assert_close(color_shares(image, [no_colour], AnalyticSegmenter()), torch.tensor([[1.0]]))
+
+
+def test_colour_gated_reward_scales_each_term_by_its_colour_share():
+    matches = match_instances(_detections(), _layouts())
+    matches.color_share = torch.tensor([[0.25, 0.9], [0.0, 0.0]])
+    expected = torch.tensor([[1.9 * 0.5, 0.9 * 1.0], [0.0, 0.0]])  # min(1, share / 0.5)
+    torch.testing.assert_close(REWARDS["iou_conf_color"](matches, 1.0), expected)
+    with pytest.raises(ValueError, match="segmenter"):
+        LayoutReward(_Fixed(), "iou_conf_color")
+
+
+def test_colour_gated_reward_sees_a_box_another_colour_fills():
+    """A render of two shapes, then the blue square's box painted red outside the square's middle:
+    the detector still finds a blue square spanning its box (Eq. 6 pays it in full), the colour
+    share is low and the gated term falls."""
+    layout = Layout(
+        "p",
+        (Instance("a red square", (0.0, 0.0, 0.375, 0.375)), Instance("a blue square", (0.5, 0.5, 1.0, 1.0))),
+    )
+    image = np.full((1, 32, 32, 3), 128, np.uint8)
+    image[0, 0:12, 0:12] = (210, 30, 30)
+    image[0, 16:32, 16:32] = (210, 30, 30)  # the blue square's box filled with red ...
+    image[0, 16:32, 23:25] = (40, 70, 220)  # ... but for a blue bar
+    image[0, 16, 16:32] = (40, 70, 220)  # and a blue rim along its top and bottom, spanning the box
+    image[0, 31, 16:32] = (40, 70, 220)
+    plain = LayoutReward(AnalyticDetector(), "iou_conf").matches(image, [layout])
+    assert float(plain.iou[0, 1]) == pytest.approx(1.0)
+    gated = LayoutReward(AnalyticDetector(), "iou_conf_color", segmenter=AnalyticSegmenter())
+    terms = gated.instance_rewards(image, [layout])
+    assert float(terms[0, 1]) < 0.5 * float(REWARDS["iou_conf"](plain, 1.0)[0, 1])
+    assert float(terms[0, 0]) == pytest.approx(float(REWARDS["iou_conf"](plain, 1.0)[0, 0]))
 
 
 def test_layout_reward_on_renders_prefers_the_right_layout():

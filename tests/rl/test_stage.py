@@ -352,6 +352,7 @@ def test_rl_training_runs_and_resumes(tmp_path, algorithm, credit, baseline):
     if algorithm != "sft":
         # measured before the first update, every 2 steps, and after the last update of each run
         assert [r["rl_held_out_step"] for r in log if "rl_held_out_reward" in r] == [0, 3, 4]
+        assert [r["rl_held_out_step"] for r in log if "rl_held_out_off_reward" in r] == [0, 3, 4]
         assert all(r["rl_grad_ratio"] > 0 for r in log if r["l_rl"] is not None)
 
 

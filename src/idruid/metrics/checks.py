@@ -271,11 +271,19 @@ def _leak_flags(
     """Bool (n,): whether each instance's box is dominated by another instance's colour.
 
     membership (H, W, 7) bool; boxes (n, 4); own (n,) colour index (-1 for none); others (n, 7)
-    bool, the colours named by the other instances of the layout.
+    bool, the colours named by the other instances of the layout. A colour named by other
+    instances counts only at pixels outside their boxes: where two boxes overlap (an object on a
+    table), the colour of the one drawn there is not leakage into the other.
     """
     height, width = membership.shape[:2]
     pixels = pixel_masks(boxes, height, width)  # (n, H, W)
-    counts = np.einsum("nhw,hwc->nc", pixels.astype(np.int64), membership.astype(np.int64))  # (n, 7)
+    named = np.zeros((len(own), membership.shape[-1]), dtype=bool)  # (n, 7): instance i names colour c
+    named[own >= 0, own[own >= 0]] = True
+    colour_boxes = np.einsum("nc,nhw->chw", named.astype(np.int64), pixels.astype(np.int64)) > 0  # (7, H, W)
+    foreign = membership & ~colour_boxes.transpose(1, 2, 0)  # (H, W, 7): outside the colour's own boxes
+    counts = np.einsum("nhw,hwc->nc", pixels.astype(np.int64), foreign.astype(np.int64))  # (n, 7)
+    own_counts = np.einsum("nhw,hwc->nc", pixels.astype(np.int64), membership.astype(np.int64))
+    counts = np.where(named, own_counts, counts)  # an instance's own colour counts everywhere
     coloured = (pixels & membership.any(axis=-1)).sum(axis=(1, 2))  # (n,)
     top = counts.max(axis=1)  # (n,)
     rows = np.arange(len(own))
@@ -286,25 +294,34 @@ def _leak_flags(
     return (coloured > 0) & (own_count < top) & foreign_top & dominant
 
 
-def leak_counts(images, layouts: Sequence[Layout], dominance: float = 0.5) -> list[tuple[int, int]]:
-    """Per image: (instances that leak, instances whose caption names a colour); the rule is
-    idruid.metrics.levels.leakage's."""
+def leak_flags(images, layouts: Sequence[Layout], dominance: float = 0.5) -> list[np.ndarray]:
+    """Per image, bool (n,): whether each instance leaks (its caption names a colour and its box
+    is dominated by another instance's); the rule is idruid.metrics.levels.leakage's."""
     batch = _as_batch(images)
     _check_lengths(batch, layouts)
-    per_image = []  # (leaked, instances with a colour)
+    flags = []
     for image, layout in zip(batch, layouts, strict=True):
         named = [caption_color(c) for c in layout.captions]
         own = np.asarray([COLOR_NAMES.index(c) if c else -1 for c in named], dtype=np.int64)
         has_color = own >= 0
         if not has_color.any():
-            per_image.append((0, 0))
+            flags.append(np.zeros(len(own), dtype=bool))
             continue
         one_hot = np.zeros((len(own), len(COLOR_NAMES)), dtype=bool)
         one_hot[has_color, own[has_color]] = True
         others = one_hot.sum(axis=0)[None, :] - one_hot > 0  # (n, 7): named by another instance
-        flags = _leak_flags(color_membership(image), _layout_boxes(layout), own, others, dominance)
-        per_image.append((int((flags & has_color).sum()), int(has_color.sum())))
-    return per_image
+        leaked = _leak_flags(color_membership(image), _layout_boxes(layout), own, others, dominance)
+        flags.append(leaked & has_color)
+    return flags
+
+
+def leak_counts(images, layouts: Sequence[Layout], dominance: float = 0.5) -> list[tuple[int, int]]:
+    """Per image: (instances that leak, instances whose caption names a colour)."""
+    flags = leak_flags(images, layouts, dominance)
+    return [
+        (int(leaked.sum()), sum(caption_color(c) is not None for c in layout.captions))
+        for leaked, layout in zip(flags, layouts, strict=True)
+    ]
 
 
 # ----------------------------------------------------------------------------- LayoutSAM-eval

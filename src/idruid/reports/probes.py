@@ -53,7 +53,8 @@ def load_probe(path: str | Path, name: str | None = None) -> Probe:
 
 
 def probe_table(probes: Sequence[Probe]) -> str:
-    """Markdown: one row per probe, the held-out reward at each checkpoint iteration."""
+    """Markdown: one row per probe, the held-out reward at each checkpoint iteration, its gain, and
+    the gain on the off geometry where the probes measured one."""
     iterations = sorted({r["iteration"] for p in probes for r in p.records})
     configs = [p.config for p in probes]
     # keys that differ where they are set (a key only older configs lack is no difference)
@@ -62,8 +63,16 @@ def probe_table(probes: Sequence[Probe]) -> str:
         for k in varying_keys(configs)
         if k != "seed" and len({format_value(c[k]) for c in configs if k in c}) > 1
     ]
-    header = ["Probe", *keys, *(f"it {i}" for i in iterations), "gain", "s / it"]
-    rule = ["---"] * (1 + len(keys)) + ["---:"] * (len(iterations) + 2)
+    off = any("held_out_off_reward" in r for p in probes for r in p.records)
+    header = [
+        "Probe",
+        *keys,
+        *(f"it {i}" for i in iterations),
+        "gain",
+        *(["off gain"] if off else []),
+        "s / it",
+    ]
+    rule = ["---"] * (1 + len(keys)) + ["---:"] * (len(iterations) + 2 + off)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     for probe in probes:
         by_iteration = {r["iteration"]: r["held_out_reward"] for r in probe.records}
@@ -75,10 +84,17 @@ def probe_table(probes: Sequence[Probe]) -> str:
             *(format_value(probe.config.get(k, "(unset)")) for k in keys),
             *("-" if c is None else f"{c:.3f}" for c in cells),
             f"{gain:+.3f}",
+            *([_off_gain(probe.records)] if off else []),
             "-" if per_it is None else f"{per_it:.1f}",
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _off_gain(records: Sequence[dict]) -> str:
+    """The held-out reward's gain on the off geometry (rl.held_out_off), "-" where not measured."""
+    first, last = records[0].get("held_out_off_reward"), records[-1].get("held_out_off_reward")
+    return "-" if first is None or last is None else f"{last - first:+.3f}"
 
 
 def plot_probes(probes: Sequence[Probe], path: Path) -> Path:

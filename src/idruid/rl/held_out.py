@@ -3,6 +3,10 @@
 A fixed set of prompt-only layouts, disjoint from the ones the RL stage draws, is sampled with the
 deterministic sampler (ODE / DDIM) from fixed noise and scored by the stage's reward. With the
 noise fixed, a change of the mean reward between two calls comes from the weights alone.
+
+The set has a box geometry (idruid.data.shapes.geometry): the prompts' own (``rl.prompt_geometry``)
+tells whether the stage learns; another one (``rl.held_out_off``, by default long thin boxes that
+no split trains on) tells whether what it learns holds off the kind of layout it trains on.
 """
 
 from __future__ import annotations
@@ -18,13 +22,25 @@ HELD_OUT_START = 10_000  # prompt-only indices far from the ones the RL stage dr
 
 
 class HeldOutReward:
-    def __init__(self, config, reward, count: int, latent_shape: tuple[int, ...], seed: int = 0):
+    def __init__(
+        self,
+        config,
+        reward,
+        count: int,
+        latent_shape: tuple[int, ...],
+        seed: int = 0,
+        geometry: str | None = None,
+    ):
+        """``count`` prompt-only layouts of ``geometry`` (None: the RL prompts' geometry)."""
         if count < 1:
             raise ValueError(f"a held-out set needs at least one layout, got {count}")
         rl = config.rl
         self.config, self.reward = config, reward
+        self.geometry = geometry or rl.prompt_geometry
         self.layouts = [
-            prompt_only_layout(HELD_OUT_START + k, rl.prompt_seed, resolution=config.model.resolution)
+            prompt_only_layout(
+                HELD_OUT_START + k, rl.prompt_seed, resolution=config.model.resolution, geometry=self.geometry
+            )
             for k in range(count)
         ]
         self.noise = torch.randn((count, *latent_shape), generator=torch.Generator().manual_seed(seed))
@@ -46,3 +62,14 @@ class HeldOutReward:
             scores.append(self.reward(to_uint8(images), layouts).float().cpu().numpy())
         model.train(was_training)
         return float(np.concatenate(scores).mean())
+
+
+def held_out_sets(config, reward, count: int, latent_shape: tuple[int, ...]) -> dict[str, HeldOutReward]:
+    """The held-out sets a run logs: "held_out" (the prompts' geometry) and, unless
+    ``rl.held_out_off`` is "none", "held_out_off" (that geometry), ``count`` layouts each."""
+    sets = {"held_out": HeldOutReward(config, reward, count, latent_shape)}
+    if config.rl.held_out_off != "none":
+        sets["held_out_off"] = HeldOutReward(
+            config, reward, count, latent_shape, geometry=config.rl.held_out_off
+        )
+    return sets

@@ -3,9 +3,10 @@
 Trains a checkpoint on L_rl only (no L_ldm, no L_dis) with the RL stage of a preset and its
 overrides, and every ``every`` iterations measures the held-out reward (idruid.rl.held_out: a
 fixed set of prompt-only layouts sampled with the ODE from fixed noise, so that differences come
-from the weights alone). Writes ``probe.jsonl`` (one record per checkpoint: the held-out reward,
-the rollouts' reward, seconds, and the RL diagnostics averaged since the last record) and
-``probe.png``. An estimator must pass this before its Table 3 row is trusted.
+from the weights alone), on the prompts' geometry and on ``rl.held_out_off``'s. Writes
+``probe.jsonl`` (one record per checkpoint: both held-out rewards, the rollouts' reward, seconds,
+and the RL diagnostics averaged since the last record) and ``probe.png``. An estimator must pass
+this before its Table 3 row is trusted, and a gain on the prompts' geometry alone is not one.
 
 ``reward="brightness"`` swaps the detector for the image's mean brightness (0..10): a reward any
 correct policy gradient raises quickly, to tell a sign or plumbing error from a weak signal.
@@ -23,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..layout import Layout
-from .held_out import HeldOutReward
+from .held_out import held_out_sets
 from .stage import RLStage
 
 
@@ -82,7 +83,7 @@ def run_probe(
         stage.reward = Brightness()
     if stage.reward is None:
         raise ValueError(f"rl.algorithm={config.rl.algorithm} has no reward to probe (use ppo or grpo)")
-    measure = HeldOutReward(config, stage.reward, held_out, model.latent_shape)
+    measures = held_out_sets(config, stage.reward, held_out, model.latent_shape)
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     records: list[dict] = []
@@ -91,7 +92,8 @@ def run_probe(
     started, window = time.time(), []
 
     def record(iteration: int) -> None:
-        entry = {"iteration": iteration, "held_out_reward": measure(model), "seconds": time.time() - started}
+        entry = {"iteration": iteration, **{f"{name}_reward": m(model) for name, m in measures.items()}}
+        entry["seconds"] = time.time() - started
         if window:
             entry.update({f"rl_{k}": v for k, v in mean_rl_stats(window).items()})
             window.clear()
@@ -125,6 +127,8 @@ def plot_probe(records: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     iterations = [r["iteration"] for r in records]
     ax.plot(iterations, [r["held_out_reward"] for r in records], "o-", label="held-out")
+    if all("held_out_off_reward" in r for r in records):
+        ax.plot(iterations, [r["held_out_off_reward"] for r in records], "^-", label="held-out, off geometry")
     rollout = [(r["iteration"], r["rl_reward"]) for r in records if r.get("rl_reward") is not None]
     if rollout:
         ax.plot(*zip(*rollout, strict=True), "s--", color="tab:grey", label="rollouts (mean since last)")

@@ -8,10 +8,15 @@ Variants, selected by name (REWARDS):
 - ``iou``: the IoU term alone (Table 4, "+ IoU");
 - ``iou_conf``: IoU + k * confidence, k = ``confidence_weight`` (k = 1 is the paper's reward,
   k = 5 Table 4's "+ 5Conf");
-- ``false``: the negated ``iou_conf`` reward (Table 6, robustness to a false reward).
+- ``false``: the negated ``iou_conf`` reward (Table 6, robustness to a false reward);
+- ``iou_conf_color``: ``iou_conf`` times the instance's colour share: how much of its target box
+  (segmented as COCO-MIG's colour check segments it) is in its caption's colour, full at half the
+  box (COLOR_SHARE_FULL). The detector finds a box of the caption's colour and grades that object,
+  so an instance whose box another instance's colour fills still earns its full term; this variant
+  sees the box as the benchmarks' colour check and leakage rate do.
 
 The detector is any idruid.scorers.protocols.Detector: the analytic one in the shapes world,
-GroundingDINO on real images.
+GroundingDINO on real images; the colour share needs a segmenter (the analytic one, or SAM).
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ import numpy as np
 import torch
 
 from ..boxes import box_iou
+from ..colors import COLOR_NAMES, color_membership
 from ..layout import Layout
-from ..scorers.protocols import Detections, Detector
+from ..metrics.checks import caption_color
+from ..scorers.protocols import Detections, Detector, Segmenter
+
+COLOR_SHARE_FULL = 0.5  # iou_conf_color: an instance's colour filling half its box earns the full term
 
 
 @dataclass
@@ -34,6 +43,9 @@ class InstanceMatches:
     iou: torch.Tensor  # (B, N) IoU of the best detected box with the layout box, 0 for padding
     confidence: torch.Tensor  # (B, N) the detector's confidence in that box, 0 for padding
     valid: torch.Tensor  # (B, N) bool
+    # (B, N) share of each target box's segmented pixels in the caption's colour (1 where the
+    # caption names none, 0 for padding); None when the reward has no segmenter
+    color_share: torch.Tensor | None = None
 
 
 def match_instances(detections: Sequence[Sequence[Detections]], layouts: Sequence[Layout]) -> InstanceMatches:
@@ -74,22 +86,85 @@ def false_terms(matches: InstanceMatches, confidence_weight: float = 1.0) -> tor
     return -iou_confidence_terms(matches, confidence_weight)
 
 
+def iou_confidence_color_terms(matches: InstanceMatches, confidence_weight: float = 1.0) -> torch.Tensor:
+    """(B, N) Eq. 6's terms, each times min(1, colour share / COLOR_SHARE_FULL)."""
+    if matches.color_share is None:
+        raise ValueError("the iou_conf_color reward needs a segmenter for the colour share (rl.segmenter)")
+    gate = (matches.color_share / COLOR_SHARE_FULL).clamp(max=1.0)
+    return iou_confidence_terms(matches, confidence_weight) * gate
+
+
 # each variant gives the per-instance terms (B, N), zero for padding; the reward is their sum
 RewardFn = Callable[[InstanceMatches, float], torch.Tensor]
-REWARDS: dict[str, RewardFn] = {"iou": iou_terms, "iou_conf": iou_confidence_terms, "false": false_terms}
+REWARDS: dict[str, RewardFn] = {
+    "iou": iou_terms,
+    "iou_conf": iou_confidence_terms,
+    "false": false_terms,
+    "iou_conf_color": iou_confidence_color_terms,
+}
+NEEDS_SEGMENTER = ("iou_conf_color",)
+
+
+def color_shares(images: np.ndarray, layouts: Sequence[Layout], segmenter: Segmenter) -> torch.Tensor:
+    """(B, N) the share of each target box's segmented pixels that lie in its caption colour's
+    COCO-MIG range (the quantity COCO-MIG's colour check compares with 20%): 1 where the caption
+    names no colour, 0 for an empty mask and for padding."""
+    num = max((len(layout.instances) for layout in layouts), default=0)
+    shares = np.zeros((len(layouts), num), dtype=np.float64)
+    masks = segmenter.segment(images, [np.asarray(layout.boxes, dtype=np.float64) for layout in layouts])
+    for b, (image, layout, image_masks) in enumerate(zip(images, layouts, masks, strict=True)):
+        membership = color_membership(image)  # (H, W, 7)
+        for i, (caption, mask) in enumerate(zip(layout.captions, image_masks, strict=True)):
+            color = caption_color(caption)
+            if color is None:
+                shares[b, i] = 1.0
+            elif mask.any():
+                shares[b, i] = membership[..., COLOR_NAMES.index(color)][mask].mean()
+    return torch.from_numpy(shares).float()
+
+
+def reported(detections: Detections, threshold: float) -> Detections:
+    """The detections a detector reports at box threshold ``threshold`` (score >= threshold, best
+    first): GroundingDINO's post-processing, which the analytic detector leaves to its caller."""
+    keep = detections.scores >= threshold
+    return Detections(boxes=detections.boxes[keep], scores=detections.scores[keep])
 
 
 class LayoutReward:
-    """Scores generated images against their layouts: ``reward(images, layouts) -> (B,)``."""
+    """Scores generated images against their layouts: ``reward(images, layouts) -> (B,)``.
 
-    def __init__(self, detector: Detector, variant: str = "iou_conf", confidence_weight: float = 1.0):
+    ``threshold``: the detector's box threshold; an instance whose best detection scores below it
+    was not detected (IoU and confidence 0), as GroundingDINO reports nothing below its threshold
+    and COCO-MIG's scorer drops such boxes (0.25 both). 0 keeps every candidate, as the analytic
+    detector returns them."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        variant: str = "iou_conf",
+        confidence_weight: float = 1.0,
+        threshold: float = 0.0,
+        segmenter: Segmenter | None = None,
+    ):
         if variant not in REWARDS:
             raise ValueError(f"unknown reward {variant!r} (known: {', '.join(REWARDS)})")
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"the reward's box threshold must be in [0, 1), got {threshold}")
+        if variant in NEEDS_SEGMENTER and segmenter is None:
+            raise ValueError(f"the {variant} reward needs a segmenter for the colour share")
         self.detector, self.variant, self.confidence_weight = detector, variant, confidence_weight
+        self.threshold, self.segmenter = threshold, segmenter
 
     def matches(self, images: np.ndarray, layouts: Sequence[Layout]) -> InstanceMatches:
-        """Detect every caption of a batch in one detector call and match the boxes."""
-        return match_instances(self.detector.detect(images, [layout.captions for layout in layouts]), layouts)
+        """Detect every caption of a batch in one detector call and match the boxes (and, with a
+        segmenter, measure each target box's colour share)."""
+        detections = self.detector.detect(images, [layout.captions for layout in layouts])
+        if self.threshold > 0:
+            detections = [[reported(d, self.threshold) for d in row] for row in detections]
+        matches = match_instances(detections, layouts)
+        if self.segmenter is not None and self.variant in NEEDS_SEGMENTER:
+            matches.color_share = color_shares(images, layouts, self.segmenter)
+        return matches
 
     def instance_rewards(self, images: np.ndarray, layouts: Sequence[Layout]) -> torch.Tensor:
         """(B, N) each instance's term of the reward, N the batch's largest layout, 0 for padding."""

@@ -42,7 +42,7 @@ from .critic import Critic, critic_loss
 from .logprob import box_log_probs, gaussian_kl
 from .pool import ActionPool
 from .ppo import ppo_loss
-from .rewards import LayoutReward
+from .rewards import NEEDS_SEGMENTER, LayoutReward
 from .rollout import Rollout, policy_log_probs, rollout, rollout_settings, sde_window
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,15 @@ class RLStage:
             )
         self.reward = None
         if rl.algorithm in ("ppo", "grpo"):
+            segmenter = None
+            if rl.reward in NEEDS_SEGMENTER:
+                segmenter = load_scorer("segmenter", rl.segmenter, str(self.device))
             self.reward = LayoutReward(
-                load_scorer("detector", rl.detector, str(self.device)), rl.reward, rl.confidence_weight
+                load_scorer("detector", rl.detector, str(self.device)),
+                rl.reward,
+                rl.confidence_weight,
+                rl.reward_threshold,
+                segmenter,
             )
         self.critic = None
         if rl.algorithm == "ppo" and self.baseline == "critic":
@@ -115,8 +122,11 @@ class RLStage:
         if self.prompt_file is not None:
             layouts = [self.prompt_file[(start + k) % len(self.prompt_file)] for k in range(prompts)]
         else:
+            rl, resolution = self.rl, self.config.model.resolution
             layouts = [
-                prompt_only_layout(start + k, self.rl.prompt_seed, resolution=self.config.model.resolution)
+                prompt_only_layout(
+                    start + k, rl.prompt_seed, resolution=resolution, geometry=rl.prompt_geometry
+                )
                 for k in range(prompts)
             ]
         return [layout for layout in layouts for _ in range(group)]

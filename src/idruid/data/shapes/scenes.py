@@ -1,5 +1,6 @@
 """Sampling scenes: random shapes placed on the pixel grid so that every box is exactly the
-visible bounding box of its shape (the ground truth the analytic scorers recover)."""
+visible bounding box of its shape (the ground truth the analytic scorers recover), with boxes
+drawn by one of the geometries of idruid.data.shapes.geometry."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from idruid.colors import COLOR_NAMES
 from idruid.layout import MAX_INSTANCES
 
 from .drawing import drawing_order, shape_mask
+from .geometry import MIN_SIDE, SCORED_SAME_COLOR_GAP, Geometry, get_geometry
 from .world import RESOLUTION, SHAPES, TEXTURES, Scene, ShapeSpec
 
 SIZE_RANGE = (0.2, 0.45)  # box side, as a share of the image side
@@ -127,20 +129,138 @@ def _try_scene(rng: np.random.Generator, num_shapes: int, grid: int, lo: float, 
     return Scene(tuple(specs))
 
 
-def sample_scene(rng: np.random.Generator, num_shapes: int, grid: int = RESOLUTION) -> Scene:
-    """A random scene of ``num_shapes`` shapes whose box edges lie on a ``grid`` x ``grid`` lattice.
-
-    Boxes: sides 0.2-0.45 of the image (shrunk step by step when crowded scenes keep failing),
-    aspect 0.75-1.33, pairwise IoU <= 0.15, no box more than 30% covered by the others, boxes
-    of the same colour at least three cells apart, and every shape, drawn larger-first, left in
-    one piece with its whole extent visible (its box is its visible bounding box). Colours may
-    repeat, as in COCO-MIG.
-    """
-    if not 1 <= num_shapes <= MAX_INSTANCES:
-        raise ValueError(f"num_shapes must be in 1..{MAX_INSTANCES}, got {num_shapes}")
+def _narrow_scene(rng: np.random.Generator, num_shapes: int, grid: int) -> Scene:
     for restart in range(_MAX_RESTARTS):
         scale = _SHRINK ** (restart // _RESTARTS_PER_SCALE)
         scene = _try_scene(rng, num_shapes, grid, SIZE_RANGE[0] * scale, SIZE_RANGE[1] * scale)
         if scene is not None:
             return scene
     raise RuntimeError(f"could not place {num_shapes} shapes on a {grid}x{grid} grid")
+
+
+# ----------------------------------------------------------------------------- other geometries
+
+
+def _box_of_size(
+    rng: np.random.Generator,
+    grid: int,
+    size: float,
+    geometry: Geometry,
+    odd_width: bool,
+    placed: Sequence[tuple[int, ...]],
+) -> tuple[int, ...]:
+    """A box in grid cells with sqrt(area) ``size`` (share of the side) and the geometry's aspect,
+    sides in [MIN_SIDE, grid] (scaled with the grid), placed uniformly, or with probability
+    ``geometry.cluster`` with its centre inside one of the ``placed`` boxes."""
+    floor = max(3, round(MIN_SIDE * grid / RESOLUTION))
+    aspect = geometry.aspect.draw(rng)
+    width, height = size * grid / math.sqrt(aspect), size * grid * math.sqrt(aspect)
+    if max(width, height) > grid:  # too long for the image: the other side keeps the area
+        width, height = (grid, height * width / grid) if width > height else (width * height / grid, grid)
+    width = min(max(round(width), floor), grid)
+    height = min(max(round(height), floor), grid)
+    if odd_width and width % 2 == 0:  # a centred apex pixel: triangles keep their top row
+        width = width + 1 if width < grid else width - 1
+    if placed and rng.random() < geometry.cluster:
+        host = placed[int(rng.integers(0, len(placed)))]
+        cx, cy = rng.uniform(host[0], host[2]), rng.uniform(host[1], host[3])
+        x0 = min(max(round(cx - width / 2), 0), grid - width)
+        y0 = min(max(round(cy - height / 2), 0), grid - height)
+    else:
+        x0 = int(rng.integers(0, grid - width + 1))
+        y0 = int(rng.integers(0, grid - height + 1))
+    return (x0, y0, x0 + width, y0 + height)
+
+
+def _visible(order: Sequence[int], masks: Sequence[np.ndarray], boxes, check: Sequence[int]) -> bool:
+    """True when each shape in ``check``, under everything drawn after it (``order``: drawing
+    order), stays in one piece with its whole extent (its box is its visible bounding box)."""
+    rank = {k: r for r, k in enumerate(order)}
+    for k in check:
+        later = [masks[j] for j in order[rank[k] + 1 :] if _overlaps(boxes[j], boxes[k])]
+        if not later:
+            continue
+        hidden = masks[k] & np.logical_or.reduce(later)
+        if not hidden.any():
+            continue
+        visible = masks[k] & ~hidden
+        if not visible.any() or _extent(visible) != _extent(masks[k]) or ndimage.label(visible)[1] != 1:
+            return False
+    return True
+
+
+def _try_geometry_scene(
+    rng: np.random.Generator, num_shapes: int, grid: int, geometry: Geometry, gap: int, scale: float
+) -> Scene | None:
+    colors = [COLOR_NAMES[i] for i in rng.integers(0, len(COLOR_NAMES), num_shapes)]
+    shapes = [SHAPES[i] for i in rng.integers(0, len(SHAPES), num_shapes)]
+    textures = [TEXTURES[i] for i in rng.integers(0, len(TEXTURES), num_shapes)]
+    law = geometry.size_law(num_shapes)
+    # placed larger first, as a scene is drawn, so that smaller shapes settle on larger ones
+    sizes = sorted((law.draw(rng) * scale for _ in range(num_shapes)), reverse=True)
+    near_color = np.ones((2 * gap + 1,) * 2, dtype=bool)  # dilation by the same-colour gap
+    boxes: list[tuple[int, ...]] = []
+    specs: list[ShapeSpec] = []
+    masks: list[np.ndarray] = []
+    reach: list[np.ndarray | None] = []  # each shape dilated by the same-colour gap (if needed)
+    for k in range(num_shapes):
+        for _ in range(_PLACEMENT_TRIES):
+            box = _box_of_size(rng, grid, sizes[k], geometry, shapes[k] == "triangle", boxes)
+            if geometry.max_pair_iou < 1.0 and any(pair_iou(box, b) > geometry.max_pair_iou for b in boxes):
+                continue
+            spec = ShapeSpec(colors[k], shapes[k], textures[k], tuple(v / grid for v in box))
+            mask = shape_mask(spec, grid)
+            if _extent(mask) != (box[0], box[1], box[2] - 1, box[3] - 1):
+                continue  # a triangle wider than twice its height leaves its bottom corners empty
+            if any(
+                reach[j] is not None and colors[j] == colors[k] and (reach[j] & mask).any() for j in range(k)
+            ):
+                continue
+            near = [j for j, other in enumerate(boxes) if _overlaps(other, box)]
+            trial_boxes = [*boxes, box]
+            if not near or _visible(
+                drawing_order(range(k + 1), trial_boxes), [*masks, mask], trial_boxes, [*near, k]
+            ):
+                boxes.append(box)
+                specs.append(spec)
+                masks.append(mask)
+                later_same = colors[k] in colors[k + 1 :]
+                reach.append(ndimage.binary_dilation(mask, structure=near_color) if later_same else None)
+                break
+        else:
+            return None
+    return Scene(tuple(specs[k] for k in rng.permutation(num_shapes)))  # instances in random order
+
+
+def sample_scene(
+    rng: np.random.Generator,
+    num_shapes: int,
+    grid: int = RESOLUTION,
+    geometry: str = "narrow",
+    same_color_gap: int = SCORED_SAME_COLOR_GAP,
+) -> Scene:
+    """A random scene of ``num_shapes`` shapes whose box edges lie on a ``grid`` x ``grid`` lattice,
+    with boxes drawn by ``geometry`` (idruid.data.shapes.geometry.GEOMETRIES).
+
+    Every shape, drawn larger-first, is left in one piece with its whole extent visible (its box
+    is its visible bounding box), and shapes of one colour keep ``same_color_gap`` background
+    pixels between them. Shapes are placed larger first; when a crowded scene keeps failing to
+    place, its sizes shrink step by step. Colours may repeat, as in COCO-MIG.
+
+    ``narrow`` (the world's first geometry, unchanged draw for draw, ``same_color_gap`` not
+    read): sides 0.2-0.45 of the image, aspect 0.75-1.33, pairwise IoU <= 0.15, no box more than
+    30% covered by the others, boxes of the same colour at least three cells apart.
+    """
+    if not 1 <= num_shapes <= MAX_INSTANCES:
+        raise ValueError(f"num_shapes must be in 1..{MAX_INSTANCES}, got {num_shapes}")
+    spec = get_geometry(geometry)
+    if spec.name == "narrow":
+        return _narrow_scene(rng, num_shapes, grid)
+    for restart in range(_MAX_RESTARTS):
+        scale = _SHRINK ** (restart // _RESTARTS_PER_SCALE)
+        scene = _try_geometry_scene(rng, num_shapes, grid, spec, same_color_gap, scale)
+        if scene is not None:
+            return scene
+    raise RuntimeError(
+        f"could not place {num_shapes} shapes of geometry {geometry!r} on a {grid}x{grid} grid"
+    )
