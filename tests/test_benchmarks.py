@@ -48,6 +48,13 @@ def test_default_scorers():
     )
 
 
+def test_the_judge_rule_defaults_to_the_scripts_and_is_checked():
+    assert check_scorers(BENCHMARKS["shapes-sam"]).judge_rule == "generate"
+    assert check_scorers(BENCHMARKS["shapes-sam"], judge_rule="logits").judge_rule == "logits"
+    with pytest.raises(ScoringError, match="--judge-rule vote: expected one of generate, logits"):
+        check_scorers(BENCHMARKS["shapes-sam"], judge_rule="vote")
+
+
 def test_layouts_need_their_folder_and_are_selected_in_index_order():
     with pytest.raises(ScoringError, match="coco-mig needs --bench-dir"):
         select_layouts(BENCHMARKS["coco-mig"])

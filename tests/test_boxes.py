@@ -14,8 +14,8 @@ from idruid.boxes import (
     patch_geometry,
     patch_pixel_masks,
     pixel_masks,
-    pixel_windows,
     to_pixels,
+    truncated_windows,
 )
 
 # ----------------------------------------------------------------------------- IoU, centre and covering rules
@@ -41,7 +41,6 @@ def test_box_iou_broadcasts_and_pairwise_matches():
     assert pairwise_iou(a, np.zeros((0, 4))).shape == (2, 0)
 
 
-
 def test_pair_iou_equals_box_iou_exactly():
     """The shapes sampler's scalar IoU: the same float64 as box_iou, on integer grid boxes (what
     the sampler passes, ints divided exactly), on floats, and on touching, nested, inverted
@@ -59,6 +58,7 @@ def test_pair_iou_equals_box_iou_exactly():
     for a, b in pairs:
         assert pair_iou(a.tolist(), b.tolist()) == float(box_iou(a, b))
     assert pair_iou([0, 0, 8, 8], [2, 2, 4, 4]) == 4 / 64 and pair_iou([3, 3, 3, 3], [3, 3, 3, 3]) == 0.0
+
 
 def test_pixel_masks_use_pixel_centres():
     masks = pixel_masks(np.array([[0.0, 0.0, 0.5, 0.25], [0.5, 0.0, 1.0, 0.25]]), 4, 4)
@@ -138,9 +138,13 @@ def test_to_pixels_scales_without_rounding():
     np.testing.assert_allclose(to_pixels(np.array([0.33, 0.2, 0.5, 1.0]), 40, 50), [[16.5, 8.0, 25.0, 40.0]])
 
 
-def test_cxcywh_to_xyxy_hand_worked_and_clipped():
+def test_cxcywh_to_xyxy_hand_worked_and_not_clipped():
     boxes = np.array([[0.5, 0.5, 0.2, 0.4], [0.05, 0.9, 0.2, 0.4]])
-    np.testing.assert_allclose(cxcywh_to_xyxy(boxes), [[0.4, 0.3, 0.6, 0.7], [0.0, 0.7, 0.15, 1.0]])
+    # the second box leaves the image at the left and the bottom, and keeps its corners there
+    np.testing.assert_allclose(cxcywh_to_xyxy(boxes), [[0.4, 0.3, 0.6, 0.7], [-0.05, 0.7, 0.15, 1.1]])
+    float32 = cxcywh_to_xyxy(boxes.astype(np.float32))
+    assert float32.dtype == np.float32
+    assert float32[1, 0] == np.float32(0.05) - np.float32(0.2) / np.float32(2)  # in float32, as GroundingDINO
 
 
 def test_mask_box_lies_on_pixel_edges():
@@ -155,19 +159,22 @@ def test_mask_box_lies_on_pixel_edges():
 # ----------------------------------------------------------------------------- centre rule
 
 
-def test_pixel_windows_hold_the_centre_rule_pixels_or_the_one_under_the_centre():
-    # 4 rows x 8 columns: pixel centres at (j + 0.5) / 8 in x, (i + 0.5) / 4 in y
+def test_truncated_windows_by_hand():
+    """The LayoutSAM-eval script's crop: round(x, 3) as float32, times the side in float32,
+    truncated; a window that holds no pixel is widened to the pixel where it starts."""
     boxes = np.array(
         [
-            [0.0, 0.0, 0.5, 0.5],  # centres 0.0625..0.4375 -> columns 0-3; 0.125, 0.375 -> rows 0-1
-            [0.51, 0.26, 0.52, 0.27],  # no centre inside: floor(0.515 * 8) = 4, floor(0.265 * 4) = 1
-            [0.0, 0.625, 1.0, 1.0],  # the half-open rule: row 2's centre 0.625 is inside, row 3 too
+            [0.0, 0.0, 0.5, 0.5],  # columns 0-3 of 8, rows 0-1 of 4
+            [0.1249, 0.1, 0.62, 0.9],  # 0.1249 rounds to 0.125 -> column 1 (unrounded: 0); 4.96 -> 4
+            [0.51, 0.26, 0.52, 0.27],  # 4.08 and 4.16 both truncate to 4: widened to column 4, row 1
+            [0.99, 0.99, 1.0, 1.0],  # the bottom-right pixel
         ]
     )
-    assert pixel_windows(boxes, 4, 8).tolist() == [[0, 2, 0, 4], [1, 2, 4, 5], [2, 4, 0, 8]]
-    masks = pixel_masks(boxes, 4, 8)
-    assert masks[1].sum() == 0  # the mask rule keeps nothing where the window keeps one pixel
-    assert masks[2].sum() == 16 and masks[2][2:].all()
+    assert truncated_windows(boxes, 4, 8).tolist() == [[0, 2, 0, 4], [0, 3, 1, 4], [1, 2, 4, 5], [3, 4, 7, 8]]
+    # float32, as the script's tensors: 0.21 * 300 is 62.999996 (62, float64 says 63) and
+    # 0.41 * 300 is 123.00001 (123, float64 says 122.99999999999999, so 122)
+    assert truncated_windows(np.array([[0.21, 0.41, 0.5, 0.6]]), 300, 300).tolist() == [[123, 180, 62, 150]]
+    assert int(torch.tensor(0.21) * 300) == 62 and int(torch.tensor(0.41) * 300) == 123
 
 
 def test_the_centre_and_covering_rules_differ_only_as_stated():

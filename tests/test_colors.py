@@ -1,24 +1,58 @@
-"""COCO-MIG colour maths: OpenCV HSV against colorsys, the published ranges, the 20% check."""
+"""COCO-MIG colour maths: OpenCV's 8-bit HSV against its integer algorithm and colorsys, the
+published ranges, the float32 20% check."""
 
 import colorsys
 
 import numpy as np
 import pytest
 
-from idruid.colors import COLOR_NAMES, color_fraction, color_membership, color_passes, rgb_to_hsv_cv
+from idruid.colors import (
+    COLOR_NAMES,
+    color_fraction,
+    color_membership,
+    color_passes,
+    fraction_passes,
+    hsv_opencv,
+    in_range_fraction,
+)
 
 
-def test_hsv_matches_colorsys_on_random_pixels():
-    rgb = np.random.default_rng(0).integers(0, 256, size=(2000, 3), dtype=np.uint8)
-    hsv = rgb_to_hsv_cv(rgb)
-    expected = np.array([colorsys.rgb_to_hsv(*(px / 255.0)) for px in rgb])
-    assert np.allclose(hsv[:, 0], expected[:, 0] * 180.0, atol=1e-6)
-    assert np.allclose(hsv[:, 1], expected[:, 1] * 255.0, atol=1e-6)
-    assert np.allclose(hsv[:, 2], expected[:, 2] * 255.0, atol=1e-6)
+def opencv_integer_hsv(rgb: np.ndarray) -> np.ndarray:
+    """OpenCV's 8-bit RGB->HSV written out from its fixed-point tables (H and S through 12-bit
+    reciprocals, rounded by +2048 >> 12), an independent copy of the rule cv2.cvtColor applies."""
+    rgb = np.asarray(rgb, dtype=np.int64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    steps = np.arange(256)
+    sdiv = np.where(steps > 0, np.round(255 * 4096 / np.maximum(steps, 1)), 0).astype(np.int64)
+    hdiv = np.where(steps > 0, np.round(180 * 4096 / (6 * np.maximum(steps, 1))), 0).astype(np.int64)
+    v = rgb.max(axis=-1)
+    d = v - rgb.min(axis=-1)
+    s = (d * sdiv[v] + 2048) >> 12
+    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * d, r - g + 4 * d))
+    h = (h * hdiv[d] + 2048) >> 12
+    h = np.where(h < 0, h + 180, h)
+    return np.stack([h, s, v], axis=-1).astype(np.uint8)
+
+
+def test_hsv_is_opencvs_integer_algorithm():
+    rgb = np.random.default_rng(0).integers(0, 256, size=(200_000, 3), dtype=np.uint8)
+    greys_and_primaries = np.array([[0, 0, 0], [255, 255, 255], [7, 7, 7], [255, 0, 0], [0, 1, 0]], np.uint8)
+    rgb = np.concatenate([rgb, greys_and_primaries])
+    np.testing.assert_array_equal(hsv_opencv(rgb), opencv_integer_hsv(rgb))
+
+
+def test_hsv_is_close_to_colorsys():
+    rgb = np.random.default_rng(1).integers(0, 256, size=(2000, 3), dtype=np.uint8)
+    hsv = hsv_opencv(rgb).astype(np.float64)
+    exact = np.array([colorsys.rgb_to_hsv(*(px / 255.0)) for px in rgb]) * [180.0, 255.0, 255.0]
+    hue_gap = np.abs(hsv[:, 0] - exact[:, 0])
+    assert np.minimum(hue_gap, 180 - hue_gap).max() <= 1.0 and np.abs(hsv[:, 1:] - exact[:, 1:]).max() <= 1.0
 
 
 def test_hsv_keeps_leading_shape():
-    assert rgb_to_hsv_cv(np.zeros((4, 5, 3), dtype=np.uint8)).shape == (4, 5, 3)
+    assert hsv_opencv(np.zeros((4, 5, 3), dtype=np.uint8)).shape == (4, 5, 3)
+    assert color_membership(np.zeros((2, 4, 5, 3), dtype=np.uint8)).shape == (2, 4, 5, 7)
+    assert color_membership(np.zeros((0, 3), dtype=np.uint8)).shape == (0, 7)
 
 
 @pytest.mark.parametrize(
@@ -32,7 +66,9 @@ def test_hsv_keeps_leading_shape():
         ((255, 255, 255), {"white"}),
         ((150, 90, 30), {"brown"}),
         ((128, 128, 128), set()),
-        ((200, 30, 0), {"red"}),  # H = 4.5 rounds to 4 (half to even, as OpenCV): not yet brown
+        ((200, 30, 0), {"red"}),  # H = 4: (30 * 614 + 2048) >> 12; exactly 4.5. Not yet brown
+        # H = 90 in OpenCV's tables: (343 * 1069 + 2048) >> 12; the exact 89.48 would round to 89 (green)
+        ((0, 115, 113), {"blue"}),
     ],
 )
 def test_membership_of_reference_colours(rgb, expected):
@@ -43,7 +79,7 @@ def test_membership_of_reference_colours(rgb, expected):
 def test_red_and_brown_overlap_kept_as_published():
     # H = 8 (OpenCV units), S and V high: inside both red (0-9) and brown (6-25).
     rgb = np.array([200, int(round(200 * 16 / 60)), 0], np.uint8)
-    assert round(float(rgb_to_hsv_cv(rgb)[0])) == 8
+    assert hsv_opencv(rgb)[0] == 8
     member = dict(zip(COLOR_NAMES, color_membership(rgb), strict=True))
     assert member["red"] and member["brown"]
 
@@ -62,6 +98,14 @@ def test_color_fraction_counts_only_masked_pixels():
     assert color_fraction(image, mask, "black") == pytest.approx(0.5)
     assert color_fraction(image, np.zeros((4, 4), bool), "red") == 0.0
     assert color_passes(image, mask, "red") and not color_passes(image, mask, "blue")
+    assert not color_passes(image, np.zeros((4, 4), bool), "red")  # an empty mask fails
+
+
+def test_the_fraction_is_float32_and_exactly_20_percent_passes():
+    assert in_range_fraction(1, 5) == np.float32(0.2) and in_range_fraction(1, 5).dtype == np.float32
+    assert fraction_passes(in_range_fraction(10_000, 50_000))  # exactly 20%
+    assert not fraction_passes(in_range_fraction(9_999, 50_000))  # one pixel short
+    assert in_range_fraction(0, 0) == 0.0
 
 
 def test_unknown_colour_is_an_error():

@@ -1,9 +1,10 @@
 """`idruid eval` / `idruid score` on LayoutSAM-eval and the `--judge` flag: tiny parquet shards, the
 embedded model as the generator and a tiny random Llava as the VLM judge.
 
-The judge's verdicts are recomputed here one box at a time (one unpadded forward per question,
-the spatial gate applied by hand) and micro-averaged by hand, so the test checks the wiring
-(detailed captions, image names, levels, the gate, the averages) against an independent path.
+The judge's verdicts are recomputed here one box at a time (one unpadded forward per question, or
+one greedy loop for the default rule, the spatial gate applied by hand) and micro-averaged by
+hand, so the test checks the wiring (short captions as subjects, detailed captions as
+descriptions, image names, levels, the gate, the averages) against an independent path.
 """
 
 import json
@@ -27,7 +28,8 @@ from idruid.scorers.vlm_judge import (
     ATTRIBUTES,
     VlmJudge,
     attribute_question,
-    box_crops_pixels,
+    box_crops,
+    says_yes,
     spatial_question,
 )
 from idruid.scoring import Scorers, load_image, score_folder
@@ -72,6 +74,7 @@ ROWS = [  # (width, height, [(pixel box, short caption, detailed caption), ...])
     ),
 ]
 DETAILED = [[d for _, _, d in boxes] for _, _, boxes in ROWS]
+SHORT = [[s for _, s, _ in boxes] for _, _, boxes in ROWS]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,21 +104,25 @@ def bench(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
     shapes = [c for layout in benchmark_layouts("shapes-sam")[:40] for c in layout.captions]
-    captions = [c for row in DETAILED for c in row] + shapes
-    # seed 4: on the eval images below some boxes fail the spatial question, and of those that
+    captions = [c for row in DETAILED + SHORT for c in row] + shapes
+    # seed 2: on the eval images below some boxes fail the spatial question, and of those that
     # pass, some attributes are answered "Yes" and some "No" (so every branch is exercised)
-    return build_tiny_llava(tmp_path_factory.mktemp("vlm"), captions, seed=4)
+    return build_tiny_llava(tmp_path_factory.mktemp("vlm"), captions, seed=2)
 
 
 @pytest.fixture(scope="module")
 def vlm(vlm_dir) -> VlmJudge:
-    return VlmJudge.from_pretrained(vlm_dir)
+    """The judge by the logit rule (``--judge-rule logits``), whose answers can be checked for
+    their distance from a tie."""
+    return VlmJudge.from_pretrained(vlm_dir, rule="logits")
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, bench, vlm_dir):
+    """``idruid eval`` judged by the logit rule; the default rule is checked on its images below."""
     out = tmp_path_factory.mktemp("eval") / "layoutsam"
     args = ["eval", "--benchmark", "layoutsam-eval", "--bench-dir", str(bench), "--judge", str(vlm_dir)]
+    args += ["--judge-rule", "logits"]
     assert main([*args, "--steps", "2", "--score-batch-size", "3", "--out", str(out)]) == 0
     return out
 
@@ -140,26 +147,50 @@ def _margin(judge: VlmJudge, crop: np.ndarray, question: str) -> float:
     return float(logits[vocab["Yes"]] - logits[vocab["No"]])
 
 
-def _verdicts_by_hand(judge: VlmJudge, images, layouts) -> tuple[list[list[tuple]], float]:
-    """Each box's (spatial, colour, texture, shape), attributes asked only when spatial passes,
-    and the smallest |margin| met (how far every answer was from a tie)."""
+def _greedy(judge: VlmJudge, crop: np.ndarray, question: str, max_new_tokens: int = 32) -> str:
+    """One unpadded prompt decoded greedily by hand (a full forward per token, no cache)."""
+    inputs = judge.processor(
+        images=[Image.fromarray(crop)], text=[judge.prompt(question)], return_tensors="pt"
+    )
+    ids, stop, new = inputs["input_ids"], judge.model.generation_config.eos_token_id, []
+    stop = set(stop if isinstance(stop, list) else [] if stop is None else [stop])
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            token = int(
+                judge.model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0, -1].argmax()
+            )
+        new.append(token)
+        if token in stop:
+            break
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return judge.processor.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def _verdicts_by_hand(
+    judge: VlmJudge, images, layouts, rule: str = "logits"
+) -> tuple[list[list[tuple]], float]:
+    """Each box's (spatial, colour, texture, shape), the subject its short caption where the
+    layout has one, attributes asked only when spatial passes; and, by the logit rule, the
+    smallest |margin| met (how far every answer was from a tie)."""
     rows, closest = [], np.inf
+
+    def yes(crop, question) -> bool:
+        nonlocal closest
+        if rule == "generate":
+            return says_yes(_greedy(judge, crop, question))
+        margin = _margin(judge, crop, question)
+        closest = min(closest, abs(margin))
+        return margin > 0
+
     for image, layout in zip(images, layouts, strict=True):
         row = []
-        for crop, caption in zip(
-            box_crops_pixels(image, np.array(layout.boxes)), layout.captions, strict=True
+        subjects = layout.meta.get("short_captions", layout.captions)
+        for crop, caption, subject in zip(
+            box_crops(image, np.array(layout.boxes)), layout.captions, subjects, strict=True
         ):
-            margin = _margin(judge, crop, spatial_question(caption))
-            closest = min(closest, abs(margin))
-            verdict = [margin > 0]
-            for attribute in ATTRIBUTES:
-                if margin > 0:
-                    answer = _margin(judge, crop, attribute_question(attribute, caption, caption))
-                    closest = min(closest, abs(answer))
-                    verdict.append(answer > 0)
-                else:
-                    verdict.append(False)
-            row.append(tuple(verdict))
+            spatial = yes(crop, spatial_question(subject))
+            attributes = [spatial and yes(crop, attribute_question(a, subject, caption)) for a in ATTRIBUTES]
+            row.append((spatial, *attributes))
         rows.append(row)
     return rows, closest
 
@@ -176,6 +207,7 @@ def test_layouts_are_the_rows_with_detailed_captions(bench):
     layouts = select_layouts(BENCHMARKS["layoutsam-eval"], bench_dir=bench)
     assert [layout.meta["index"] for layout in layouts] == [0, 1, 2, 3]  # rows over the shards, in order
     assert [layout.captions for layout in layouts] == DETAILED
+    assert [layout.meta["short_captions"] for layout in layouts] == SHORT  # the judge's subjects
     assert [layout.level for layout in layouts] == [2, 3, 2, 3]
     assert layouts[3].boxes[1] == pytest.approx((100 / 1024, 300 / 768, 600 / 1024, 760 / 768))
     picked = select_layouts(BENCHMARKS["layoutsam-eval"], per_level=1, bench_dir=bench)
@@ -194,7 +226,7 @@ def test_layouts_are_the_rows_with_detailed_captions(bench):
 def test_eval_scores_the_saved_images_by_the_judge_protocol(evaluated, bench, vlm_dir, vlm):
     metrics = json.loads((evaluated / "metrics.json").read_text())
     assert set(metrics) == {"sam", "settings"}  # no COCO-MIG section without a detector
-    assert metrics["settings"]["judge"] == str(vlm_dir)
+    assert metrics["settings"]["judge"] == str(vlm_dir) and metrics["settings"]["judge_rule"] == "logits"
     assert metrics["settings"]["detector"] is None and metrics["settings"]["layouts"] == 4
     names = sorted(p.name for p in (evaluated / "images").iterdir())
     assert names == [f"layoutsam-eval_{k}.png" for k in range(4)]
@@ -216,14 +248,35 @@ def test_eval_scores_the_saved_images_by_the_judge_protocol(evaluated, bench, vl
     assert sam["L3"] == pytest.approx({**level3, "instances": 6, "images": 2})
     assert sam["avg"] == pytest.approx({k: (level2[k] + level3[k]) / 2 for k in level2})
     # and the same as aggregate_sam over the judge's own verdicts on the saved images
-    judged = vlm.judge(images, [np.array(lay.boxes) for lay in layouts], [lay.captions for lay in layouts])
+    judged = vlm.judge(*_judge_inputs(images, layouts))
     assert json.loads(json.dumps(aggregate_sam(judged, [2, 3, 2, 3]))) == sam
     assert "Per-attribute" in (evaluated / "table.md").read_text() and (evaluated / "grid.png").is_file()
+
+
+def _judge_inputs(images, layouts) -> tuple:
+    """A judge's arguments for layouts read from LayoutSAM: boxes, detailed captions, short ones."""
+    boxes = [np.array(lay.boxes) for lay in layouts]
+    return images, boxes, [lay.captions for lay in layouts], [lay.meta["short_captions"] for lay in layouts]
+
+
+def test_the_default_rule_is_the_scripts(evaluated, bench, vlm_dir, vlm, tmp_path):
+    """``idruid score`` without --judge-rule reads written answers (greedy generation holding
+    "Yes" or "yes"), the short captions naming each box's subject."""
+    out = tmp_path / "score"
+    args = ["score", "--benchmark", "layoutsam-eval", "--bench-dir", str(bench), "--judge", str(vlm_dir)]
+    assert main([*args, "--images", str(evaluated / "images"), "--out", str(out)]) == 0
+    scored = json.loads((out / "metrics.json").read_text())
+    assert scored["settings"]["judge_rule"] == "generate"
+    names = [f"layoutsam-eval_{k}.png" for k in range(4)]
+    images = np.stack([load_image(evaluated / "images" / name) for name in names])
+    rows, _ = _verdicts_by_hand(vlm, images, read_layoutsam(bench).layouts, rule="generate")
+    assert scored["sam"]["all"] == pytest.approx({**_rates(rows), "instances": 10, "images": 4})
 
 
 def test_score_of_the_eval_folder_equals_eval(evaluated, bench, vlm_dir, tmp_path):
     out = tmp_path / "score"
     args = ["score", "--benchmark", "layoutsam-eval", "--bench-dir", str(bench), "--judge", str(vlm_dir)]
+    args += ["--judge-rule", "logits"]
     assert main([*args, "--images", str(evaluated / "images"), "--out", str(out)]) == 0
     evaluated_metrics = json.loads((evaluated / "metrics.json").read_text())
     scored = json.loads((out / "metrics.json").read_text())
@@ -237,7 +290,16 @@ def test_score_with_a_limit_and_a_detector(evaluated, bench, vlm_dir, vlm, tmp_p
     (asked one object name at a time, as for GroundingDINO; images at their own size)."""
     out = tmp_path / "score"
     args = ["score", "--benchmark", "layoutsam-eval", "--bench-dir", str(bench), "--judge", str(vlm_dir)]
-    args += ["--images", str(evaluated / "images"), "--limit", "2", "--out", str(out)]
+    args += [
+        "--images",
+        str(evaluated / "images"),
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+        "--judge-rule",
+        "logits",
+    ]
     assert main([*args, "--detector", "analytic", "--segmenter", "analytic"]) == 0
     scored = json.loads((out / "metrics.json").read_text())
     assert set(scored) == {"mig", "leakage", "sam", "settings"}
@@ -246,23 +308,24 @@ def test_score_with_a_limit_and_a_detector(evaluated, bench, vlm_dir, vlm, tmp_p
     images = np.stack([load_image(evaluated / "images" / f"layoutsam-eval_{k}.png") for k in range(2)])
     rows = score_coco_mig(images, layouts, AnalyticDetector(), AnalyticSegmenter(), separate_queries=True)
     assert scored["mig"] == json.loads(json.dumps(aggregate_mig(rows, [2, 3])))
-    judged = vlm.judge(images, [np.array(lay.boxes) for lay in layouts], [lay.captions for lay in layouts])
+    judged = vlm.judge(*_judge_inputs(images, layouts))
     assert scored["sam"] == json.loads(json.dumps(aggregate_sam(judged, [2, 3])))
     assert scored["sam"]["L2"]["instances"] == 2 and scored["sam"]["L3"]["instances"] == 3
 
 
 class Recording:
-    """Wraps a judge and records the captions it is asked about."""
+    """Wraps a judge and records the captions and subjects it is asked about."""
 
     def __init__(self, judge):
-        self.judge_, self.captions = judge, []
+        self.judge_, self.captions, self.subjects = judge, [], []
 
-    def judge(self, images, boxes, captions):
+    def judge(self, images, boxes, captions, subjects=None):
         self.captions += [list(c) for c in captions]
-        return self.judge_.judge(images, boxes, captions)
+        self.subjects += [list(s) for s in subjects]
+        return self.judge_.judge(images, boxes, captions, subjects)
 
 
-def test_the_judge_is_asked_about_the_detailed_captions(evaluated, bench, vlm):
+def test_the_judge_is_asked_about_the_short_and_detailed_captions(evaluated, bench, vlm):
     layouts = select_layouts(BENCHMARKS["layoutsam-eval"], bench_dir=bench)
     recording = Recording(vlm)
     metrics, images = score_folder(
@@ -273,6 +336,7 @@ def test_the_judge_is_asked_about_the_detailed_captions(evaluated, bench, vlm):
         batch_size=3,
     )
     assert recording.captions == DETAILED  # in two chunks of 3 and 1 images
+    assert recording.subjects == SHORT
     assert len(images) == 4 and images[3].shape[2] == 3
     assert json.loads(json.dumps(metrics)) == _scores_only(
         json.loads((evaluated / "metrics.json").read_text())
@@ -290,7 +354,9 @@ def test_shapes_sam_with_a_vlm_judge_asks_the_vlm(tmp_path, vlm_dir, vlm):
         Image.fromarray(image).save(folder / f"truth_{layout.meta['index']}.png")
     base = ["score", "--benchmark", "shapes-sam", "--per-level", "1", "--images", str(folder)]
     assert main([*base, "--out", str(tmp_path / "analytic")]) == 0
-    assert main([*base, "--judge", str(vlm_dir), "--out", str(tmp_path / "vlm")]) == 0
+    assert (
+        main([*base, "--judge", str(vlm_dir), "--judge-rule", "logits", "--out", str(tmp_path / "vlm")]) == 0
+    )
     analytic = json.loads((tmp_path / "analytic" / "metrics.json").read_text())
     asked = json.loads((tmp_path / "vlm" / "metrics.json").read_text())
     assert asked["settings"]["judge"] == str(vlm_dir) and analytic["settings"]["judge"] == "analytic"

@@ -131,8 +131,9 @@ def test_resize_linear_matches_a_naive_loop(shape):
     image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
     for height, width in ((16, 12), (5, 7), (2, 2)):
         exact = _naive_resize(image, height, width)
-        # rounded to the nearest integer (ties either way: the float sums differ in their last bits)
-        assert np.abs(resize_linear(image, height, width) - exact).max() <= 0.5 + 1e-9
+        # cv2 rounds fixed-point weights and sums, so a value may be one off the exact nearest
+        # integer (the COCO-MIG parity fixture checks cv2's own values); the rule is bilinear's
+        assert np.abs(resize_linear(image, height, width) - exact).max() < 1.0
 
 
 # ----------------------------------------------------------------------------- image files
@@ -384,7 +385,7 @@ def test_grounding_dino_and_sam_path_end_to_end(dino_dir, sam_dir, bench_dir, tm
 
     assert scored.shape == (4, 512, 512, 3)  # scored at 512x512, as COCO-MIG's scorer does
     assert set(metrics) == {"mig", "leakage"}  # no LayoutSAM judge for COCO-MIG
-    assert set(metrics["mig"]) == {"L2", "L3", "all", "avg"}
+    assert set(metrics["mig"]) == {"L2", "L3", "all", "avg", "averages"}
     assert metrics["mig"]["all"]["instances"] == 9 and metrics["mig"]["L3"]["images"] == 1
     # one object name per prompt, each distinct name of an image once, in chunks of 3 images
     assert [len(call) for call in asked.asked] == [6, 2]  # names 2 + 1 (cup twice) + 3, then 2

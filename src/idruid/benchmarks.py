@@ -28,6 +28,7 @@ from .data.shapes.splits import BENCHMARKS as SHAPES_BENCHMARKS
 from .layout import Layout
 from .scorers.registry import SCORERS, check_scorer
 from .scorers.sam import sam_model_type
+from .scorers.vlm_judge import ANSWER_RULES, DEFAULT_RULE
 
 MIG_RESOLUTION = 512  # COCO-MIG's scorer resizes every image to 512x512
 # COCO-MIG scoring protocols -> the side images are resized to (None: scored at their own size).
@@ -175,6 +176,7 @@ class ScorerSpecs(NamedTuple):
     detector: str | None
     segmenter: str | None
     judge: str | None
+    judge_rule: str = DEFAULT_RULE  # how a VLM judge's answer is read (vlm_judge.ANSWER_RULES)
 
 
 def _check_judge(benchmark: Benchmark, judge: str | None) -> str | None:
@@ -201,6 +203,7 @@ def check_scorers(
     segmenter: str | None = None,
     judge: str | None = None,
     mig_protocol: str = "mig-bench",
+    judge_rule: str = DEFAULT_RULE,
 ) -> ScorerSpecs:
     """The detector, segmenter and judge specs, checked without loading a model (so that
     ``idruid eval`` fails before generating): a registry name or a directory holding the model's
@@ -209,6 +212,8 @@ def check_scorers(
     section when given both a detector and a segmenter. The "druid" COCO-MIG protocol needs a
     SAM-HQ directory."""
     benchmark.resize(mig_protocol)  # a known protocol
+    if judge_rule not in ANSWER_RULES:
+        raise ScoringError(f"--judge-rule {judge_rule}: expected one of {', '.join(ANSWER_RULES)}")
     if benchmark.needs_detector and (detector is None or segmenter is None):
         raise ScoringError(
             f"{benchmark.name} is scored with GroundingDINO and SAM: "
@@ -221,7 +226,7 @@ def check_scorers(
         )
     judge = _check_judge(benchmark, judge)
     if not benchmark.shapes_world and detector is None:
-        return ScorerSpecs(None, None, judge)
+        return ScorerSpecs(None, None, judge, judge_rule)
     detector = check_scorer("detector", detector or "analytic")
     segmenter = check_scorer("segmenter", segmenter or "analytic")
     if segmenter not in SCORERS["segmenter"].analytic and mig_protocol == "druid":
@@ -230,7 +235,7 @@ def check_scorers(
                 f"--segmenter {segmenter}: the druid protocol segments with SAM-HQ, this is "
                 f"{sam_model_type(segmenter)!r}"
             )
-    return ScorerSpecs(detector, segmenter, judge)
+    return ScorerSpecs(detector, segmenter, judge, judge_rule)
 
 
 # ----------------------------------------------------------------------------- resolved once
@@ -259,10 +264,11 @@ def resolve(
     segmenter: str | None = None,
     judge: str | None = None,
     mig_protocol: str = "mig-bench",
+    judge_rule: str = DEFAULT_RULE,
 ) -> BenchmarkRun:
     """The benchmark ``name`` with its layouts selected (see select_layouts) and its scorers
     checked (see check_scorers), in that order, nothing loaded."""
     benchmark = get_benchmark(name)
     layouts = select_layouts(benchmark, per_level, bench_dir, limit)
-    specs = check_scorers(benchmark, detector, segmenter, judge, mig_protocol)
+    specs = check_scorers(benchmark, detector, segmenter, judge, mig_protocol, judge_rule)
     return BenchmarkRun(benchmark, layouts, specs, mig_protocol)

@@ -2,14 +2,16 @@
 
 Boxes are normalised ``[x0, y0, x1, y1]`` (top-left and bottom-right corners, as in the paper)
 unless a name says otherwise. Pixel j of a row of ``width`` pixels spans [j / width, (j + 1) /
-width) and has its centre at (j + 0.5) / width. Two rules turn a box into pixels, and they
+width) and has its centre at (j + 0.5) / width. Three rules turn a box into pixels, and they
 differ on purpose:
 
-- **centre rule** (``pixel_masks``, ``pixel_windows``, ``patch_pixel_masks``): a pixel is
-  inside when its centre is, half-open (``x0 <= centre < x1``), so adjacent boxes share no
-  pixel and a box covers as many pixels as its area says, to within one row and column. This
-  is how the shapes world draws shapes, how COCO-MIG's colour check and the leakage rate read
-  a box, how the VLM judge crops it and how the IDM reads a box inside a token cell.
+- **centre rule** (``pixel_masks``, ``patch_pixel_masks``): a pixel is inside when its centre
+  is, half-open (``x0 <= centre < x1``), so adjacent boxes share no pixel and a box covers as
+  many pixels as its area says, to within one row and column. This is how the shapes world
+  draws shapes, how the leakage rate reads a box and how the IDM reads a box inside a token cell.
+- **truncation rule** (``truncated_windows``): LayoutSAM-eval's crop, as CreatiLayout's
+  scoring script takes it: each coordinate rounded to 3 decimals, times the image side in
+  float32, truncated to an integer; the crop runs from the first corner to before the second.
 - **covering rule** (``covering_cells``): a cell is inside when the box covers any part of it
   (open on both sides: a box ending exactly on a cell edge does not reach the next cell), so
   a box smaller than a cell still marks the cell it sits in. This is the attention mask of
@@ -18,8 +20,9 @@ differ on purpose:
 
 The other conversions: ``to_pixels`` scales a box to pixel coordinates without rounding (as
 COCO-MIG prompts SAM), ``mask_box`` is the normalised box on pixel edges around a mask's
-pixels, ``cxcywh_to_xyxy`` reads DETR-style centre/size boxes. ``box_iou`` (``pair_iou`` for two boxes
-as Python numbers) and ``pairwise_iou`` compare boxes; they do not depend on the image size.
+pixels, ``cxcywh_to_xyxy`` reads DETR-style centre/size boxes (unclipped). ``box_iou``
+(``pair_iou`` for two boxes as Python numbers) and ``pairwise_iou`` compare boxes; they do not
+depend on the image size.
 """
 
 from __future__ import annotations
@@ -77,9 +80,12 @@ def to_pixels(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     """(..., 4) normalised centre/size boxes, as DETR-style heads predict them, to normalised
-    corners clipped to the image."""
+    corners (x0 = cx - w / 2, ..., in the input's precision, as GroundingDINO converts them). Not
+    clipped: a box may leave the image, and COCO-MIG's scorer keeps it so (clipping would only
+    raise its IoU with a target on the border)."""
+    boxes = np.asarray(boxes)
     centre, size = boxes[..., :2], boxes[..., 2:]
-    return np.clip(np.concatenate([centre - size / 2, centre + size / 2], axis=-1), 0.0, 1.0)
+    return np.concatenate([centre - size / 2, centre + size / 2], axis=-1)
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:
@@ -109,26 +115,19 @@ def pixel_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return inside_y[:, :, None] & inside_x[:, None, :]
 
 
-def pixel_windows(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(n, 4) int [row0, row1, col0, col1) pixel windows of normalised xyxy boxes.
-
-    A window holds the pixels of ``pixel_masks`` (centres inside the box, half-open). Along an
-    axis where a box is thinner than a pixel and holds no centre, the window is the one pixel
-    under the box's centre (floor of centre * size, clipped to the image), so every box gets a
-    crop of at least 1 x 1 pixel: the VLM judge must be shown something for every box.
-    """
+def truncated_windows(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(n, 4) int [row0, row1, col0, col1) crop windows of normalised xyxy boxes by the truncation
+    rule: CreatiLayout's LayoutSAM-eval script normalises each box with ``round(x / side, 3)``,
+    keeps it as float32 and crops ``int(x * resolution)`` (PIL's crop: up to, not including, the
+    second corner). A window that would hold no pixel (a box thinner than a pixel) is widened to
+    the one pixel where it starts, clipped to the image: the script would hand its VLM an empty
+    image there, and a judge must be shown something for every box."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-
-    def axis(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        centres = (np.arange(size) + 0.5) / size
-        inside = (centres >= lo[:, None]) & (centres < hi[:, None])  # (n, size), contiguous runs
-        count = inside.sum(axis=1)
-        under_centre = np.clip(np.floor((lo + hi) / 2 * size), 0, size - 1).astype(np.int64)
-        start = np.where(count > 0, inside.argmax(axis=1), under_centre)
-        return start, start + np.maximum(count, 1)
-
-    row0, row1 = axis(boxes[:, 1], boxes[:, 3], height)
-    col0, col1 = axis(boxes[:, 0], boxes[:, 2], width)
+    rounded = np.array([[round(float(v), 3) for v in box] for box in boxes], dtype=np.float32).reshape(-1, 4)
+    sides = np.array([width, height, width, height], dtype=np.float32)
+    col0, row0, col1, row1 = np.trunc(rounded * sides).astype(np.int64).T  # float32 products, as torch's
+    col0, row0 = np.clip(col0, 0, width - 1), np.clip(row0, 0, height - 1)
+    col1, row1 = np.clip(np.maximum(col1, col0 + 1), 1, width), np.clip(np.maximum(row1, row0 + 1), 1, height)
     return np.stack([row0, row1, col0, col1], axis=1)
 
 

@@ -164,6 +164,7 @@ def evaluate(
         "detector": specs.detector,
         "segmenter": specs.segmenter,
         "judge": specs.judge,
+        "judge_rule": specs.judge_rule,
     }
     write_outputs(out_dir, benchmark, metrics, images, layouts)
     return metrics

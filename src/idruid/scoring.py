@@ -177,7 +177,7 @@ def load_scorers(specs: ScorerSpecs, device: str = "cpu", mig_protocol: str = "m
     return Scorers(
         load_scorer("detector", specs.detector, device) if specs.detector else None,
         load_scorer("segmenter", specs.segmenter, device) if specs.segmenter else None,
-        load_scorer("judge", specs.judge, device) if specs.judge else None,
+        load_scorer("judge", specs.judge, device, rule=specs.judge_rule) if specs.judge else None,
         mig_protocol,
     )
 

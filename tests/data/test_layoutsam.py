@@ -44,9 +44,17 @@ def test_normalisation_by_hand_and_caption_choice(tmp_path):
     assert detailed.boxes[1] == (0.0, 0.0, 1.0, 1.0)
     assert detailed.prompt == "a kitchen"
     assert detailed.captions == ["a small red cup with a handle", "a long wooden table"]
-    assert detailed.meta == {"width": 640, "height": 480, "instances_total": 2, "index": 0}
+    # the short captions ride along: LayoutSAM-eval's judge names each box's subject by them
+    assert detailed.meta == {
+        "width": 640,
+        "height": 480,
+        "instances_total": 2,
+        "index": 0,
+        "short_captions": ["a cup", "a table"],
+    }
     (short,) = read_layoutsam(path, captions="short").layouts
     assert short.captions == ["a cup", "a table"] and short.boxes == detailed.boxes
+    assert "short_captions" not in short.meta
 
 
 def test_captions_stored_as_strings_like_the_eval_set(tmp_path):
@@ -55,6 +63,15 @@ def test_captions_stored_as_strings_like_the_eval_set(tmp_path):
     assert layout.captions == ["x", "y"]
     (layout,) = read_layoutsam(tmp_path / "a.parquet", captions="short").layouts
     assert layout.captions == ["a cup", "a table"]
+
+
+def test_short_captions_of_another_count_are_an_error(tmp_path):
+    row = {**ROW, "region_captions": ["a cup"]}
+    with pytest.raises(LayoutError, match=r"row 0: region_captions: must be a list of 2 strings"):
+        read_layoutsam(_write(tmp_path / "a.parquet", [row]))
+    without = {k: v for k, v in ROW.items() if k != "region_captions"}
+    (layout,) = read_layoutsam(_write(tmp_path / "b.parquet", [without])).layouts
+    assert "short_captions" not in layout.meta  # the judge then names subjects by the captions
 
 
 def test_float_noise_is_clipped_but_a_box_outside_is_an_error(tmp_path):
@@ -77,6 +94,7 @@ def test_ten_instance_cap_keeps_the_first_and_counts_rows(tmp_path):
     assert data.truncated == 2 and len(data.layouts) == 3
     kept = data.layouts[1]
     assert kept.level == 10 and kept.captions == [f"d{k}" for k in range(10)]
+    assert kept.meta["short_captions"] == [f"s{k}" for k in range(10)]
     assert kept.boxes[9] == pytest.approx((9 / 640, 9 / 480, 19 / 640, 19 / 480))
     assert kept.meta["instances_total"] == 12
     assert read_layoutsam(tmp_path / "a.parquet", max_instances=1).truncated == 3

@@ -245,7 +245,11 @@ def test_aggregate_mig_hand_worked():
         [_score("ok", 0.9), _score("wrong_color", 0.8), _score("missing")],  # L3
     ]
     out = aggregate_mig(scores, [2, 2, 3])
-    assert set(out) == {"L2", "L3", "all", "avg"}
+    assert set(out) == {"L2", "L3", "all", "avg", "averages"}
+    assert out["averages"] == {
+        "avg": "mean of levels (I-DRUID Table 1)",
+        "all": "all instances (eval_mig.py)",
+    }
     assert out["L2"] == pytest.approx(
         {"isr": 0.75, "miou": 0.6, "success_ratio": 0.5, "instances": 4, "images": 2}
     )
@@ -330,18 +334,24 @@ def test_leakage_counts_another_colour_only_outside_its_own_boxes():
 # ----------------------------------------------------------------------------- LayoutSAM
 
 
-def test_score_layoutsam_passes_boxes_and_captions():
+def test_score_layoutsam_passes_boxes_captions_and_subjects():
     layout = _layout(("a red apple", LEFT), ("a blue cup", RIGHT))
+    with_short = Layout("a test", layout.instances, meta={"short_captions": ["apple", "cup"]})
+    asked = []
 
     class FakeJudge:
-        def judge(self, images, boxes, captions):
+        def judge(self, images, boxes, captions, subjects):
             assert images.shape == (1, SIZE, SIZE, 3)
             np.testing.assert_allclose(boxes[0], [LEFT, RIGHT])
             assert captions == [["a red apple", "a blue cup"]]
+            asked.append(subjects)
             return [[FakeJudgement(True, True, False, True), FakeJudgement(False, True, True, True)]]
 
     (row,) = score_layoutsam(_grey(), [layout], FakeJudge())
     assert [j.spatial for j in row] == [True, False]
+    score_layoutsam(_grey(), [with_short], FakeJudge())
+    # the subject is the short caption where the layout has one, else the caption
+    assert asked == [[["a red apple", "a blue cup"]], [["apple", "cup"]]]
 
 
 def test_aggregate_sam_micro_averages():
@@ -373,9 +383,13 @@ def test_format_table_mig_percentages():
     ]
     table = format_table_mig({"ours": aggregate_mig(scores, [2, 3]), "base": aggregate_mig(scores[:1], [2])})
     lines = table.strip().splitlines()
-    assert lines[0] == "| Method | ISR L2 | ISR L3 | ISR Avg | mIoU L2 | mIoU L3 | mIoU Avg |"
-    assert lines[2] == "| ours | 50.00 | 66.67 | 58.33 | 55.00 | 63.33 | 59.17 |"
-    assert lines[3] == "| base | 50.00 | - | 50.00 | 55.00 | - | 55.00 |"
+    assert lines[0] == (
+        "| Method | ISR L2 | ISR L3 | ISR Avg | ISR All | mIoU L2 | mIoU L3 | mIoU Avg | mIoU All |"
+    )
+    # Avg: the mean of the level values; All: 3 of 5 instances succeed, terms 0.8 + 0.3 + 0.9 + 0 + 1
+    assert lines[2] == "| ours | 50.00 | 66.67 | 58.33 | 60.00 | 55.00 | 63.33 | 59.17 | 60.00 |"
+    assert lines[3] == "| base | 50.00 | - | 50.00 | 50.00 | 55.00 | - | 55.00 | 55.00 |"
+    assert lines[-1] == "Avg: mean of levels (I-DRUID Table 1); All: all instances (eval_mig.py)."
 
 
 def test_format_table_sam_and_leakage():

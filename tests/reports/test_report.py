@@ -296,34 +296,39 @@ def test_table1_cells_equal_the_metrics(tmp_path):
         "L5": (1.0, 0.999949),
         "L6": (0.0, 0.5),
     }
+    coco = _metrics("coco-mig", 0.5125, 0.4734, levels=levels)
+    coco["mig"]["all"] = {"isr": 0.6, "miou": 0.41, "success_ratio": 0.0}  # all instances: L6 weighs more
     run = _run(
         tmp_path,
         "r",
         _config(),
         {
-            "eval-coco-mig": _metrics("coco-mig", 0.5125, 0.4734, levels=levels),
+            "eval-coco-mig": coco,
             "eval-shapes-sam": _metrics("shapes-sam", 0.1, sam=(0.5, 0.25, 0.125, 0.0625)),
         },
     )
     runs = load_runs([run])
     table = table_mig(runs, "coco-mig")
     assert table.splitlines()[0].startswith(
-        "| Method | ISR L2 | ISR L3 | ISR L4 | ISR L5 | ISR L6 | ISR Avg |"
+        "| Method | ISR L2 | ISR L3 | ISR L4 | ISR L5 | ISR L6 | ISR Avg | ISR All |"
     )
-    assert _row(table, "r")[:12] == [
+    assert _row(table, "r")[:14] == [
         "81.25",
         "50.00",
         "25.00",
         "100.00",
         "0.00",
-        "51.25",
+        "51.25",  # Avg: the mean of the levels
+        "60.00",  # All
         "75.00",
         "12.35",
         "0.00",
         "99.99",
         "50.00",
         "47.34",
+        "41.00",
     ]
+    assert "Avg: mean of levels (I-DRUID Table 1); All: all instances (eval_mig.py)." in table
     assert _row(table_sam(runs, "shapes-sam"), "r") == ["50.00", "25.00", "12.50", "6.25"]
     report = write_report([run], tmp_path / "out").read_text()
     table1 = report[report.index("## Table 1") : report.index("## Table 2")]

@@ -27,6 +27,9 @@ CAPTIONS = [
 ]
 
 
+QUARTER_LOGIT = -1.0986123085021973  # the float32 logit whose float32 sigmoid is exactly 0.25
+
+
 def _images(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
 
@@ -80,9 +83,8 @@ def test_output_structure(detector):
             boxes, scores = detections.boxes, detections.scores
             assert boxes.dtype == np.float32 and scores.dtype == np.float32
             assert boxes.shape == (len(scores), 4) and scores.ndim == 1
-            assert ((boxes >= 0) & (boxes <= 1)).all()
             assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
-            assert (np.diff(scores) <= 0).all() and (scores >= 0.25).all()
+            assert (np.diff(scores) <= 0).all() and (scores > 0.25).all()
             if len(scores):
                 assert detections.best[1] == scores[0]
             counts.append(len(scores))
@@ -99,18 +101,21 @@ def test_zero_threshold_keeps_every_query(detector):
 
 
 def _naive_detections(detector, image: np.ndarray, captions: list[str]) -> list[tuple[np.ndarray, ...]]:
-    """Per caption, (Q,) scores and (Q, 4) xyxy boxes from the raw model outputs, with spans laid
-    out from each caption's own tokenisation and Python loops over queries and tokens."""
+    """Per caption, (Q,) scores and (Q, 4) xyxy boxes (not clipped) from the raw model outputs,
+    with Python loops over queries and tokens: a lone caption scores over every token of the
+    prompt ([CLS] to [SEP], as GroundingDINO does), several over spans laid out from each
+    caption's own tokenisation."""
     tokenizer = detector.processor.tokenizer
     prompt = "".join(f"{c.lower().rstrip('.')}. " for c in captions).strip()
     inputs = detector.processor(images=[image], text=[prompt], return_tensors="pt")
     with torch.no_grad():
         outputs = detector.model(**inputs)
     logits, pred_boxes = outputs.logits[0].tolist(), outputs.pred_boxes[0].tolist()
-    boxes = []
-    for cx, cy, w, h in pred_boxes:
-        corners = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-        boxes.append([min(1.0, max(0.0, v)) for v in corners])
+    boxes = [[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2] for cx, cy, w, h in pred_boxes]
+    if len(captions) == 1:
+        length = len(inputs["input_ids"][0])
+        scores = [max(1 / (1 + math.exp(-row[t])) for t in range(length)) for row in logits]
+        return [(np.array(scores), np.array(boxes))]
     results, start = [], 1  # after [CLS]
     for caption in captions:
         length = len(tokenizer(caption.lower().rstrip("."), add_special_tokens=False)["input_ids"])
@@ -123,20 +128,54 @@ def _naive_detections(detector, image: np.ndarray, captions: list[str]) -> list[
 
 
 @pytest.mark.parametrize("box_threshold, text_threshold", [(0.0, 0.0), (0.25, 0.25), (0.0, 0.6), (0.6, 0.0)])
-def test_span_scores_match_a_naive_loop(detector, box_threshold, text_threshold):
-    image, captions = _images(1, seed=3)[0], CAPTIONS[0]
+@pytest.mark.parametrize("captions", [CAPTIONS[0], ["the striped square on a cat"]])
+def test_scores_match_a_naive_loop(detector, box_threshold, text_threshold, captions):
+    """Several captions: each over its own tokens, kept above both thresholds (the phrase test);
+    one caption: over all the prompt's tokens, kept above box_threshold alone (GroundingDINO's
+    predict, whose text threshold only picks the phrase)."""
+    image = _images(1, seed=3)[0]
     naive = _naive_detections(detector, image, captions)
     got = _with_thresholds(detector, box_threshold, text_threshold).detect(image[None], [captions])[0]
-    threshold = max(box_threshold, text_threshold)
+    threshold = box_threshold if len(captions) == 1 else max(box_threshold, text_threshold)
     kept = 0
     for detections, (scores, boxes) in zip(got, naive, strict=True):
-        keep = scores >= threshold
+        keep = scores > threshold
         order = np.argsort(-scores[keep], kind="stable")
         expected = Detections(boxes[keep][order].astype(np.float32), scores[keep][order].astype(np.float32))
         _assert_same_detections(detections, expected, atol=1e-6)
         kept += int(keep.sum())
     if threshold > 0:
         assert 0 < kept < NUM_QUERIES * len(captions)
+
+
+def test_one_caption_scores_by_special_tokens_too_and_keeps_boxes_outside_the_image(detector, monkeypatch):
+    """A box whose only token above the threshold is [CLS], '.' or [SEP] is kept with that
+    token's probability, as GroundingDINO keeps it; a probability of exactly 0.25 is not kept
+    (strictly above); boxes leaving the image keep their corners."""
+    model = detector.model
+    real_forward = type(model).forward
+
+    def planted(self, **inputs):
+        outputs = real_forward(self, **inputs)
+        length = int(inputs["attention_mask"][0].sum())  # [CLS] a green square . [SEP]
+        logits = torch.full_like(outputs.logits, -9.0)
+        logits[0, 0, 0] = 0.5  # [CLS] alone: sigmoid 0.62
+        logits[0, 1, length - 2] = 1.0  # '.' alone: 0.73
+        logits[0, 2, length - 1] = 0.2  # [SEP] alone: 0.55
+        logits[0, 3, 1] = QUARTER_LOGIT  # a word at exactly 0.25: dropped
+        outputs.logits = logits
+        boxes = torch.full((1, NUM_QUERIES, 4), 0.5)
+        boxes[0, :2] = torch.tensor([[0.05, 0.5, 0.2, 0.4], [0.5, 0.95, 0.4, 0.2]])
+        outputs.pred_boxes = boxes
+        return outputs
+
+    assert torch.tensor(QUARTER_LOGIT).sigmoid().item() == 0.25  # float32, as the model computes it
+    monkeypatch.setattr(type(model), "forward", planted)
+    (found,) = detector.detect(_images(1, seed=6), [["a green square"]])[0]
+    sigmoid = torch.tensor([1.0, 0.5, 0.2]).sigmoid().numpy()
+    np.testing.assert_array_equal(found.scores, sigmoid)  # '.', [CLS], [SEP], best first
+    np.testing.assert_allclose(found.boxes[1], [-0.05, 0.3, 0.15, 0.7], atol=1e-7)  # [CLS]'s box, unclipped
+    np.testing.assert_allclose(found.boxes[0], [0.3, 0.85, 0.7, 1.05], atol=1e-7)
 
 
 def test_padding_and_batch_do_not_change_results(detector):

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..benchmarks import BENCHMARKS
 from ..config import ConfigError
 from ..layout import LayoutError
+from ..scorers.vlm_judge import ANSWER_RULES, DEFAULT_RULE
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +64,13 @@ def _add_scorer_args(parser: argparse.ArgumentParser) -> None:
         "--judge",
         help="LayoutSAM-eval judge: a local VLM directory (required for layoutsam-eval), or "
         "'analytic' (the shapes benchmarks' default)",
+    )
+    parser.add_argument(
+        "--judge-rule",
+        choices=ANSWER_RULES,
+        default=DEFAULT_RULE,
+        help="how a VLM judge's answer is read: generate (CreatiLayout's script: a written answer "
+        "holding 'Yes' or 'yes'; greedy; the default) or logits (logit of 'Yes' above 'No')",
     )
     parser.add_argument(
         "--detector", help="local GroundingDINO directory, or 'analytic' (the shapes benchmarks' default)"
@@ -219,6 +227,7 @@ def _resolve_benchmark(args):
         args.segmenter,
         args.judge,
         args.mig_protocol,
+        args.judge_rule,
     )
 
 
@@ -239,6 +248,7 @@ def cmd_score(args) -> int:
         "detector": specs.detector,
         "segmenter": specs.segmenter,
         "judge": specs.judge,
+        "judge_rule": specs.judge_rule,
         "mig_protocol": args.mig_protocol,
     }
     out = Path(args.out or f"runs/score-{args.benchmark}")

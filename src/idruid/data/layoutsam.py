@@ -4,7 +4,9 @@ A row holds ``global_caption``, ``bbox_list`` (a STRING such as ``"[[10, 20, 200
 of pixel ``x0, y0, x1, y1`` boxes), ``region_captions`` (short) and ``detail_region_captions``
 (detailed) - lists of strings, or strings holding such a list as in the released eval set -
 plus ``width`` and ``height`` of the image; the eval set has ``file_name``, training metadata
-may have ``image_path`` (both kept in ``meta``; an idruid ``seed`` column is read too).
+may have ``image_path`` (both kept in ``meta``; an idruid ``seed`` column is read too). With the
+detailed captions as the instances' captions, the short ones, where the file has them, go to
+``meta["short_captions"]``: LayoutSAM-eval's judge names a box's subject by them.
 Boxes are divided by the image size; values past the image by no more than float noise
 are clipped to [0, 1], a box really outside the image is an error.
 
@@ -145,6 +147,12 @@ def layout_from_row(
         for k in range(kept)
     )
     meta: dict = {"width": whole_number(width), "height": whole_number(height), "instances_total": len(boxes)}
+    short = CAPTION_FIELDS["short"]
+    if captions == "detailed" and row.get(short) is not None:
+        subjects = _literal(row[short], f"{where}: {short}")
+        if not isinstance(subjects, list | tuple) or len(subjects) != len(boxes):
+            raise LayoutError(f"{where}: {short}: must be a list of {len(boxes)} strings, one per box")
+        meta["short_captions"] = [_text(subjects[k], f"{where}: {short}[{k}]") for k in range(kept)]
     if index is not None:
         meta["index"] = index
     for name in ("image_path", "file_name"):
@@ -218,7 +226,8 @@ def iter_layoutsam(
             raise LayoutError(
                 f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(sorted(names))})"
             )
-        columns = [*REQUIRED_COLUMNS, field, *(name for name in OPTIONAL_COLUMNS if name in names)]
+        optional = [*OPTIONAL_COLUMNS, *([CAPTION_FIELDS["short"]] if captions == "detailed" else [])]
+        columns = [*REQUIRED_COLUMNS, field, *(name for name in optional if name in names)]
         row_in_file = 0
         for rows in _decoded_batches(shard, path, columns, batch_size):
             for row in rows:

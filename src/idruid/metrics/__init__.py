@@ -1,9 +1,10 @@
 """Evaluation metrics of the paper's section 4.1 (Tables 1-3).
 
 - Greedy NMS (torchvision's rule); IoU and box pixels are idruid.boxes.
-- COCO-MIG (Table 1): per-instance position and colour checks of MIG_Bench's
-  ``eval_mig.py`` (see ``shared/data/coco-mig/README.md``), aggregated into instance success
-  rate (ISR) and mIoU per level L2-L6 and their average, the paper's "Avg" column.
+- COCO-MIG (Table 1): per-instance position and colour checks of MIG_Bench's ``eval_mig.py``,
+  its arithmetic included (tests/metrics/test_coco_mig_parity.py), aggregated into instance
+  success rate (ISR) and mIoU per level L2-L6 and two averages: over all instances (what
+  eval_mig.py prints) and the mean of the levels (the I-DRUID paper's "Avg").
 - Attribute leakage: the failure I-DRUID targets (section 1, 4.3): an instance box painted
   mostly in a colour that another instance of the same layout asked for.
 - LayoutSAM-eval (Table 2): spatial / colour / texture / shape judgements, micro-averaged.

@@ -1,9 +1,11 @@
 """Per-instance checks of the paper's section 4.1 metrics: pure functions from generated images
 and their layouts to one verdict per instance (levels.py aggregates them, tables.py prints them).
 
-- Greedy NMS (torchvision's rule); IoU and box pixels are idruid.boxes.
-- COCO-MIG (Table 1): the position and colour checks of MIG_Bench's ``eval_mig.py`` (see
-  ``shared/data/coco-mig/README.md``), with its resize and caption parsing.
+- Greedy NMS (torchvision's rule); box pixels are idruid.boxes.
+- COCO-MIG (Table 1): the position and colour checks of MIG_Bench's ``eval_mig.py`` instance by
+  instance: cv2's resize, GroundingDINO's unclipped boxes kept above 0.25, the max IoU over
+  the boxes NMS keeps in eval_mig.py's float32 arithmetic, OpenCV's 8-bit HSV (idruid.colors) on
+  the best SAM mask of the target box, and its caption parsing.
 - Attribute leakage: whether an instance box is painted mostly in a colour that another
   instance of the same layout asked for (section 1, 4.3).
 - LayoutSAM-eval (Table 2): the judge's spatial / colour / texture / shape verdicts.
@@ -18,10 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
-from idruid.boxes import box_iou, pairwise_iou, pixel_masks
-from idruid.colors import COLOR_NAMES, color_membership
+from idruid.boxes import pairwise_iou, pixel_masks, to_pixels
+from idruid.colors import (
+    COLOR_NAMES,
+    COLOR_PASS_FRACTION,
+    color_membership,
+    fraction_passes,
+    in_range_fraction,
+)
 from idruid.layout import Layout
 
 if TYPE_CHECKING:
@@ -126,39 +135,27 @@ def _as_batch(images) -> np.ndarray:
     return batch
 
 
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Left and right source index and the right tap's weight for each of n_out samples of a
-    row of n_in pixels: pixel centres aligned, clamped at the edges (cv2's INTER_LINEAR rule)."""
-    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    left = np.floor(x)
-    weight = x - left
-    left = left.astype(np.int64)
-    return np.clip(left, 0, n_in - 1), np.clip(left + 1, 0, n_in - 1), weight
-
-
 def resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, C) uint8 -> (height, width, C) uint8 as ``cv2.resize(image, (width, height))``
-    (INTER_LINEAR), the resize of COCO-MIG's scorer: two-tap bilinear with no antialiasing,
-    so a 1024 -> 512 resize averages 2x2 blocks, where PIL's bilinear filter would blur wider.
-    cv2 rounds fixed-point weights; this rounds exact ones, so a value may differ by 1."""
+    """(H, W, C) uint8 -> (height, width, C) uint8: ``cv2.resize`` with INTER_LINEAR, the resize
+    of COCO-MIG's scorer (two-tap bilinear, pixel centres aligned, no antialiasing, fixed-point
+    weights: an exactly rounded bilinear resize differs by 1 in 8-22% of the values). An image
+    already of that size is returned unchanged, as cv2 does."""
     image = np.asarray(image)
     if image.shape[:2] == (height, width):
         return image.copy()
-    top, bottom, wy = _linear_taps(image.shape[0], height)
-    left, right, wx = _linear_taps(image.shape[1], width)
-    pixels = image.astype(np.float64)
-    rows = pixels[top] * (1.0 - wy)[:, None, None] + pixels[bottom] * wy[:, None, None]  # (height, W, C)
-    out = rows[:, left] * (1.0 - wx)[None, :, None] + rows[:, right] * wx[None, :, None]  # (height, width, C)
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    resized = cv2.resize(image, dsize=(width, height), interpolation=cv2.INTER_LINEAR)
+    return resized.reshape(height, width, *image.shape[2:])  # cv2 drops a single channel's axis
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    """COCO-MIG's resize of a uint8 batch (B, H, W, 3) to (B, size, size, 3)."""
+    """COCO-MIG's resize of a uint8 batch (B, H, W, 3) to (B, size, size, 3). eval_mig.py resizes
+    only images whose height is not 512 and then fails on a 512-high image of another width
+    (its mask tensors are 512x512); here every image that is not size x size is resized."""
     return np.stack([resize_linear(im, size, size) for im in images])
 
 
 def _layout_boxes(layout: Layout) -> np.ndarray:
-    return np.asarray(layout.boxes, dtype=np.float32).reshape(-1, 4)
+    return np.asarray(layout.boxes, dtype=np.float64).reshape(-1, 4)
 
 
 def _check_lengths(images: np.ndarray, layouts: Sequence[Layout]) -> None:
@@ -174,44 +171,50 @@ def score_coco_mig(
     box_threshold: float = 0.25,
     nms_threshold: float = 0.8,
     iou_threshold: float = 0.5,
-    color_threshold: float = 0.2,
+    color_threshold: float = COLOR_PASS_FRACTION,
     resize_to: int | None = None,
     separate_queries: bool = False,
 ) -> list[list[InstanceScore]]:
-    """COCO-MIG's per-instance checks for a batch: one InstanceScore per layout instance.
+    """COCO-MIG's per-instance checks for a batch: one InstanceScore per layout instance, as
+    MIG_Bench's eval_mig.py makes them.
 
     images: uint8 (B, H, W, 3) (or a sequence of (H, W, 3)). The detector is asked for each
-    instance's ``object_name``; detections scoring >= ``box_threshold`` go through NMS, and the
-    instance's IoU is the best IoU with its target box (position passes at >= ``iou_threshold``).
-    The segmenter segments the target box, and colour passes when >= ``color_threshold`` of the
-    mask's pixels are in the caption colour's HSV range; captions naming no colour pass.
-    ``resize_to`` resizes first (the official scorer uses 512, with cv2's bilinear rule: see
-    resize_linear; None keeps the size). ``separate_queries`` asks the detector about one object
-    name at a time, as the official scorer does: GroundingDINO's answer for a phrase depends on
-    the other phrases of its prompt, so asking for all of an image's names at once would change
-    its boxes (the analytic detector answers each caption on its own either way).
+    instance's ``object_name``; detections scoring above ``box_threshold`` (strictly, as
+    GroundingDINO keeps them) go through NMS, and the instance's IoU is the best IoU of its
+    target box with any of them (``mig_ious``: float32, in pixels, boxes not clipped); position
+    passes at >= ``iou_threshold``. The segmenter segments the target box, and colour passes when
+    the mask is not empty and >= ``color_threshold`` of its pixels are in the caption colour's
+    OpenCV HSV range (the fraction in float32); captions naming no colour pass. ``resize_to``
+    resizes first (the official scorer uses 512, with cv2's bilinear resize: see _resize; None
+    keeps the size). ``separate_queries`` asks the detector about one object name at a time, as
+    the official scorer does: GroundingDINO's answer for a phrase depends on the other phrases of
+    its prompt, so asking for all of an image's names at once would change its boxes (the
+    analytic detector answers each caption on its own either way).
     """
     batch = _as_batch(images)
     _check_lengths(batch, layouts)
     if resize_to is not None:
         batch = _resize(batch, resize_to)
+    height, width = batch.shape[1:3]
     names = [[object_name(c) for c in layout.captions] for layout in layouts]
     targets = [_layout_boxes(layout) for layout in layouts]
     ask = _detect_separately if separate_queries else _detect_together
     detections = ask(detector, batch, names)
     masks = segmenter.segment(batch, targets)
     scores = []
-    for image, layout, target, found, mask in zip(batch, layouts, targets, detections, masks, strict=True):
-        if len(found) != len(target) or len(mask) != len(target):
+    for image, layout, found, mask in zip(batch, layouts, detections, masks, strict=True):
+        target_px = to_pixels(layout.boxes, height, width)  # float64, as eval_mig.py's box * 512
+        if len(found) != len(target_px) or len(mask) != len(target_px):
             raise ValueError(
-                f"detector/segmenter answered for {len(found)}/{len(mask)} of {len(target)} instances"
+                f"detector/segmenter answered for {len(found)}/{len(mask)} of {len(target_px)} instances"
             )
         membership = color_membership(image)  # (H, W, 7), once per image
         row = []
-        for caption, box, dets, inst_mask in zip(layout.captions, target, found, mask, strict=True):
-            best = _best_iou(box, dets.boxes, dets.scores, box_threshold, nms_threshold)
+        for caption, box, dets, inst_mask in zip(layout.captions, target_px, found, mask, strict=True):
+            kept = _kept_pixel_boxes(dets.boxes, dets.scores, height, width, box_threshold, nms_threshold)
+            best = float(mig_ious(box, kept).max()) if len(kept) else None
             color = caption_color(caption)
-            color_ok = color is None or _mask_fraction(membership, inst_mask, color) >= color_threshold
+            color_ok = color is None or _color_passes(membership, inst_mask, color, color_threshold)
             row.append(
                 InstanceScore(
                     iou=0.0 if best is None else best,
@@ -239,27 +242,46 @@ def _detect_separately(detector: Detector, images: np.ndarray, names: list[list[
     return [[found[(b, name)] for name in image_names] for b, image_names in enumerate(names)]
 
 
-def _best_iou(
-    target: np.ndarray, boxes: np.ndarray, scores: np.ndarray, box_threshold: float, nms_threshold: float
-) -> float | None:
-    """Max IoU of the target with the detections kept by the threshold and NMS; None if none."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    confident = scores >= box_threshold
+def _kept_pixel_boxes(
+    boxes: np.ndarray, scores: np.ndarray, height: int, width: int, box_threshold: float, nms_threshold: float
+) -> np.ndarray:
+    """(k, 4) float32 pixel boxes of the detections scoring above the threshold that survive NMS.
+    Normalised float32 boxes times the image size in float32: at 512 (a power of two) these are
+    bit for bit GroundingDINO's own pixel boxes, (cx, cy, w, h) * 512 then converted."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([width, height] * 2, np.float32)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    confident = scores > np.float32(box_threshold)
     boxes, scores = boxes[confident], scores[confident]
-    if len(boxes) == 0:
-        return None
-    kept = boxes[nms(boxes, scores, nms_threshold)]
-    return float(box_iou(np.asarray(target, dtype=np.float64), kept).max())
+    return boxes[nms(boxes, scores, nms_threshold)] if len(boxes) else boxes
 
 
-def _mask_fraction(membership: np.ndarray, mask: np.ndarray, color: str) -> float:
-    """colors.color_fraction from a precomputed membership (H, W, 7); 0.0 for an empty mask."""
+def mig_ious(target: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one float64 pixel target box (4,) with float32 pixel boxes (k, 4) -> (k,) float32,
+    in eval_mig.py's arithmetic under numpy 1.26 (its reference environment): the target's corners
+    are cast to float32 before min/max, its area is computed in float64 and then cast, the union
+    is (area_pred + area_target) - inter, all in float32, with no +1. The boxes are not clipped to
+    the image. A zero union gives 0 (eval_mig.py would divide by zero)."""
+    target = np.asarray(target, dtype=np.float64)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    corners, zero = target.astype(np.float32), np.float32(0)
+    width = np.maximum(np.minimum(boxes[:, 2], corners[2]) - np.maximum(boxes[:, 0], corners[0]), zero)
+    height = np.maximum(np.minimum(boxes[:, 3], corners[3]) - np.maximum(boxes[:, 1], corners[1]), zero)
+    inter = width * height
+    area_pred = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area_target = np.float32((target[2] - target[0]) * (target[3] - target[1]))
+    union = (area_pred + area_target) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union != 0)
+
+
+def _color_passes(membership: np.ndarray, mask: np.ndarray, color: str, threshold: float) -> bool:
+    """eval_mig.py's colour test from a precomputed membership (H, W, 7): fails on an empty mask,
+    else passes when the float32 in-range fraction reaches the threshold."""
     mask = np.asarray(mask, dtype=bool)
-    count = int(mask.sum())
-    if count == 0:
-        return 0.0
-    return float(membership[..., COLOR_NAMES.index(color)][mask].sum()) / count
+    pixels = int(mask.sum())
+    if pixels == 0:
+        return False
+    in_range = int(membership[..., COLOR_NAMES.index(color)][mask].sum())
+    return fraction_passes(in_range_fraction(in_range, pixels), threshold)
 
 
 # ----------------------------------------------------------------------------- leakage
@@ -328,11 +350,16 @@ def leak_counts(images, layouts: Sequence[Layout], dominance: float = 0.5) -> li
 
 
 def score_layoutsam(images, layouts: Sequence[Layout], judge: Judge) -> list[list[RegionJudgement]]:
-    """LayoutSAM-eval: the judge's spatial / colour / texture / shape verdict for every box."""
+    """LayoutSAM-eval: the judge's spatial / colour / texture / shape verdict for every box. The
+    subject of a box is its short caption where the layout carries one (``meta["short_captions"]``,
+    LayoutSAM's region_captions), else its caption."""
     batch = _as_batch(images)
     _check_lengths(batch, layouts)
     judgements = judge.judge(
-        batch, [_layout_boxes(lay) for lay in layouts], [lay.captions for lay in layouts]
+        batch,
+        [_layout_boxes(lay) for lay in layouts],
+        [lay.captions for lay in layouts],
+        [lay.meta.get("short_captions", lay.captions) for lay in layouts],
     )
     for layout, row in zip(layouts, judgements, strict=True):
         if len(row) != len(layout.instances):

@@ -1,7 +1,15 @@
 """The metrics by level: COCO-MIG's ISR / mIoU, the leakage rate and LayoutSAM-eval's pass rates
-per level ("L2".."L6"), over all instances ("all") and their mean over levels ("avg", the
-"Avg" column of Table 1). Rates are fractions in [0, 1]; checks.py makes the per-instance
-verdicts they count.
+per level ("L2".."L6"), and two averages that published tables both call "Avg":
+
+- "all": over all instances (all images for the success ratio), what MIG_Bench's eval_mig.py
+  prints and what MIG_Bench's and MIGC's tables report; LayoutSAM-eval's scores are this
+  micro-average over all boxes, as CreatiLayout's script computes them;
+- "avg": the mean of the level values, what the I-DRUID paper's Table 1 reports.
+
+On COCO-MIG (160 images per level) they differ: "all" weights L6 three times as much as L2.
+Each aggregate names them under "averages" (AVERAGES); levels with no image are left out of both
+(eval_mig.py divides by zero there). Rates are fractions in [0, 1]; checks.py makes the
+per-instance verdicts they count.
 """
 
 from __future__ import annotations
@@ -19,6 +27,12 @@ if TYPE_CHECKING:
     from idruid.scorers.protocols import RegionJudgement
 
 SAM_ATTRIBUTES = ("spatial", "color", "texture", "shape")
+
+# what each average key of an aggregate is, by where it is used (written to metrics.json)
+AVERAGES = {
+    "mig": {"avg": "mean of levels (I-DRUID Table 1)", "all": "all instances (eval_mig.py)"},
+    "sam": {"avg": "mean of levels", "all": "all boxes (score_layoutsam_benchmark.py)"},
+}
 
 
 def _level_key(level: int) -> str:
@@ -51,16 +65,18 @@ def _mig_summary(rows: list[list[InstanceScore]]) -> dict:
 
 
 def aggregate_mig(scores: list[list[InstanceScore]], levels: list[int]) -> dict:
-    """ISR, mIoU and image success ratio per level ("L2".."L6"), over all instances, and "avg".
+    """ISR, mIoU and image success ratio per level ("L2".."L6"), over all instances ("all",
+    eval_mig.py's), their mean over levels ("avg", I-DRUID Table 1's) and those labels.
 
     ISR and mIoU average over instances; success_ratio is the share of images whose instances
-    all succeed. "avg" is the mean of the per-level values (Table 1's "Avg").
+    all succeed.
     """
     per_level = {key: _mig_summary(rows) for key, rows in _group_by_level(scores, levels).items()}
     return {
         **per_level,
         "all": _mig_summary(scores),
         "avg": _mean_over_levels(per_level, ("isr", "miou", "success_ratio")),
+        "averages": AVERAGES["mig"],
     }
 
 
@@ -102,6 +118,12 @@ def _sam_summary(rows: list[list[RegionJudgement]]) -> dict:
 
 
 def aggregate_sam(judgements: list[list[RegionJudgement]], levels: list[int]) -> dict:
-    """Spatial / colour / texture / shape pass rates over all boxes ("all"), per level, and "avg"."""
+    """Spatial / colour / texture / shape pass rates over all boxes ("all", the script's
+    micro-averages), per level, their mean over levels ("avg") and those labels."""
     per_level = {key: _sam_summary(rows) for key, rows in _group_by_level(judgements, levels).items()}
-    return {**per_level, "all": _sam_summary(judgements), "avg": _mean_over_levels(per_level, SAM_ATTRIBUTES)}
+    return {
+        **per_level,
+        "all": _sam_summary(judgements),
+        "avg": _mean_over_levels(per_level, SAM_ATTRIBUTES),
+        "averages": AVERAGES["sam"],
+    }

@@ -1,12 +1,14 @@
 """Markdown tables shaped like the paper's Tables 1 and 2, and one of leakage rates, from the
-metrics of levels.py keyed by method name; rates are printed as percentages."""
+metrics of levels.py keyed by method name; rates are printed as percentages. Table 1 prints both
+averages that published tables call "Avg", each column labelled below the table (levels.AVERAGES):
+"Avg" beside I-DRUID's Table 1, "All" beside eval_mig.py's output and MIG_Bench's tables."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 
-from ..metrics.levels import SAM_ATTRIBUTES
+from ..metrics.levels import AVERAGES, SAM_ATTRIBUTES
 
 
 def _level_keys(metrics_by_name: dict[str, dict]) -> list[str]:
@@ -43,15 +45,21 @@ def _at(*path: str) -> Callable[[dict], float | None]:
     return get
 
 
+def averages_legend(protocol: str) -> str:
+    """The line under a table that says which average each of its "Avg" / "All" columns is."""
+    labels = AVERAGES[protocol]
+    return f"Avg: {labels['avg']}; All: {labels['all']}.\n"
+
+
 def format_table_mig(metrics_by_name: dict[str, dict]) -> str:
-    """Markdown like Table 1: ISR per level and Avg, then mIoU per level and Avg, in percent."""
+    """Markdown like Table 1: ISR per level, Avg and All, then mIoU per level, Avg and All, in
+    percent, and the legend of the two averages."""
     levels = _level_keys(metrics_by_name)
     columns = []
     for metric, title in (("isr", "ISR"), ("miou", "mIoU")):
-        columns += [(f"{title} {lv}", _at(lv, metric)) for lv in levels] + [
-            (f"{title} Avg", _at("avg", metric))
-        ]
-    return _table(metrics_by_name, columns)
+        columns += [(f"{title} {lv}", _at(lv, metric)) for lv in levels]
+        columns += [(f"{title} Avg", _at("avg", metric)), (f"{title} All", _at("all", metric))]
+    return _table(metrics_by_name, columns) + "\n" + averages_legend("mig")
 
 
 def format_table_sam(metrics_by_name: dict[str, dict]) -> str:

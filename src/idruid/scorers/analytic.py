@@ -303,8 +303,14 @@ class AnalyticJudge:
     """The VLM judge's stand-in (LayoutSAM-eval): spatial, colour, texture and shape per region."""
 
     def judge(
-        self, images: np.ndarray, boxes: Sequence[np.ndarray], captions: Sequence[Sequence[str]]
+        self,
+        images: np.ndarray,
+        boxes: Sequence[np.ndarray],
+        captions: Sequence[Sequence[str]],
+        subjects: Sequence[Sequence[str]] | None = None,
     ) -> list[list[RegionJudgement]]:
+        """One verdict per box from the captions' attributes (the subjects are not needed: the
+        shapes world's captions name their object)."""
         results = []
         for image, image_boxes, image_captions in zip(images, boxes, captions, strict=True):
             components = analyse_image(np.asarray(image))

@@ -1,5 +1,16 @@
 """GroundingDINO (transformers) behind the Detector protocol, for the RL reward and COCO-MIG's
-position check on real images: one box score per caption, the max over the caption's tokens."""
+position check on real images.
+
+A prompt of one caption is GroundingDINO's own case, and the one COCO-MIG's scorer uses (it asks
+for each object name on its own): a box's score is the max of sigmoid(logits) over every token of
+the prompt, [CLS], '.' and [SEP] included, and the box is kept when that score is above
+box_threshold (strictly), as GroundingDINO's ``predict`` keeps it. Its text_threshold only picks
+the tokens of the box's phrase, so it keeps or drops nothing here; where no word token passes it
+(the phrase is '.' alone) GroundingDINO's ``predict_with_classes`` raises IndexError, and this
+keeps the box. With several captions in one prompt (the RL reward) the max over all tokens would
+not say which caption a box answers: each caption then scores a box over its own tokens, and
+keeps it above both thresholds (the phrase test). Boxes are converted as GroundingDINO does and
+not clipped to the image."""
 
 from __future__ import annotations
 
@@ -42,12 +53,20 @@ def phrase_spans(input_ids: np.ndarray, separator_id: int, count: int) -> list[t
     return list(zip(starts.tolist(), separators.tolist(), strict=True))
 
 
+def caption_spans(input_ids: np.ndarray, length: int, separator_id: int, count: int) -> list[tuple[int, int]]:
+    """[start, end) of the tokens that score a box for each of a prompt's ``count`` captions:
+    the whole prompt (its ``length`` real tokens, [CLS] to [SEP]) for one caption, as
+    GroundingDINO scores a box; each caption's own tokens (phrase_spans) for several."""
+    if count == 1:
+        return [(0, length)]
+    return phrase_spans(input_ids, separator_id, count)
+
+
 class GroundingDinoDetector:
     """GroundingDINO (transformers) behind the Detector protocol: all of an image's captions go
-    into one prompt, and a query box scores for a caption by the max over the caption's tokens
-    of sigmoid(logits). A box is kept for a caption when that score reaches box_threshold and
-    some token of the caption reaches text_threshold (GroundingDINO's phrase test); with the
-    phrase fixed, the two gates reduce to score >= max(box_threshold, text_threshold)."""
+    into one prompt (one caption per prompt for COCO-MIG), and a query box scores for a caption
+    by the max of sigmoid(logits) over caption_spans; kept when that score is above box_threshold
+    (one caption) or above both thresholds (several; see the module docstring)."""
 
     def __init__(
         self,
@@ -89,6 +108,10 @@ class GroundingDinoDetector:
         processor = AutoProcessor.from_pretrained(directory)
         return cls(model, processor, device, box_threshold, text_threshold)
 
+    def threshold(self, captions: int) -> float:
+        """The score a box must exceed for a caption of a prompt of ``captions`` captions."""
+        return self.box_threshold if captions == 1 else max(self.box_threshold, self.text_threshold)
+
     def detect(self, images: np.ndarray, captions: Sequence[Sequence[str]]) -> list[list[Detections]]:
         """images (B, H, W, 3) uint8; captions[b] the queries for image b -> detections[b][query],
         boxes normalised xyxy, best first. One forward for the batch; texts are padded."""
@@ -117,16 +140,17 @@ class GroundingDinoDetector:
             raise ValueError(f"image {b}: prompt of {int(lengths[b])} tokens, the model reads {max_text_len}")
         with torch.no_grad():
             outputs = self.model(**inputs.to(self.device))
-        probs = outputs.logits.sigmoid().float().cpu().numpy()  # (B, Q, max_text_len)
-        boxes = cxcywh_to_xyxy(outputs.pred_boxes.float().cpu().numpy()).astype(np.float32)  # (B, Q, 4)
+        probs = outputs.logits.float().sigmoid().cpu().numpy()  # (B, Q, max_text_len), float32
+        boxes = cxcywh_to_xyxy(outputs.pred_boxes.float().cpu().numpy())  # (B, Q, 4) float32, unclipped
         input_ids = inputs["input_ids"].cpu().numpy()  # (B, T)
-        threshold = max(self.box_threshold, self.text_threshold)
         results = []
         for b, queries in enumerate(captions):
             detections = []
-            for start, end in phrase_spans(input_ids[b], self.separator_id, len(queries)):
+            threshold = self.threshold(len(queries))
+            spans = caption_spans(input_ids[b], int(lengths[b]), self.separator_id, len(queries))
+            for start, end in spans:
                 scores = probs[b, :, start:end].max(axis=-1)  # (Q,)
-                keep = np.flatnonzero(scores >= threshold)
+                keep = np.flatnonzero(scores > np.float32(threshold))
                 order = keep[np.argsort(-scores[keep], kind="stable")]
                 detections.append(Detections(boxes=boxes[b, order], scores=scores[order].astype(np.float32)))
             results.append(detections)

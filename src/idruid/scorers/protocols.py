@@ -50,7 +50,13 @@ class RegionJudgement:
 
 class Judge(Protocol):
     def judge(
-        self, images: np.ndarray, boxes: Sequence[np.ndarray], captions: Sequence[Sequence[str]]
+        self,
+        images: np.ndarray,
+        boxes: Sequence[np.ndarray],
+        captions: Sequence[Sequence[str]],
+        subjects: Sequence[Sequence[str]] | None = None,
     ) -> list[list[RegionJudgement]]:
-        """images (B, H, W, 3) uint8; boxes[b] (n, 4) and captions[b] (n) -> one verdict per box."""
+        """images (B, H, W, 3) uint8; boxes[b] (n, 4), captions[b] (n) the detailed captions and
+        subjects[b] (n) the short ones naming each box's subject (None: the captions) -> one
+        verdict per box."""
         ...

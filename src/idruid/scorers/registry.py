@@ -31,10 +31,10 @@ def _load_sam(path: Path, device: str):
     return SamSegmenter.from_pretrained(path, device)
 
 
-def _load_vlm(path: Path, device: str):
+def _load_vlm(path: Path, device: str, **options):
     from .vlm_judge import VlmJudge
 
-    return VlmJudge.from_pretrained(path, device)
+    return VlmJudge.from_pretrained(path, device, **options)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Role:
     model: str  # what a model folder for this role holds, for messages
     files: RequiredFiles  # what that folder needs
     model_types: tuple[str, ...] | None  # config.json model types accepted (None: any)
-    load: Callable[[Path, str], object]  # (checked folder, device) -> the scorer
+    load: Callable[..., object]  # (checked folder, device, **options) -> the scorer
 
 
 SCORERS: dict[str, Role] = {
@@ -121,10 +121,11 @@ def check_scorer(role: str, spec: str) -> str:
     return spec
 
 
-def load_scorer(role: str, spec: str, device: str = "cpu"):
+def load_scorer(role: str, spec: str, device: str = "cpu", **options):
     """The role's scorer by registry name ("analytic") or model directory, so one command-line
-    option covers the shapes world and real images; models are loaded on ``device``."""
+    option covers the shapes world and real images; models are loaded on ``device``, with the
+    model's ``options`` (the judge's ``rule``; the analytic scorers take none)."""
     kind = _role(role)
     if spec in kind.analytic:
         return kind.analytic[spec]()
-    return kind.load(check_model_dir(role, spec), device)
+    return kind.load(check_model_dir(role, spec), device, **options)

@@ -1,8 +1,8 @@
 """SAM (or SAM-HQ) behind the Segmenter protocol, for COCO-MIG's colour check on real images.
 
-COCO-MIG (MIG_Bench's eval_mig.py, see shared/data/coco-mig/README.md) prompts SAM with each
-instance's ground-truth box on the 512x512 image, keeps the best of SAM's three masks (highest
-predicted IoU) and counts the mask's pixels in the caption colour's HSV range. SamSegmenter does
+COCO-MIG (MIG_Bench's eval_mig.py) prompts SAM with each instance's ground-truth box on the
+512x512 image, keeps the best of SAM's three masks (highest predicted IoU, the first on a tie as
+np.argmax) and counts the mask's pixels in the caption colour's HSV range. SamSegmenter does
 the same with transformers' SamModel + SamProcessor loaded from a local directory: one forward
 per chunk of images, all of an image's boxes prompted together (SAM decodes each box on its own,
 so padding an image's boxes to the chunk's longest list changes nothing), masks brought back
