@@ -3,10 +3,10 @@
     python scripts/collect_results.py runs/t3 results/table3      # every run folder under runs/t3
     python scripts/collect_results.py runs/probe results/probe
 
-Keeps each run's config.yaml, log.jsonl and loss.png, each eval folder's metrics.json, table.md
-and grid.png, a probe's probe.jsonl, probe.json and probe.png, and the direction.json of
-scripts/rl_direction_check.py; leaves checkpoints, the exported model and the generated images
-behind. ``idruid report results/...`` reads the copies.
+Keeps each run's config.yaml, log.jsonl and loss.png, each eval folder's metrics.json, table.md,
+grid.png and audit.json (scripts/reward_audit.py), a probe's probe.jsonl, probe.json and
+probe.png, and the direction.json of scripts/rl_direction_check.py; leaves checkpoints, the
+exported model and the generated images behind. ``idruid report results/...`` reads the copies.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ RUN_FILES = (
     *("config.yaml", "log.jsonl", "loss.png", "report.md"),
     *("probe.jsonl", "probe.json", "probe.png", "direction.json"),
 )
-EVAL_FILES = ("metrics.json", "table.md", "grid.png")
+EVAL_FILES = ("metrics.json", "table.md", "grid.png", "audit.json")
 
 
 def collect(run: Path, target: Path) -> int:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The README's mini Table 3 from the committed runs: bash scripts/report_table3.sh [OUT]
-# (rows 2 and 6 in results/table3-lambda/, the other rows in results/table3-rows/).
+# The README's mini Table 3 from the committed runs: bash scripts/report_table3.sh [OUT] [narrow]
+# Without "narrow": today's world (results/table3/: every row from results/stage1/ or
+# results/stage1-baseline/, scored on shapes-mig, shapes-sam, shapes-strips and shapes-mig-narrow).
+# With it: the narrow world's table of earlier README versions (results/narrow/table3-lambda/ and
+# results/narrow/table3-rows/, scored on the -narrow benchmarks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dirs=()
@@ -15,13 +18,26 @@ row() {
         fi
     done
 }
-row "1: adapter only, no RL" results/table3-rows/row1-s*
-row "2: IDM, no RL" results/table3-lambda/none-s*
-row "3: IDM + SFT on the prompt-only layouts" results/table3-rows/sft-s*
-row "4: IDM + GRPO" results/table3-rows/grpo-s*
-row "5: adapter only + RL" results/table3-rows/row5-s*
-row "6: IDM + RL (shapes-rl, lambda_rl 10)" results/table3-lambda/lam10-s*
-row "6 at lambda_rl 4" results/table3-lambda/lam4-s*
-row "6, critic baseline" results/table3-rows/critic-s*
-row "6, the paper's literal reading" results/table3-rows/literal-s*
+if [ "${2:-}" = narrow ]; then
+    n=results/narrow
+    row "1: adapter only, no RL" $n/table3-rows/row1-s*
+    row "2: IDM, no RL" $n/table3-lambda/none-s*
+    row "3: IDM + SFT on the prompt-only layouts" $n/table3-rows/sft-s*
+    row "4: IDM + GRPO" $n/table3-rows/grpo-s*
+    row "5: adapter only + RL" $n/table3-rows/row5-s*
+    row "6: IDM + RL (shapes-rl, lambda_rl 10)" $n/table3-lambda/lam10-s*
+    row "6 at lambda_rl 4" $n/table3-lambda/lam4-s*
+    row "6, critic baseline" $n/table3-rows/critic-s*
+    row "6, the paper's literal reading" $n/table3-rows/literal-s*
+else
+    t=results/table3
+    row "1: adapter only, no RL" $t/row1-s*
+    row "2: IDM, no RL" $t/none-s*
+    row "3: IDM + SFT on the prompt-only layouts" $t/sft-s*
+    row "4: IDM + GRPO" $t/grpo-s*
+    row "5: adapter only + RL" $t/row5-s*
+    row "6: IDM + RL (shapes-rl)" $t/rl-s*
+    row "6, the paper's reward (Eq. 6, no threshold)" $t/paper-reward-s*
+    row "6, RL prompts of the narrow geometry" $t/narrow-prompts-s*
+fi
 idruid report "${dirs[@]}" "${names[@]}" --spread sem --out "${1:-report-table3}"

@@ -21,9 +21,9 @@ import numpy as np
 
 from idruid.benchmarks import resolve
 from idruid.boxes import pixel_masks
-from idruid.colors import COLOR_NAMES, color_membership
-from idruid.metrics.checks import caption_color, leak_flags, score_coco_mig
-from idruid.rl.rewards import COLOR_SHARE_FULL, LayoutReward
+from idruid.colors import COLOR_NAMES, caption_color, color_membership
+from idruid.metrics.checks import leak_flags, score_coco_mig
+from idruid.rl.rewards import COLOR_SHARE_FULL, LayoutReward, color_shares
 from idruid.scorers.analytic import AnalyticDetector, AnalyticSegmenter
 from idruid.scoring import find_images, load_images
 
@@ -47,29 +47,13 @@ def _summary(columns: dict[str, np.ndarray], keep: np.ndarray) -> dict:
     return out
 
 
-def _own_shares(images: np.ndarray, layouts: list) -> list[np.ndarray]:
-    """Per image (n,): the share of the segmented target box (the analytic segmenter's mask) in the
-    caption colour's COCO-MIG range, what the colour check compares with 20%."""
-    masks = AnalyticSegmenter().segment(images, [np.asarray(layout.boxes) for layout in layouts])
-    shares = []
-    for image, layout, image_masks in zip(images, layouts, masks, strict=True):
-        membership = color_membership(image)
-        row = []
-        for caption, mask in zip(layout.captions, image_masks, strict=True):
-            color = caption_color(caption)
-            inside = membership[mask]
-            row.append(float(inside[:, COLOR_NAMES.index(color)].mean()) if color and len(inside) else 0.0)
-        shares.append(np.array(row))
-    return shares
-
-
 def audit(images: np.ndarray, layouts: list) -> dict:
     by_threshold = {
         t: LayoutReward(AnalyticDetector(), threshold=t).matches(images, layouts) for t in THRESHOLDS
     }
     scores = score_coco_mig(images, layouts, AnalyticDetector(), AnalyticSegmenter())
     flags = leak_flags(images, layouts)
-    own_shares = _own_shares(images, layouts)
+    own_shares = color_shares(images, layouts, AnalyticSegmenter()).numpy()
     rows = []  # one dict per instance
     for b, layout in enumerate(layouts):
         n = len(layout.instances)
@@ -108,12 +92,43 @@ def audit(images: np.ndarray, layouts: list) -> dict:
     }
 
 
+def table(named: list[str]) -> str:
+    """Markdown rows from audit files given as NAME=PATH: what the reward pays (threshold 0, the
+    analytic detector's candidates as they come, and 0.25) against what the benchmark grants."""
+    header = (
+        "| images | leaking instances | their reward term (thr 0 / 0.25 / colour-gated) | the others' |"
+        " benchmark fails paid as passing (thr 0 / 0.25) |\n|---|---:|---:|---:|---:|"
+    )
+    rows = [header]
+    for item in named:
+        name, path = item.split("=", 1)
+        audit_ = json.loads(Path(path).read_text())
+        leaked, others = audit_["leaked"], audit_["not_leaked"]
+
+        def terms(part: dict) -> str:
+            if not part.get("instances"):
+                return "-"
+            keys = ("reward_term@0.0", "reward_term@0.25", "color_reward_term@0.25")
+            return " / ".join(f"{part[k]:.2f}" for k in keys)
+
+        paid = " / ".join(f"{100 * audit_[f'benchmark_fails_reward_passes@{t}']:.0f}%" for t in THRESHOLDS)
+        count = f"{leaked['instances']} of {audit_['all']['instances']}"
+        rows.append(f"| {name} | {count} | {terms(leaked)} | {terms(others)} | {paid} |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", required=True, help="folder of <benchmark>_<index>.png images")
-    parser.add_argument("--benchmark", required=True, help="a shapes benchmark (idruid.benchmarks)")
+    parser.add_argument("--images", help="folder of <benchmark>_<index>.png images")
+    parser.add_argument("--benchmark", help="a shapes benchmark (idruid.benchmarks)")
     parser.add_argument("--out", help="write the summary here as JSON")
+    parser.add_argument("--table", nargs="+", metavar="NAME=AUDIT_JSON", help="print a table of audits")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if not (args.images and args.benchmark):
+        parser.error("give --images and --benchmark (or --table)")
     run = resolve(args.benchmark)
     images = load_images(find_images(args.images, run.layouts), None)
     result = {"benchmark": args.benchmark, "images": args.images, **audit(images, run.layouts)}

@@ -13,7 +13,7 @@ each from its own fresh batch of rollouts, and writes ``direction.json`` (beside
   direction. A gradient that carries signal has a positive slope; one that is noise has a slope
   of either sign, like the random direction's.
 
-    python scripts/rl_direction_check.py --checkpoint runs/stage1/model --out results/direction/idm
+    python scripts/rl_direction_check.py --checkpoint runs/stage1/model --out results/narrow/direction/idm
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ from idruid.benchmarks import (
 )
 
 
-def test_the_registry_holds_the_four_benchmarks_in_command_line_order():
-    assert tuple(BENCHMARKS) == ("shapes-mig", "shapes-sam", "coco-mig", "layoutsam-eval")
+def test_the_registry_holds_every_benchmark_in_command_line_order():
+    shapes = ("shapes-mig", "shapes-sam", "shapes-mig-narrow", "shapes-sam-narrow", "shapes-strips")
+    assert tuple(BENCHMARKS) == (*shapes, "coco-mig", "layoutsam-eval")
+    assert all(BENCHMARKS[name].shapes_world for name in shapes)
     assert all(name == benchmark.name for name, benchmark in BENCHMARKS.items())
     with pytest.raises(ScoringError, match="benchmark 'layoutsam': unknown"):
         get_benchmark("layoutsam")

@@ -27,6 +27,7 @@ depend on the image size.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -102,14 +103,22 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- centre rule
 
 
+@functools.lru_cache(maxsize=32)
+def _pixel_centres(size: int) -> np.ndarray:
+    """(size,) normalised pixel centres (j + 0.5) / size, read-only (the shapes world's sampler
+    asks for one box's pixels tens of times per scene)."""
+    centres = (np.arange(size) + 0.5) / size
+    centres.flags.writeable = False
+    return centres
+
+
 def pixel_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bool (n, height, width): the pixels whose centres lie inside each normalised box.
 
     The rule is half-open, ``x0 <= (j + 0.5) / width < x1``, so adjacent boxes share no pixel.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    xs = (np.arange(width) + 0.5) / width
-    ys = (np.arange(height) + 0.5) / height
+    xs, ys = _pixel_centres(width), _pixel_centres(height)
     inside_x = (xs >= boxes[:, 0, None]) & (xs < boxes[:, 2, None])  # (n, W)
     inside_y = (ys >= boxes[:, 1, None]) & (ys < boxes[:, 3, None])  # (n, H)
     return inside_y[:, :, None] & inside_x[:, None, :]

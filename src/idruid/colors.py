@@ -11,6 +11,8 @@ metrics, the leakage rate and the shapes world share this one rule.
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 
@@ -95,3 +97,13 @@ def color_fraction(rgb: np.ndarray, mask: np.ndarray, color: str) -> np.float32:
 def color_passes(rgb: np.ndarray, mask: np.ndarray, color: str) -> bool:
     """COCO-MIG's colour test: at least 20% of a non-empty mask's pixels in the colour's range."""
     return bool(np.asarray(mask).any()) and fraction_passes(color_fraction(rgb, mask, color))
+
+
+def caption_color(caption: str) -> str | None:
+    """The first COCO-MIG colour word of a caption ("a blue fork" -> "blue"), or None; words are
+    compared without case and punctuation ("Red," is red)."""
+    for word in caption.split():
+        bare = re.sub(r"[^\w-]", "", word.lower())
+        if bare in COLOR_NAMES:
+            return bare
+    return None

@@ -115,7 +115,7 @@ class ModelConfig:
 
 
 RL_ALGORITHMS = ("none", "ppo", "grpo", "sft")
-RL_CREDITS = ("image", "instance")
+RL_CREDITS = ("image", "instance", "visible")
 RL_CHOICES = {  # RLConfig field -> the values it takes
     "algorithm": RL_ALGORITHMS,
     "credit": RL_CREDITS,
@@ -166,8 +166,9 @@ class RLConfig:
     advantage_std: str = "batch"
     advantage_clip: float = 5.0  # |A| clipped here after standardising; 0 = off
     # how the reward is credited to actions: "image" (the paper: the image's reward, Eq. 6, for the
-    # density of the whole latent) or "instance" (each instance's term of Eq. 6 for the density
-    # inside its own box, with per-instance baselines)
+    # density of the whole latent), "instance" (each instance's term of Eq. 6 for the density
+    # inside its own box, with per-instance baselines) or "visible" (as instance, but a cell that
+    # several boxes cover is credited to the smallest, drawn in front of the others)
     credit: str = "instance"
     # the policy's log-prob takes no gradient through CFG's unconditional prediction (Flow-GRPO)
     detach_uncond: bool = True

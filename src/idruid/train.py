@@ -28,7 +28,7 @@ from .checkpoint import EMBEDDED_CHECKPOINT, describe_base, load_trained_weights
 from .config import TrainConfig, check_data, save_config
 from .models import build_model
 from .paired import collate, paired_dataset, paired_losses
-from .rl.held_out import held_out_sets
+from .rl.held_out import held_out_sets, measure_held_out
 from .rl.stage import RLStage, RLStats
 from .train_log import gradient_norms, mean_over_processes, mean_rl_stats, plot_losses
 from .train_state import (
@@ -179,7 +179,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                 break
             if held_out and step >= rl_start and (step - rl_start) % rl.held_out_every == 0:
                 held_out_step = step  # before this step's update
-                held_out_values = {name: measure(model) for name, measure in held_out.items()}
+                held_out_values = measure_held_out(held_out, model)
             # ---------------------------------------------------- PAIRED LOSSES
             loss, l_ldm, l_dis = paired_losses(
                 model, network, batch["image"], batch["layouts"], config, accelerator
@@ -242,10 +242,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                     grad_norms = []
                 if held_out and step == config.steps:
                     held_out_step = step  # after the last update
-                    held_out_values = {name: measure(model) for name, measure in held_out.items()}
+                    held_out_values = measure_held_out(held_out, model)
                 if held_out_values:
                     record["rl_held_out_step"] = held_out_step
-                    record.update({f"rl_{name}_reward": value for name, value in held_out_values.items()})
+                    record.update(held_out_values)
                     held_out_values = {}
                 bar.set_postfix(
                     loss=f"{record['loss']:.4f}", l_dis=record["l_dis"] and f"{record['l_dis']:.4f}"

@@ -60,10 +60,15 @@ def _global_norm(tensors: list[torch.Tensor]) -> float:
 
 
 # measured at another step than their record
-X_KEYS = {"rl_held_out_reward": "rl_held_out_step", "rl_held_out_off_reward": "rl_held_out_step"}
+X_KEYS = {
+    f"rl_held_out{which}_{what}": "rl_held_out_step"
+    for which in ("", "_off")
+    for what in ("reward", "leakage")
+}
 RL_DIAGNOSTICS = (  # log key(s), panel title
     (("rl_reward",), "RL: mean rollout reward (Eq. 6)"),
     (("rl_held_out_reward", "rl_held_out_off_reward"), "held-out reward: prompts' geometry, off (ODE)"),
+    (("rl_held_out_leakage", "rl_held_out_off_leakage"), "held-out leakage rate: prompts' geometry, off"),
     (("rl_critic_mse", "rl_within_var", "rl_critic_loss"), "critic: fresh MSE, within-prompt var, fit"),
     (("rl_grad_ratio",), "|g_rl| / |g_ldm + g_dis|"),
     (("rl_kl",), "KL term (Eq. 10)"),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from idruid.data.box_stats import box_stats
+from idruid.data.box_stats import box_classes, box_stats
 from idruid.data.shapes import (
     COLORS,
     SHADES,
@@ -211,6 +211,33 @@ def test_box_stats_hand_worked():
     assert stats_["smallest_side"] == pytest.approx(0.1)
 
 
+def test_box_classes_hand_worked():
+    """At 32 pixels: the circle's short side is 16 px, the red square's 6.4, the blue box's 3.2 and
+    the green one's 4.0 (the smallest class holds every side below 6); the red square is nested,
+    the circle 32% covered; the green box (1.6:1) is in neither elongation class."""
+    layout = Layout(
+        "a photo",
+        (
+            Instance("a red circle", (0.0, 0.0, 0.5, 0.5)),
+            Instance("a red square", (0.1, 0.1, 0.3, 0.5)),
+            Instance("a blue square", (0.6, 0.6, 0.8, 0.7)),
+            Instance("a green square", (0.0, 0.875, 0.2, 1.0)),  # 4.0 px high: short side 4-5
+        ),
+    )
+    classes = box_classes([layout], resolution=32)
+    expected = {
+        "short side 4-5 px": [False, False, True, True],
+        "short side 6-9 px": [False, True, False, False],
+        "short side 10+ px": [True, False, False, False],
+        "elongation < 1.5": [True, False, False, False],
+        "elongation >= 2": [False, True, True, False],
+        "nested (> 90% covered)": [False, True, False, False],
+        "overlapped (10-90%)": [True, False, False, False],
+        "free (<= 10%)": [False, False, True, True],
+    }
+    assert {name: mask.tolist() for name, mask in classes.items()} == expected
+
+
 def _coco_like(count_per_level: int = 160) -> list[Layout]:
     layouts = []
     for level in range(2, 7):
@@ -244,4 +271,19 @@ def test_coco_mig_facts_are_the_real_files():
 
 
 def test_every_geometry_is_registered_by_its_name():
-    assert all(name == geometry.name for name, geometry in GEOMETRIES.items())
+    assert all(geometry is None or name == geometry.name for name, geometry in GEOMETRIES.items())
+    assert get_geometry("narrow") is None  # its own sampler
+
+
+def test_unknown_geometries_are_refused_before_training():
+    from idruid.config import ConfigError, check_data, load_config
+
+    with pytest.raises(ConfigError, match="geometry 'round': expected one of open, coco, narrow, strips"):
+        check_data(load_config("tiny", ["geometry=round"]))
+    with pytest.raises(ConfigError, match="rl.prompt_geometry 'square'"):
+        load_config("tiny", ["rl.prompt_geometry=square"]).rl.check()
+    with pytest.raises(ConfigError, match="rl.held_out_off 'oval': expected one of .*, none"):
+        load_config("tiny", ["rl.held_out_off=oval"]).rl.check()
+    load_config("tiny", ["rl.held_out_off=none", "rl.prompt_geometry=narrow"]).rl.check()
+    with pytest.raises(ConfigError, match="needs rl.segmenter"):
+        load_config("tiny", ["rl.algorithm=ppo", "rl.reward=iou_conf_color", "rl.segmenter=null"]).rl.check()

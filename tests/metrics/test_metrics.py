@@ -15,6 +15,7 @@ from idruid.metrics import (
     aggregate_mig,
     aggregate_sam,
     caption_color,
+    leak_flags,
     leakage,
     nms,
     object_name,
@@ -289,6 +290,8 @@ def test_leakage_hand_painted():
     _paint(images[2], LEFT, RGB["yellow"])  # a colour nobody asked for: not leakage
     out = leakage(images[:3], [layout] * 3)
     assert (out["leaked"], out["instances"]) == (2, 6)
+    flags = leak_flags(images[:3], [layout] * 3)  # which instance leaked, image by image
+    assert [row.tolist() for row in flags] == [[True, False], [False, True], [False, False]]
     assert out["rate"] == pytest.approx(1 / 3)
     assert out["L2"]["rate"] == pytest.approx(1 / 3)
 

@@ -8,7 +8,7 @@ import torch
 
 from idruid.boxes import covering_cells
 from idruid.policy_steps import ddim_step_with_logprob, sde_std, sde_step_with_logprob
-from idruid.rl.logprob import box_log_probs, gaussian_kl
+from idruid.rl.logprob import box_log_probs, front_masks, gaussian_kl
 from idruid.sampling import ddim_step, euler_step
 
 
@@ -218,3 +218,32 @@ def test_box_log_probs_match_a_loop_over_boxes():
     assert got[1, 1].item() == 0.0  # a padded (empty) box
     with pytest.raises(ValueError, match="do not fit"):
         box_log_probs(x_next, mean, scale, masks[:, :, :10])
+
+
+def test_front_masks_keep_each_cell_in_the_smallest_box_covering_it():
+    """Against a loop over cells: a table, a cup on it, a second cup of the same size (the later
+    one wins their shared cells), a box beside them, and a padded slot."""
+    boxes = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 1.0, 0.75],  # table
+                [0.25, 0.25, 0.5, 0.5],  # cup
+                [0.375, 0.375, 0.625, 0.625],  # second cup, same area, overlapping the first
+                [0.0, 0.75, 0.5, 1.0],  # beside the table
+                [0.0, 0.0, 0.0, 0.0],  # padding
+            ]
+        ]
+    )
+    valid = torch.tensor([[True, True, True, True, False]])
+    masks = covering_cells(boxes, 8, 8) * valid[..., None]
+    front = front_masks(masks, boxes)
+    area = (boxes[0, :, 2] - boxes[0, :, 0]) * (boxes[0, :, 3] - boxes[0, :, 1])
+    expected = torch.zeros_like(masks)
+    for cell in range(64):
+        covering = [n for n in range(5) if masks[0, n, cell] > 0]
+        if covering:
+            smallest = min(area[n] for n in covering)
+            expected[0, max(n for n in covering if area[n] == smallest), cell] = 1.0
+    assert torch.equal(front, expected)
+    assert torch.equal(front.sum(dim=1), (masks.sum(dim=1) > 0).float())  # every covered cell once
+    assert front[0, 0].sum() == masks[0, 0].sum() - 7  # the table loses the cups' 7 cells

@@ -9,6 +9,7 @@ import torch
 from idruid.cli import main
 from idruid.config import load_config
 from idruid.data.shapes import prompt_only_layout
+from idruid.metrics.checks import leak_counts
 from idruid.models.sd3 import SD3LayoutModel
 from idruid.reports import write_report
 from idruid.rl.held_out import HELD_OUT_START, HeldOutReward, held_out_sets
@@ -45,6 +46,10 @@ def test_held_out_reward_is_the_mean_reward_of_fixed_layouts_and_noise():
         model, layouts, config.sampling_settings().override(steps=3, cfg=config.rl.cfg), x_init=noise
     )
     assert first == pytest.approx(float(reward(to_uint8(images), layouts).mean()), abs=1e-5)
+    counts = np.array(leak_counts(to_uint8(images), layouts))
+    measured = held_out.measure(model, batch_size=2)
+    assert measured["reward"] == pytest.approx(first, abs=1e-6)
+    assert measured["leakage"] == pytest.approx(counts[:, 0].sum() / counts[:, 1].sum())
 
 
 def test_held_out_sets_of_the_prompts_geometry_and_the_off_geometry():
@@ -93,6 +98,8 @@ def test_rl_probe_command_and_its_report(tmp_path, tiny_checkpoint, capsys, save
     assert cells[1:4] == expected
     assert cells[4] == f"{records[-1]['held_out_reward'] - records[0]['held_out_reward']:+.3f}"
     assert cells[5] == f"{records[-1]['held_out_off_reward'] - records[0]['held_out_off_reward']:+.3f}"
+    leak = records[0]["held_out_leakage"], records[-1]["held_out_leakage"]
+    assert cells[6] == f"{100 * leak[0]:.2f} -> {100 * leak[1]:.2f}"
     # the report's probe figure: one line per probe, named as the report names it
     (axes,) = saved_figures["rl-probes.png"].axes
     (line,) = axes.get_lines()

@@ -404,7 +404,14 @@ def test_loss_plot_adds_the_rl_diagnostics(tmp_path, saved_figures):
     the step it was measured at); panels without data are left out."""
     stage1 = [{"step": 1, "l_ldm": 0.2, "l_dis": 0.6}, {"step": 2, "l_ldm": 0.1, "l_dis": None}]
     rl = [
-        {**stage1[0], "rl_reward": 5.0, "rl_kl": 0.1, "rl_held_out_reward": 0.3, "rl_held_out_step": 0},
+        {
+            **stage1[0],
+            "rl_reward": 5.0,
+            "rl_kl": 0.1,
+            "rl_held_out_reward": 0.3,
+            "rl_held_out_off_reward": 0.2,
+            "rl_held_out_step": 0,
+        },
         {**stage1[1], "rl_reward": 6.0, "rl_kl": 0.2, "rl_critic_loss": 1.0, "rl_clip_fraction": 0.5},
     ]
     for name, rows in (("stage1", stage1), ("rl", rl)):
@@ -424,7 +431,7 @@ def test_loss_plot_adds_the_rl_diagnostics(tmp_path, saved_figures):
     rl_panels = _panels(rl_figure)[2:]
     assert rl_panels == [
         {"rl_reward": ([1.0, 2.0], [5.0, 6.0])},
-        {"rl_held_out_reward": ([0.0], [0.3])},
+        {"rl_held_out_reward": ([0.0], [0.3]), "rl_held_out_off_reward": ([0.0], [0.2])},
         {"rl_critic_mse": ([], []), "rl_within_var": ([], []), "rl_critic_loss": ([2.0], [1.0])},
         {"rl_kl": ([1.0, 2.0], [0.1, 0.2])},
         {"rl_clip_fraction": ([2.0], [0.5])},

@@ -11,16 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from idruid.colors import caption_color
 from idruid.layout import Layout
 
 PERCENTILES = (5, 25, 50, 75, 95)
 _BORDER = 1e-3  # a box edge this close to the image edge touches it
-
-
-def _caption_color(caption: str) -> str | None:
-    from idruid.metrics.checks import caption_color
-
-    return caption_color(caption)
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -29,6 +24,42 @@ def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
     side = np.maximum(hi - lo, 0.0)
     return side[..., 0] * side[..., 1]
+
+
+def _covered_share(boxes: np.ndarray, inter: np.ndarray, area: np.ndarray) -> np.ndarray:
+    """(n,) the largest share of each box's area that one other box covers."""
+    if len(boxes) < 2:
+        return np.zeros(len(boxes))
+    share = inter / area[:, None]  # (n, n): of box i covered by box j
+    np.fill_diagonal(share, 0.0)
+    return share.max(axis=1)
+
+
+def box_classes(layouts: Sequence[Layout], resolution: int) -> dict[str, np.ndarray]:
+    """Boolean masks over all boxes of ``layouts`` (in layout order) by what makes a box hard to
+    draw: its short side in pixels at ``resolution`` (below 6, which is 4-5 in the shapes world's
+    splits, 6-9, 10 and more), its elongation
+    (long / short side below 1.5, 2 and more), and how much one other box covers it (nested:
+    over 90%; overlapped: 10-90%; free: at most 10%). scripts/isr_breakdown.py scores each class."""
+    short, elongation, cover = [], [], []
+    for layout in layouts:
+        b = np.asarray(layout.boxes, dtype=np.float64).reshape(-1, 4)
+        width, height = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        short.append(np.minimum(width, height) * resolution)
+        elongation.append(np.maximum(width, height) / np.minimum(width, height))
+        cover.append(_covered_share(b, _intersection(b, b), width * height))
+    pixels, stretch, covered = (np.concatenate(v) for v in (short, elongation, cover))
+    pixels = np.round(pixels, 6)  # 4 / 32 * 32 is 4.0, not 3.9999999
+    return {
+        "short side 4-5 px": pixels < 6,
+        "short side 6-9 px": (pixels >= 6) & (pixels < 10),
+        "short side 10+ px": pixels >= 10,
+        "elongation < 1.5": stretch < 1.5,
+        "elongation >= 2": stretch >= 2,
+        "nested (> 90% covered)": covered > 0.9,
+        "overlapped (10-90%)": (covered > 0.1) & (covered <= 0.9),
+        "free (<= 10%)": covered <= 0.1,
+    }
 
 
 def box_stats(layouts: Sequence[Layout]) -> dict:
@@ -62,13 +93,11 @@ def box_stats(layouts: Sequence[Layout]) -> dict:
         pairs += int(upper.sum())
         intersecting += int((inter[upper] > 0).sum())
         over_015 += int((iou[upper] > 0.15).sum())
-        colors = [_caption_color(c) for c in layout.captions]
+        colors = [caption_color(c) for c in layout.captions]
         same_color = np.array([[a is not None and a == c for c in colors] for a in colors], dtype=bool)
         same += int((same_color & upper).sum())
         same_intersecting += int((same_color & upper & (inter > 0)).sum())
-        np.fill_diagonal(inter, 0.0)
-        share = inter / area[:, None]  # (n, n): of box i covered by box j
-        covered.append(share.max(axis=1) if len(b) > 1 else np.zeros(len(b)))
+        covered.append(_covered_share(b, inter, area))
     sides = np.concatenate(boxes)
     size, aspect, cover = np.concatenate(sizes), np.concatenate(aspects), np.concatenate(covered)
     min_side = sides.min(axis=1)

@@ -19,6 +19,8 @@ re-exports their public names. The Markdown tables of these metrics are reports.
 from .checks import (
     InstanceScore,
     caption_color,
+    leak_flags,
+    mask_color_fraction,
     nms,
     object_name,
     resize_linear,
@@ -33,7 +35,9 @@ __all__ = [
     "aggregate_mig",
     "aggregate_sam",
     "caption_color",
+    "leak_flags",
     "leakage",
+    "mask_color_fraction",
     "nms",
     "object_name",
     "resize_linear",

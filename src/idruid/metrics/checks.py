@@ -27,6 +27,7 @@ from idruid.boxes import pairwise_iou, pixel_masks, to_pixels
 from idruid.colors import (
     COLOR_NAMES,
     COLOR_PASS_FRACTION,
+    caption_color,
     color_membership,
     fraction_passes,
     in_range_fraction,
@@ -74,14 +75,6 @@ def _words(caption: str) -> list[str]:
 
 def _bare(word: str) -> str:
     return re.sub(r"[^\w-]", "", word.lower())
-
-
-def caption_color(caption: str) -> str | None:
-    """The first COCO-MIG colour word of a caption ("a blue fork" -> "blue"), or None."""
-    for word in _words(caption):
-        if _bare(word) in COLOR_NAMES:
-            return _bare(word)
-    return None
 
 
 def object_name(caption: str) -> str:
@@ -273,15 +266,20 @@ def mig_ious(target: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union != 0)
 
 
+def mask_color_fraction(membership: np.ndarray, mask: np.ndarray, color: str) -> np.float32:
+    """The share of a mask's pixels in ``color``'s range, from a precomputed membership (H, W, 7):
+    what COCO-MIG's colour check compares with 20% (float32, 0 for an empty mask)."""
+    mask = np.asarray(mask, dtype=bool)
+    in_range = int(membership[..., COLOR_NAMES.index(color)][mask].sum())
+    return in_range_fraction(in_range, int(mask.sum()))
+
+
 def _color_passes(membership: np.ndarray, mask: np.ndarray, color: str, threshold: float) -> bool:
     """eval_mig.py's colour test from a precomputed membership (H, W, 7): fails on an empty mask,
     else passes when the float32 in-range fraction reaches the threshold."""
-    mask = np.asarray(mask, dtype=bool)
-    pixels = int(mask.sum())
-    if pixels == 0:
+    if not np.asarray(mask).any():
         return False
-    in_range = int(membership[..., COLOR_NAMES.index(color)][mask].sum())
-    return fraction_passes(in_range_fraction(in_range, pixels), threshold)
+    return fraction_passes(mask_color_fraction(membership, mask, color), threshold)
 
 
 # ----------------------------------------------------------------------------- leakage

@@ -52,9 +52,18 @@ def load_probe(path: str | Path, name: str | None = None) -> Probe:
     return Probe(path, name or path.name, config, records)
 
 
+# optional columns: (record key, header, how its first and last values are shown)
+_END_COLUMNS = (
+    ("held_out_off_reward", "off gain", lambda first, last: f"{last - first:+.3f}"),
+    ("held_out_leakage", "leak %", lambda first, last: f"{100 * first:.2f} -> {100 * last:.2f}"),
+    ("held_out_off_leakage", "off leak %", lambda first, last: f"{100 * first:.2f} -> {100 * last:.2f}"),
+)
+
+
 def probe_table(probes: Sequence[Probe]) -> str:
-    """Markdown: one row per probe, the held-out reward at each checkpoint iteration, its gain, and
-    the gain on the off geometry where the probes measured one."""
+    """Markdown: one row per probe, the held-out reward at each checkpoint iteration and its gain,
+    and where the probes measured them, the gain on the off geometry and both leakage rates from
+    the first record to the last."""
     iterations = sorted({r["iteration"] for p in probes for r in p.records})
     configs = [p.config for p in probes]
     # keys that differ where they are set (a key only older configs lack is no difference)
@@ -63,16 +72,9 @@ def probe_table(probes: Sequence[Probe]) -> str:
         for k in varying_keys(configs)
         if k != "seed" and len({format_value(c[k]) for c in configs if k in c}) > 1
     ]
-    off = any("held_out_off_reward" in r for p in probes for r in p.records)
-    header = [
-        "Probe",
-        *keys,
-        *(f"it {i}" for i in iterations),
-        "gain",
-        *(["off gain"] if off else []),
-        "s / it",
-    ]
-    rule = ["---"] * (1 + len(keys)) + ["---:"] * (len(iterations) + 2 + off)
+    ends = [column for column in _END_COLUMNS if any(column[0] in r for p in probes for r in p.records)]
+    header = ["Probe", *keys, *(f"it {i}" for i in iterations), "gain", *(c[1] for c in ends), "s / it"]
+    rule = ["---"] * (1 + len(keys)) + ["---:"] * (len(iterations) + 2 + len(ends))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     for probe in probes:
         by_iteration = {r["iteration"]: r["held_out_reward"] for r in probe.records}
@@ -84,17 +86,17 @@ def probe_table(probes: Sequence[Probe]) -> str:
             *(format_value(probe.config.get(k, "(unset)")) for k in keys),
             *("-" if c is None else f"{c:.3f}" for c in cells),
             f"{gain:+.3f}",
-            *([_off_gain(probe.records)] if off else []),
+            *(_first_to_last(probe.records, key, show) for key, _, show in ends),
             "-" if per_it is None else f"{per_it:.1f}",
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _off_gain(records: Sequence[dict]) -> str:
-    """The held-out reward's gain on the off geometry (rl.held_out_off), "-" where not measured."""
-    first, last = records[0].get("held_out_off_reward"), records[-1].get("held_out_off_reward")
-    return "-" if first is None or last is None else f"{last - first:+.3f}"
+def _first_to_last(records: Sequence[dict], key: str, show) -> str:
+    """``show(first, last)`` of a record key, "-" where the probe did not measure it."""
+    first, last = records[0].get(key), records[-1].get(key)
+    return "-" if first is None or last is None else show(first, last)
 
 
 def plot_probes(probes: Sequence[Probe], path: Path) -> Path:

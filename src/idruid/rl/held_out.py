@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data.shapes import prompt_only_layout
+from ..metrics.checks import leak_counts
 from ..sampling import sample, to_uint8
 from .rollout import rollout_settings
 
@@ -46,22 +47,25 @@ class HeldOutReward:
         self.noise = torch.randn((count, *latent_shape), generator=torch.Generator().manual_seed(seed))
 
     @torch.no_grad()
-    def __call__(self, model, batch_size: int = 64) -> float:
-        """Mean reward of the held-out set under ``model`` (left in the mode it was in)."""
+    def measure(self, model, batch_size: int = 64) -> dict[str, float]:
+        """The held-out set under ``model`` (left in the mode it was in): its mean "reward" and its
+        "leakage", the share of instances whose box another instance's colour dominates
+        (idruid.metrics.leakage's rule), which the reward alone may not see."""
         settings, was_training = rollout_settings(self.config), model.training
         model.eval()
-        scores = []
+        scores, leaked, counted = [], 0, 0
         for start in range(0, len(self.layouts), batch_size):
             layouts = self.layouts[start : start + batch_size]
-            images = sample(
-                model,
-                layouts,
-                settings,
-                x_init=self.noise[start : start + batch_size],
-            )
-            scores.append(self.reward(to_uint8(images), layouts).float().cpu().numpy())
+            images = to_uint8(sample(model, layouts, settings, x_init=self.noise[start : start + batch_size]))
+            scores.append(self.reward(images, layouts).float().cpu().numpy())
+            for leaked_here, instances in leak_counts(images, layouts):
+                leaked, counted = leaked + leaked_here, counted + instances
         model.train(was_training)
-        return float(np.concatenate(scores).mean())
+        return {"reward": float(np.concatenate(scores).mean()), "leakage": leaked / max(counted, 1)}
+
+    def __call__(self, model, batch_size: int = 64) -> float:
+        """Mean reward of the held-out set under ``model``."""
+        return self.measure(model, batch_size)["reward"]
 
 
 def held_out_sets(config, reward, count: int, latent_shape: tuple[int, ...]) -> dict[str, HeldOutReward]:
@@ -73,3 +77,9 @@ def held_out_sets(config, reward, count: int, latent_shape: tuple[int, ...]) -> 
             config, reward, count, latent_shape, geometry=config.rl.held_out_off
         )
     return sets
+
+
+def measure_held_out(sets: dict[str, HeldOutReward], model) -> dict[str, float]:
+    """Every set's reward and leakage under ``model``, as log keys: "rl_held_out_reward",
+    "rl_held_out_leakage", "rl_held_out_off_reward", ..."""
+    return {f"rl_{name}_{key}": value for name, m in sets.items() for key, value in m.measure(model).items()}

@@ -36,3 +36,19 @@ def box_log_probs(
     per_cell = gaussian_log_density(x_next, mean, scale).mean(dim=1).flatten(1)  # (M, H * W)
     masks = masks.to(per_cell.dtype)
     return torch.einsum("mp,mnp->mn", per_cell, masks) / masks.sum(dim=-1).clamp(min=1.0)
+
+
+def front_masks(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Each cell credited to one instance only: of the boxes covering it, the one drawn in front,
+    masks (M, N, H * W) 0/1 and boxes (M, N, 4) -> the same masks with every cell kept in one box.
+
+    Larger shapes are drawn first (the shapes world, and objects on a table), so the front box at a
+    cell is the smallest covering it; of equal areas, the later instance. Where boxes nest, a box's
+    own term is then credited to the cells where it can be seen, not to the cells of the smaller
+    instances drawn over it (``rl.credit=visible``)."""
+    num = masks.shape[1]
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (M, N)
+    ranked = torch.where(masks > 0, area[..., None], torch.full_like(masks, float("inf")))  # (M, N, HW)
+    # argmin takes the first of equal minima: over the flipped instances that is the last one
+    front = num - 1 - ranked.flip(1).argmin(dim=1)  # (M, HW)
+    return masks * torch.nn.functional.one_hot(front, num).transpose(1, 2).to(masks.dtype)

@@ -4,9 +4,10 @@ Trains a checkpoint on L_rl only (no L_ldm, no L_dis) with the RL stage of a pre
 overrides, and every ``every`` iterations measures the held-out reward (idruid.rl.held_out: a
 fixed set of prompt-only layouts sampled with the ODE from fixed noise, so that differences come
 from the weights alone), on the prompts' geometry and on ``rl.held_out_off``'s. Writes
-``probe.jsonl`` (one record per checkpoint: both held-out rewards, the rollouts' reward, seconds,
-and the RL diagnostics averaged since the last record) and ``probe.png``. An estimator must pass
-this before its Table 3 row is trusted, and a gain on the prompts' geometry alone is not one.
+``probe.jsonl`` (one record per checkpoint: both held-out rewards and leakage rates, the rollouts'
+reward, seconds, and the RL diagnostics averaged since the last record) and ``probe.png``. An
+estimator must pass this before its Table 3 row is trusted, and a gain on the prompts' geometry
+alone, or one paid for in leakage, is not one.
 
 ``reward="brightness"`` swaps the detector for the image's mean brightness (0..10): a reward any
 correct policy gradient raises quickly, to tell a sign or plumbing error from a weak signal.
@@ -24,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..layout import Layout
-from .held_out import held_out_sets
+from .held_out import held_out_sets, measure_held_out
 from .stage import RLStage
 
 
@@ -92,7 +93,8 @@ def run_probe(
     started, window = time.time(), []
 
     def record(iteration: int) -> None:
-        entry = {"iteration": iteration, **{f"{name}_reward": m(model) for name, m in measures.items()}}
+        entry = {"iteration": iteration}
+        entry.update({k.removeprefix("rl_"): v for k, v in measure_held_out(measures, model).items()})
         entry["seconds"] = time.time() - started
         if window:
             entry.update({f"rl_{k}": v for k, v in mean_rl_stats(window).items()})

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from ..boxes import box_iou
-from ..colors import COLOR_NAMES, color_membership
+from ..colors import caption_color, color_membership
 from ..layout import Layout
-from ..metrics.checks import caption_color
+from ..metrics.checks import mask_color_fraction
 from ..scorers.protocols import Detections, Detector, Segmenter
 
 COLOR_SHARE_FULL = 0.5  # iou_conf_color: an instance's colour filling half its box earns the full term
@@ -116,10 +116,7 @@ def color_shares(images: np.ndarray, layouts: Sequence[Layout], segmenter: Segme
         membership = color_membership(image)  # (H, W, 7)
         for i, (caption, mask) in enumerate(zip(layout.captions, image_masks, strict=True)):
             color = caption_color(caption)
-            if color is None:
-                shares[b, i] = 1.0
-            elif mask.any():
-                shares[b, i] = membership[..., COLOR_NAMES.index(color)][mask].mean()
+            shares[b, i] = 1.0 if color is None else mask_color_fraction(membership, mask, color)
     return torch.from_numpy(shares).float()
 
 

@@ -18,7 +18,8 @@ What idruid implements, and why it differs from the paper's literal reading (doc
 - Advantages are standardised and clipped (idruid.rl.advantages); the KL term goes to the actor
   frozen when RL started (``kl_to="reference"``) or to the rollout's old policy (``"old"``).
 - ``rl.credit="instance"`` credits each instance's reward term to the log-density inside its box
-  (idruid.rl.logprob.box_log_probs), with per-instance baselines.
+  (idruid.rl.logprob.box_log_probs), with per-instance baselines; ``"visible"`` only where no
+  smaller box lies over it (idruid.rl.logprob.front_masks).
 
 ``algorithm="sft"`` is Table 3 row 3 (no RL: see ``sft_batch``).
 """
@@ -39,7 +40,7 @@ from ..sampling import to_uint8
 from ..scorers.registry import load_scorer
 from .advantages import clip_advantages, group_means, one_sign, standardise, within_group_variance
 from .critic import Critic, critic_loss
-from .logprob import box_log_probs, gaussian_kl
+from .logprob import box_log_probs, front_masks, gaussian_kl
 from .pool import ActionPool
 from .ppo import ppo_loss
 from .rewards import NEEDS_SEGMENTER, LayoutReward
@@ -142,7 +143,7 @@ class RLStage:
     # ------------------------------------------------------------------ helpers
     @property
     def per_instance(self) -> bool:
-        return self.rl.credit == "instance"
+        return self.rl.credit in ("instance", "visible")
 
     def _critic_values(self, model, recorded: Rollout, cond) -> torch.Tensor:
         """phi(s_t) for every recorded state: (K, B), or the instances' scores (K, B, N)."""
@@ -177,6 +178,8 @@ class RLStage:
         steps, batch = recorded.log_prob.shape
         x_next = recorded.x_next.to(self.device).flatten(0, 1)
         masks = covering_cells(cond.boxes, *x_next.shape[-2:]) * cond.valid[..., None]  # (B, N, H * W)
+        if self.rl.credit == "visible":
+            masks = front_masks(masks, cond.boxes)
         masks = masks.repeat(steps, 1, 1)
         return tuple(
             box_log_probs(x_next, mean.flatten(0, 1), scale.flatten(0, 1), masks).view(steps, batch, -1)

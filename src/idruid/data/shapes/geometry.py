@@ -101,7 +101,6 @@ class Geometry:
     # sqrt(area) of a box, by the number of instances of the scene (the last entry for more)
     size: tuple[LogNormal | LogUniform | LogQuantiles, ...]
     aspect: LogNormal | LogUniform | SymmetricAspect  # height / width
-    max_pair_iou: float = 1.0  # boxes of a scene overlap at most this much (1: any overlap)
     cluster: float = 0.0  # chance that a box is centred inside an earlier (larger) box of the scene
 
     def size_law(self, num_shapes: int) -> LogNormal | LogUniform | LogQuantiles:
@@ -131,7 +130,7 @@ def _coco_size(level: int) -> LogQuantiles:
     return LogQuantiles(points, scale=median_by_level[min(max(level, 2), 6) - 2] / percentiles[2])
 
 
-GEOMETRIES: dict[str, Geometry] = {
+GEOMETRIES: dict[str, Geometry | None] = {
     "open": Geometry(
         "open",
         size=(LogUniform(0.125, 0.9),),
@@ -145,13 +144,8 @@ GEOMETRIES: dict[str, Geometry] = {
         aspect=LogNormal(1.09, _COCO_ASPECT_SIGMA, lo=0.25, hi=4.0),
         cluster=0.3,
     ),
-    # the narrow geometry's sampler is its own (scenes._try_narrow_scene); these describe it
-    "narrow": Geometry(
-        "narrow",
-        size=(LogUniform(0.2, 0.45),),
-        aspect=LogUniform(0.75, 1.33),
-        max_pair_iou=0.15,
-    ),
+    # the world's first geometry keeps its own sampler (scenes._narrow_scene), draw for draw
+    "narrow": None,
     "strips": Geometry(
         "strips",
         size=(LogUniform(0.15, 0.3),),
@@ -160,7 +154,8 @@ GEOMETRIES: dict[str, Geometry] = {
 }
 
 
-def get_geometry(name: str) -> Geometry:
+def get_geometry(name: str) -> Geometry | None:
+    """The geometry of that name; None for ``narrow``, which has a sampler of its own."""
     if name not in GEOMETRIES:
         raise ValueError(f"unknown geometry {name!r} (known: {', '.join(GEOMETRIES)})")
     return GEOMETRIES[name]

@@ -67,9 +67,29 @@ def _boxes_ok(new: tuple[int, ...], color: str, placed: list[tuple[int, ...]], c
 
 
 def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+    """(first column, first row, last column, last row) of a non-empty mask."""
+    rows, cols = mask.any(axis=1), mask.any(axis=0)
+    return (
+        int(cols.argmax()),
+        int(rows.argmax()),
+        len(cols) - 1 - int(cols[::-1].argmax()),
+        len(rows) - 1 - int(rows[::-1].argmax()),
+    )
+
+
+_FOUR_NEIGHBOURS = ndimage.generate_binary_structure(2, 1)  # ndimage.label's default, built once
+
+
+def _whole_and_one_piece(visible: np.ndarray, mask: np.ndarray) -> bool:
+    """True when the ``visible`` part of a shape's ``mask`` has the mask's whole extent and is one
+    4-connected piece (labelled inside that extent: the sampler asks this tens of times a scene)."""
+    if not visible.any():
+        return False
+    extent = _extent(mask)
+    if _extent(visible) != extent:
+        return False
+    x0, y0, x1, y1 = extent
+    return ndimage.label(visible[y0 : y1 + 1, x0 : x1 + 1], structure=_FOUR_NEIGHBOURS)[1] == 1
 
 
 def _fully_visible_extents(specs: Sequence[ShapeSpec], masks: Sequence[np.ndarray]) -> bool:
@@ -82,7 +102,7 @@ def _fully_visible_extents(specs: Sequence[ShapeSpec], masks: Sequence[np.ndarra
         if hidden is None or not hidden.any():
             continue
         visible = masks[k] & ~hidden
-        if not visible.any() or _extent(visible) != _extent(masks[k]) or ndimage.label(visible)[1] != 1:
+        if not _whole_and_one_piece(visible, masks[k]):
             return False
     return True
 
@@ -184,7 +204,7 @@ def _visible(order: Sequence[int], masks: Sequence[np.ndarray], boxes, check: Se
         if not hidden.any():
             continue
         visible = masks[k] & ~hidden
-        if not visible.any() or _extent(visible) != _extent(masks[k]) or ndimage.label(visible)[1] != 1:
+        if not _whole_and_one_piece(visible, masks[k]):
             return False
     return True
 
@@ -206,8 +226,6 @@ def _try_geometry_scene(
     for k in range(num_shapes):
         for _ in range(_PLACEMENT_TRIES):
             box = _box_of_size(rng, grid, sizes[k], geometry, shapes[k] == "triangle", boxes)
-            if geometry.max_pair_iou < 1.0 and any(pair_iou(box, b) > geometry.max_pair_iou for b in boxes):
-                continue
             spec = ShapeSpec(colors[k], shapes[k], textures[k], tuple(v / grid for v in box))
             mask = shape_mask(spec, grid)
             if _extent(mask) != (box[0], box[1], box[2] - 1, box[3] - 1):
@@ -254,7 +272,7 @@ def sample_scene(
     if not 1 <= num_shapes <= MAX_INSTANCES:
         raise ValueError(f"num_shapes must be in 1..{MAX_INSTANCES}, got {num_shapes}")
     spec = get_geometry(geometry)
-    if spec.name == "narrow":
+    if spec is None:  # narrow
         return _narrow_scene(rng, num_shapes, grid)
     for restart in range(_MAX_RESTARTS):
         scale = _SHRINK ** (restart // _RESTARTS_PER_SCALE)

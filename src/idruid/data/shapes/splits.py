@@ -100,7 +100,8 @@ def prompt_only_layouts(
 
 def _geometry_tag(geometry: str) -> int:
     """A seed word of its own for each geometry (its name's bytes)."""
-    return int.from_bytes(get_geometry(geometry).name.encode(), "big")
+    get_geometry(geometry)  # a known name
+    return int.from_bytes(geometry.encode(), "big")
 
 
 @dataclass(frozen=True)
