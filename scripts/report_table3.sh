@@ -36,8 +36,9 @@ else
     row "3: IDM + SFT on the prompt-only layouts" $t/sft-s*
     row "4: IDM + GRPO" $t/grpo-s*
     row "5: adapter only + RL" $t/row5-s*
-    row "6: IDM + RL (shapes-rl)" $t/rl-s*
-    row "6, the paper's reward (Eq. 6, no threshold)" $t/paper-reward-s*
-    row "6, RL prompts of the narrow geometry" $t/narrow-prompts-s*
+    row "6: IDM + RL (shapes-rl: prompts of the narrow geometry)" $t/rl-s*
+    row "6, prompts of COCO-MIG's geometry" $t/coco-prompts-s*
+    row "6, coco prompts, the paper's reward (Eq. 6, no threshold)" $t/paper-reward-s*
+    row "6, coco prompts, credit to the front box only" results/rl-cause/visible-credit-s*
 fi
 idruid report "${dirs[@]}" "${names[@]}" --spread sem --out "${1:-report-table3}"

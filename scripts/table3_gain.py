@@ -2,6 +2,11 @@
 "row 6 - row 2" table, regenerated from the committed runs.
 
     python scripts/table3_gain.py results/table3/rl-s* -- results/table3/none-s*
+    python scripts/table3_gain.py --rows "2: IDM, no RL=results/table3/none-s*" "6: ...=..."
+
+With --rows, the README's condensed Table 3 instead: per row, the mean ± standard error over its
+seeds of ISR on each benchmark, leakage on the short-caption ones and the judge's spatial verdict
+on shapes-mig (`bash scripts/report_table3.sh` writes every column).
 
 Each side's mean over its seeds; the difference's standard error is sqrt(se_a^2 + se_b^2), each
 se the sample standard deviation over seeds / sqrt(seeds) (idruid.reports.tables.spread; 0 for
@@ -64,8 +69,38 @@ def table(first: list[Path], second: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+ROW_COLUMNS = (  # header, benchmark, metric
+    *((f"{b} ISR", b, "ISR") for b in BENCHMARKS),
+    ("shapes-mig leak", "shapes-mig", "leakage"),
+    ("shapes-strips leak", "shapes-strips", "leakage"),
+    ("shapes-mig spatial", "shapes-mig", "spatial"),
+)
+
+
+def rows(named: list[str]) -> str:
+    """One line per NAME=GLOB: the row's runs (the folders the glob matches, in order)."""
+    lines = [
+        "| row | seeds | " + " | ".join(header for header, _, _ in ROW_COLUMNS) + " |",
+        "|---|---:|" + "---:|" * len(ROW_COLUMNS),
+    ]
+    for item in named:
+        name, pattern = item.split("=", 1)
+        runs = sorted(Path().glob(pattern))
+        cells = []
+        for _, benchmark, metric in ROW_COLUMNS:
+            xs = values(runs, benchmark, METRICS[metric])
+            decimals = 2 if metric == "leakage" else 1
+            se = f" ± {spread(xs, 'sem'):.{decimals}f}" if len(xs) > 1 else ""
+            cells.append(f"{np.mean(xs):.{decimals}f}{se}" if xs else "-")
+        lines.append(f"| {name} | {_scored(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--rows"]:
+        print(rows(args[1:]))
+        return
     if "--" not in args or args.index("--") in (0, len(args) - 1) or "-h" in args or "--help" in args:
         raise SystemExit(__doc__)
     split = args.index("--")

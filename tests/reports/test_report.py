@@ -22,7 +22,7 @@ from idruid.reports.figures import (
     write_metrics,
 )
 from idruid.reports.plots import baselines, lambda_sensitivity, moving_average, reward_curve
-from idruid.reports.runs import group_runs, load_runs, read_log, variant_names
+from idruid.reports.runs import config_key, group_runs, load_runs, read_log, variant_names
 from idruid.reports.tables import mean_spread_cell, table_ablation, table_mig, table_sam
 
 GREY = (128, 128, 128)
@@ -252,6 +252,23 @@ def test_table3_names_from_labels_and_config(tmp_path):
     clash = load_runs(paths, {p.resolve(): "same" for p in paths})
     with pytest.raises(ReportError, match="name 'same' is given to runs of different variants.*rl.algorithm"):
         group_runs(clash)
+
+
+def test_rl_settings_of_a_run_without_rl_make_no_variant():
+    """A row-2 run (no RL) made before a preset's reward changed is a seed of today's row 2; with
+    RL the reward makes another variant."""
+    old = {
+        "seed": 0,
+        "steps": 300,
+        "rl.algorithm": "none",
+        "rl.reward": "iou_conf",
+        "rl.reward_threshold": 0.0,
+    }
+    new = {**old, "seed": 1, "rl.reward": "iou_conf_color", "rl.reward_threshold": 0.25}
+    assert config_key(old) == config_key(new)
+    assert config_key({**old, "steps": 200}) != config_key(new)  # other settings still count
+    with_rl = {**old, "rl.algorithm": "ppo"}
+    assert config_key(with_rl) != config_key({**new, "rl.algorithm": "ppo"})
 
 
 def test_variant_names_show_lambdas_only_where_they_vary_and_apply():

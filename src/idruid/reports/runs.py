@@ -44,6 +44,8 @@ EVAL_SETTING_DEFAULTS = {"detector": "analytic", "segmenter": "analytic", "judge
 def eval_settings(metrics: dict) -> dict:
     """An eval folder's sampling and scoring settings, older folders' implicit scorers filled in."""
     return {**EVAL_SETTING_DEFAULTS, **metrics.get("settings", {})}
+
+
 ABSENT = "(unset)"  # value shown for a key that an older config.yaml does not have
 ALGORITHM_NAMES = {"none": "no RL", "ppo": "PPO", "grpo": "GRPO", "sft": "SFT"}
 LAMBDA_LABELS = {"lambda_dis": "λ_dis", "rl.lambda_rl": "λ_rl"}
@@ -249,11 +251,19 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def unread_keys(config: dict) -> set[str]:
+    """Keys the run never read: without RL (``rl.algorithm: none``) every other ``rl.*`` setting,
+    so that a row-2 run made before a preset's RL settings changed is still a seed of row 2."""
+    if config.get("rl.algorithm", "none") != "none":
+        return set()
+    return {k for k in config if k.startswith("rl.") and k != "rl.algorithm"}
+
+
 def config_key(config: dict, ignore: Sequence[str] = ()) -> tuple:
-    """A flat config without IGNORED_KEYS and ``ignore``, hashable: equal for the seeds of a variant."""
-    return tuple(
-        sorted((k, format_value(v)) for k, v in config.items() if k not in IGNORED_KEYS and k not in ignore)
-    )
+    """A flat config without IGNORED_KEYS, the keys it never read and ``ignore``, hashable: equal
+    for the seeds of a variant."""
+    skip = IGNORED_KEYS | unread_keys(config) | set(ignore)
+    return tuple(sorted((k, format_value(v)) for k, v in config.items() if k not in skip))
 
 
 def varying_keys(configs: Sequence[dict]) -> list[str]:

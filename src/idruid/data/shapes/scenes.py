@@ -95,16 +95,9 @@ def _whole_and_one_piece(visible: np.ndarray, mask: np.ndarray) -> bool:
 def _fully_visible_extents(specs: Sequence[ShapeSpec], masks: Sequence[np.ndarray]) -> bool:
     """True when, drawn larger-first, every shape stays in one piece and keeps its whole extent,
     so each box is exactly the bounding box of what is visible of its shape."""
-    order = drawing_order(range(len(specs)), [spec.box for spec in specs])
-    for rank, k in enumerate(order):
-        later = [masks[j] for j in order[rank + 1 :]]
-        hidden = masks[k] & np.logical_or.reduce(later) if later else None
-        if hidden is None or not hidden.any():
-            continue
-        visible = masks[k] & ~hidden
-        if not _whole_and_one_piece(visible, masks[k]):
-            return False
-    return True
+    boxes = [spec.box for spec in specs]
+    order = drawing_order(range(len(specs)), boxes)
+    return _visible(order, masks, boxes, order)
 
 
 def _sample_box(
@@ -194,7 +187,8 @@ def _box_of_size(
 
 def _visible(order: Sequence[int], masks: Sequence[np.ndarray], boxes, check: Sequence[int]) -> bool:
     """True when each shape in ``check``, under everything drawn after it (``order``: drawing
-    order), stays in one piece with its whole extent (its box is its visible bounding box)."""
+    order), stays in one piece with its whole extent (its box is its visible bounding box).
+    ``boxes`` (grid cells or normalised) only skip shapes that cannot cover one another."""
     rank = {k: r for r, k in enumerate(order)}
     for k in check:
         later = [masks[j] for j in order[rank[k] + 1 :] if _overlaps(boxes[j], boxes[k])]
