@@ -99,11 +99,14 @@ def color_passes(rgb: np.ndarray, mask: np.ndarray, color: str) -> bool:
     return bool(np.asarray(mask).any()) and fraction_passes(color_fraction(rgb, mask, color))
 
 
+def bare_word(word: str) -> str:
+    """A caption word without case and punctuation ("Red," -> "red"), as captions are matched."""
+    return re.sub(r"[^\w-]", "", word.lower())
+
+
 def caption_color(caption: str) -> str | None:
-    """The first COCO-MIG colour word of a caption ("a blue fork" -> "blue"), or None; words are
-    compared without case and punctuation ("Red," is red)."""
+    """The first COCO-MIG colour word of a caption ("a blue fork" -> "blue"), or None."""
     for word in caption.split():
-        bare = re.sub(r"[^\w-]", "", word.lower())
-        if bare in COLOR_NAMES:
-            return bare
+        if bare_word(word) in COLOR_NAMES:
+            return bare_word(word)
     return None

@@ -15,7 +15,6 @@ Boxes are normalised ``[x0, y0, x1, y1]``; images uint8 (B, H, W, 3).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from idruid.boxes import pairwise_iou, pixel_masks, to_pixels
 from idruid.colors import (
     COLOR_NAMES,
     COLOR_PASS_FRACTION,
+    bare_word,
     caption_color,
     color_membership,
     fraction_passes,
@@ -73,10 +73,6 @@ def _words(caption: str) -> list[str]:
     return caption.strip().split()
 
 
-def _bare(word: str) -> str:
-    return re.sub(r"[^\w-]", "", word.lower())
-
-
 def object_name(caption: str) -> str:
     """What COCO-MIG asks the detector for: the words after the colour word.
 
@@ -84,12 +80,12 @@ def object_name(caption: str) -> str:
     minus a leading article and the colour word ("a fork" -> "fork").
     """
     words = _words(caption)
-    bare = [_bare(w) for w in words]
+    bare = [bare_word(w) for w in words]
     for k, word in enumerate(bare):
         if word in COLOR_NAMES and k + 1 < len(words):
             return " ".join(words[k + 1 :])
     kept = [w for w, b in zip(words, bare, strict=True) if b not in COLOR_NAMES]
-    if kept and _bare(kept[0]) in _ARTICLES:
+    if kept and bare_word(kept[0]) in _ARTICLES:
         kept = kept[1:]
     return " ".join(kept)
 
