@@ -24,8 +24,9 @@ from idruid.scoring import find_images, load_images
 
 
 def breakdown(images: np.ndarray, layouts: list, classes: dict[str, np.ndarray]) -> dict:
-    """Per class of box: its share of the boxes, ISR (COCO-MIG success), and the judge's spatial
-    (an object whose extent fits the box, IoU >= 0.5) and shape verdicts."""
+    """Per class of box: its share of the boxes, ISR (COCO-MIG success), the judge's spatial
+    (an object whose extent fits the box, IoU >= 0.5) and shape verdicts, and the share that fails
+    both ISR and spatial ("neither")."""
     scores = score_coco_mig(images, layouts, AnalyticDetector(), AnalyticSegmenter())
     success = np.array([s.success for row in scores for s in row])
     verdicts = AnalyticJudge().judge(
@@ -40,6 +41,7 @@ def breakdown(images: np.ndarray, layouts: list, classes: dict[str, np.ndarray])
             "isr": float(success[mask].mean()),
             "spatial": float(spatial[mask].mean()),
             "shape": float(shape[mask].mean()),
+            "neither": float((~success & ~spatial)[mask].mean()),  # no object fits the box at all
         }
     return out
 
