@@ -1,22 +1,11 @@
-"""Stage-1 training on two CPU processes through accelerate's own launcher.
-
-The test launches this file with ``accelerate launch --multi_gpu --num_processes 2`` and
-``ACCELERATE_USE_CPU=1``: on a machine without GPUs ``--multi_gpu`` is what makes accelerate start
-the processes (through torch's elastic launcher, as torchrun does), and ACCELERATE_USE_CPU is what
-accelerate's ``--cpu`` flag sets, so that each process joins a gloo (MULTI_CPU) group. ``--cpu``
-alone starts one process: accelerate leaves multi-CPU process creation to ``mpirun``
-(``--mpirun_hostfile``), which this machine does not have.
-
-Run as a script (by the launcher), the file trains the tiny preset and, at every checkpoint,
-saves each rank's trainable weights through accelerate's save-state hook.
+"""Stage-1 training on two CPU processes through accelerate's own launcher (tests/launch_helpers.py):
+two processes at batch B train like one at 2B. Run as a script (by the launcher), the file trains
+the tiny preset and saves each rank's trainable weights at every checkpoint.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -24,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from accelerate import Accelerator
+from launch_helpers import distance, launch_two, log, train_recording, weights
 
 import idruid
 import idruid.train as train_module
@@ -48,41 +37,6 @@ LOSS_RTOL = 1e-5
 WEIGHT_RTOL = 1e-2
 
 
-class RecordingAccelerator(Accelerator):
-    """An Accelerator that saves this rank's trainable weights whenever a checkpoint is saved."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register_save_state_pre_hook(self._save_weights)
-
-    def _save_weights(self, models, weights, output_dir) -> None:
-        model = self.unwrap_model(models[0])
-        folder = Path(output_dir).parents[1] / "weights"
-        folder.mkdir(exist_ok=True)
-        state = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
-        name = Path(output_dir).name.removesuffix(".partial")  # saved there, then renamed into place
-        torch.save(state, folder / f"{name}-rank{self.process_index}.pt")
-
-
-def _train(out: Path, overrides: list[str]) -> None:
-    train_module.Accelerator = RecordingAccelerator
-    train_module.train(load_config("tiny", overrides), out, progress=False)
-
-
-def _weights(run: Path, step: int, rank: int) -> dict[str, torch.Tensor]:
-    return torch.load(run / "weights" / f"step-{step:07d}-rank{rank}.pt")
-
-
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """Euclidean distance between two sets of weights (all tensors as one vector)."""
-    assert a.keys() == b.keys()
-    return torch.stack([(a[k].float() - b[k].float()).norm() for k in a]).norm().item()
-
-
 def _initial_weights() -> dict[str, torch.Tensor]:
     """The weights both runs start from (train seeds, then builds the model)."""
     from accelerate.utils import set_seed
@@ -97,31 +51,10 @@ def runs(tmp_path_factory):
     """(two-process run folder, one-process run folder at the same global batch)."""
     root = tmp_path_factory.mktemp("multiprocess")
     two = root / "two"
-    src = str(Path(idruid.__file__).parents[1])
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")},
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-        "HF_HOME": str(root / "hf"),  # no default accelerate config of the user's
-        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        __file__, str(two), *OVERRIDES,
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = launch_two([__file__, str(two), *OVERRIDES], root)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-
     one = root / "one"
-    threads = torch.get_num_threads()
-    original = train_module.Accelerator
-    try:
-        _train(one, [*OVERRIDES, f"batch_size={2 * PER_PROCESS_BATCH}"])
-    finally:
-        train_module.Accelerator = original
-        torch.set_num_threads(threads)
+    train_recording(one, [*OVERRIDES, f"batch_size={2 * PER_PROCESS_BATCH}"])
     return two, one
 
 
@@ -147,15 +80,15 @@ def test_paired_draws_split_the_global_batch():
 
 def test_both_ranks_hold_the_same_weights(runs):
     two, _ = runs
-    assert _distance(_weights(two, 1, 0), _weights(two, STEPS, 0)) > 1e-2  # the weights do move
+    assert distance(weights(two, 1, 0), weights(two, STEPS, 0)) > 1e-2  # the weights do move
     for step in range(1, STEPS + 1):
-        rank0, rank1 = _weights(two, step, 0), _weights(two, step, 1)
+        rank0, rank1 = weights(two, step, 0), weights(two, step, 1)
         assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), f"step {step}"
 
 
 def test_two_processes_train_like_one_at_the_global_batch(runs):
     two, one = runs
-    log_two, log_one = _log(two), _log(one)
+    log_two, log_one = log(two), log(one)
     assert [r["step"] for r in log_two] == [r["step"] for r in log_one] == list(range(1, STEPS + 1))
     for a, b in zip(log_two, log_one, strict=True):
         assert a["l_dis"] is None and b["l_dis"] is None
@@ -163,16 +96,16 @@ def test_two_processes_train_like_one_at_the_global_batch(runs):
         assert a["l_ldm"] == pytest.approx(b["l_ldm"], rel=LOSS_RTOL), a["step"]
     initial = _initial_weights()
     for step in range(1, STEPS + 1):
-        trained_two, trained_one = _weights(two, step, 0), _weights(one, step, 0)
-        update = _distance(trained_one, initial)
+        trained_two, trained_one = weights(two, step, 0), weights(one, step, 0)
+        update = distance(trained_one, initial)
         assert update > 1e-2
-        assert _distance(trained_two, trained_one) < WEIGHT_RTOL * update, f"step {step}"
+        assert distance(trained_two, trained_one) < WEIGHT_RTOL * update, f"step {step}"
     # the exported EMA model (written by the main process only) agrees too
     from safetensors.torch import load_file
 
     exported_two, exported_one = (load_file(run / "model" / "model.safetensors") for run in (two, one))
-    ema_update = _distance(exported_one, initial)
-    assert _distance(exported_two, exported_one) < WEIGHT_RTOL * ema_update
+    ema_update = distance(exported_one, initial)
+    assert distance(exported_two, exported_one) < WEIGHT_RTOL * ema_update
 
 
 def test_processes_that_do_not_join_a_group_are_refused(tmp_path, monkeypatch):
@@ -261,4 +194,4 @@ def test_fsdp_wraps_the_blocks_that_hold_the_idm():
 
 
 if __name__ == "__main__":  # one rank of the two-process run, started by accelerate launch
-    _train(Path(sys.argv[1]), sys.argv[2:])
+    train_recording(Path(sys.argv[1]), sys.argv[2:])

@@ -212,8 +212,9 @@ class RLConfig:
     held_out_every: int = 50
     held_out_off: str = "strips"
 
-    def check(self) -> None:
-        """Refuse settings the RL stage cannot run, before any training starts."""
+    def check(self, processes: int = 1) -> None:
+        """Refuse settings the RL stage cannot run on ``processes`` processes, before any training
+        starts."""
         for name, choices in RL_CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"rl.{name} '{getattr(self, name)}': expected one of {', '.join(choices)}")
@@ -229,9 +230,11 @@ class RLConfig:
             raise ConfigError("rl.prompts is not set: give a layout file of prompt-only layouts (or shapes)")
         if self.algorithm in ("ppo", "grpo") and self.detector is None:
             raise ConfigError("rl.detector is not set: give a local GroundingDINO folder (or analytic)")
-        if self.group_size < 1 or self.batch_size % self.group_size:
+        if self.group_size < 1 or (processes * self.batch_size) % self.group_size:
+            of_all = "" if processes == 1 else f" x {processes} processes (the RL batch of all processes)"
             raise ConfigError(
                 f"rl.group_size={self.group_size} must be >= 1 and divide rl.batch_size={self.batch_size}"
+                f"{of_all} (rl.batch_size counts the rollouts of one process)"
             )
         grouped = self.algorithm == "grpo" or self.baseline == "group" or self.advantage_std == "group"
         if self.algorithm in ("ppo", "grpo") and grouped and self.group_size < 2:

@@ -46,6 +46,7 @@ def sde_step_with_logprob(
     noise_level: float = 0.7,
     x_next: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One policy step pi(x_next | x_t) (Eq. 5): returns (x_next, log_prob, mean, std).
 
@@ -53,10 +54,12 @@ def sde_step_with_logprob(
     ``g = sde_std(sigma)``, the mean is
     x_t (1 + g^2 dt / (2 sigma)) + v_pred (1 + g^2 (1 - sigma) / (2 sigma)) dt and the step's
     standard deviation is std = g sqrt(-dt); the sample is mean + std noise (unless ``x_next`` is
-    given, as when PPO re-scores a stored action), and log_prob (B,) is the Gaussian log-density
-    of x_next averaged over the non-batch dimensions, in float32. std is (B, 1, ..., 1), the
-    action's own std as ``ddim_step_with_logprob`` returns it. With noise_level = 0 the step is
-    the Euler ODE step, a deterministic map with no density: its log_prob is returned as zeros.
+    given, as when PPO re-scores a stored action; ``noise``, a standard normal like x_t, is
+    drawn here unless given: a multi-process rollout passes its rows of a global draw), and
+    log_prob (B,) is the Gaussian log-density of x_next averaged over the non-batch dimensions,
+    in float32. std is (B, 1, ..., 1), the action's own std as ``ddim_step_with_logprob``
+    returns it. With noise_level = 0 the step is the Euler ODE step, a deterministic map with no
+    density: its log_prob is returned as zeros.
     """
     if not 0.0 < float(sigma_max) < 1.0:
         raise ValueError(f"sigma_max must be in (0, 1): the largest noise level below 1, got {sigma_max}")
@@ -75,7 +78,8 @@ def sde_step_with_logprob(
     )
     std = g * torch.sqrt(-dt)  # the step's standard deviation
     if x_next is None:
-        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        if noise is None:
+            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         x_next = mean + std * noise
     x_next = x_next.float()
     if noise_level == 0.0:
@@ -92,6 +96,7 @@ def ddim_step_with_logprob(
     eta: float = 1.0,
     x_next: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One DDIM step from alpha_bar (B,) to alpha_bar_next (B,) as a Gaussian policy: returns
     (x_next, log_prob, mean, std), like ``sde_step_with_logprob``; std is (B, 1, ..., 1).
@@ -117,7 +122,8 @@ def ddim_step_with_logprob(
     std = eta * variance.clamp(min=0.0).sqrt()
     mean = a_next.sqrt() * x0_pred + (1.0 - a_next - std**2).clamp(min=0.0).sqrt() * eps_pred
     if x_next is None:
-        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        if noise is None:
+            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         x_next = mean + std * noise
     x_next = x_next.float()
     if eta == 0.0:

@@ -71,8 +71,10 @@ class FlowProcess:
             raise ValueError("a flow policy needs at least 2 sampling steps (sigma_max is the second sigma)")
         sigma_max = float(times[1])
 
-        def step(prediction, x_t, t, t_next, x_next=None):
-            return sde_step_with_logprob(prediction, x_t, t, t_next, sigma_max, noise_level, x_next=x_next)
+        def step(prediction, x_t, t, t_next, x_next=None, noise=None):
+            return sde_step_with_logprob(
+                prediction, x_t, t, t_next, sigma_max, noise_level, x_next=x_next, noise=noise
+            )
 
         return step
 
@@ -178,9 +180,9 @@ class EpsProcess:
     def policy(self, times: torch.Tensor, noise_level: float = 0.7, eta: float = 1.0) -> PolicyStep:
         """The DDIM step with ``eta`` (1: the DDPM transition); ``noise_level`` is the flow process's."""
 
-        def step(prediction, x_t, t, t_next, x_next=None):
+        def step(prediction, x_t, t, t_next, x_next=None, noise=None):
             return ddim_step_with_logprob(
-                prediction, x_t, self.alpha_bar(t), self.alpha_bar(t_next), eta, x_next=x_next
+                prediction, x_t, self.alpha_bar(t), self.alpha_bar(t_next), eta, x_next=x_next, noise=noise
             )
 
         return step

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .checkpoint import EMBEDDED_CHECKPOINT, describe_base, load_trained_weights
 from .config import TrainConfig, check_data, save_config
 from .models import build_model
 from .paired import collate, paired_dataset, paired_losses
+from .ranks import Ranks, check_joined
 from .rl.held_out import held_out_sets, measure_held_out
 from .rl.stage import RLStage, RLStats
 from .train_log import gradient_norms, mean_over_processes, mean_rl_stats, plot_losses
@@ -101,16 +101,11 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes == 1:
-        raise RuntimeError(
-            f"launched as {launched} processes (WORLD_SIZE) but accelerate sees only this one, so each "
-            "would train alone; on a machine without GPUs set ACCELERATE_USE_CPU=1 (see README)"
-        )
+    check_joined(accelerator)
     set_seed(config.seed)  # the same stream on every rank: paired_draws relies on it
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
-    config.rl.check()
+    config.rl.check(accelerator.num_processes)
     check_data(config)
     model = build_model(config.model)
     if config.init_from is not None:
@@ -138,15 +133,18 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     save_trainable_state_only(accelerator, model, base)  # no frozen backbone or text encoders
     accept_older_states(model, optimizer, ema)  # states that also held the unused parameters
     rl = config.rl
-    stage = RLStage(config, model, accelerator.device) if rl.algorithm != "none" else None
+    ranks = Ranks.of(accelerator)
+    stage = RLStage(config, model, accelerator.device, ranks) if rl.algorithm != "none" else None
     if stage is not None:
-        accelerator.register_for_checkpointing(stage)
+        accelerator.register_for_checkpointing(stage)  # what all ranks share, written once
+        accelerator.register_save_state_pre_hook(stage.save_rollouts)  # each rank's own rollouts
+        accelerator.register_load_state_pre_hook(stage.load_rollouts)
     rl_start = int(rl.start_fraction * config.steps)
     # the EMA's warm-up restarts when RL joins: the exported model then reflects the RL stage, as
     # a separate second-stage run's does (init_from), instead of averaging mostly stage-1 weights
     ema_origin = rl_start if stage is not None and rl.restart_ema else 0
     held_out = {}  # name -> HeldOutReward (the prompts' geometry, and rl.held_out_off's)
-    if stage is not None and stage.reward is not None and rl.held_out > 0 and accelerator.is_main_process:
+    if stage is not None and stage.reward is not None and rl.held_out > 0:  # split over the ranks
         held_out = held_out_sets(config, stage.reward, rl.held_out, model.latent_shape)
 
     ckpt_dir = out / "checkpoints"
@@ -179,7 +177,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                 break
             if held_out and step >= rl_start and (step - rl_start) % rl.held_out_every == 0:
                 held_out_step = step  # before this step's update
-                held_out_values = measure_held_out(held_out, model)
+                held_out_values = measure_held_out(held_out, model, ranks)
             # ---------------------------------------------------- PAIRED LOSSES
             loss, l_ldm, l_dis = paired_losses(
                 model, network, batch["image"], batch["layouts"], config, accelerator
@@ -242,7 +240,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
                     grad_norms = []
                 if held_out and step == config.steps:
                     held_out_step = step  # after the last update
-                    held_out_values = measure_held_out(held_out, model)
+                    held_out_values = measure_held_out(held_out, model, ranks)
                 if held_out_values:
                     record["rl_held_out_step"] = held_out_step
                     record.update(held_out_values)

@@ -481,3 +481,88 @@ def test_critic_baseline_advantages_by_hand(model):
         raw = entry.reward[None] - stage._critic_values(model, entry, cond)  # (K, B)
     expected = (raw / (raw.std(unbiased=False) + 1e-4)).clamp(-1.0, 1.0)
     torch.testing.assert_close(stage.advantages(model, entry, cond), expected)
+
+
+@pytest.mark.parametrize(("per_rank", "group", "prompts"), [(6, 4, "shapes"), (4, 2, "file"), (3, 1, "file")])
+def test_ranks_take_their_rows_of_one_process_prompt_stream(model, tmp_path, per_rank, group, prompts):
+    """Two ranks at rl.batch_size=B draw, in rank order, the prompts one process draws at 2B (a
+    group of 4 over batches of 6 spans the ranks), for the shapes world and a prompt file."""
+    from idruid.layout import save_layouts
+    from idruid.ranks import Ranks
+
+    source = "shapes"
+    if prompts == "file":
+        source = tmp_path / "prompts.jsonl"
+        save_layouts(prompt_only_layouts(5), source)
+
+    def stream(batch: int, rank: int = 0, world: int = 1) -> list:
+        overrides = ["rl.algorithm=ppo", f"rl.prompts={source}", f"rl.batch_size={batch}"]
+        overrides.append(f"rl.group_size={group}")
+        stage = RLStage(load_config("tiny", overrides), model, ranks=Ranks(rank, world))
+        return [stage.next_layouts() for _ in range(3)]
+
+    one = stream(2 * per_rank)
+    rank0, rank1 = stream(per_rank, 0, 2), stream(per_rank, 1, 2)
+    for whole, first, second in zip(one, rank0, rank1, strict=True):
+        assert len(first) == len(second) == per_rank and first + second == whole
+    assert rank0 != rank1
+
+
+def test_ranks_roll_out_their_rows_of_one_process_noise(model):
+    """A rank's rollout draws the global batch's noise and keeps its rows: rank 0's and rank 1's
+    rollouts of B layouts each are one process's rollout of the 2B layouts."""
+    from idruid.ranks import Ranks
+
+    layouts = prompt_only_layouts(4)
+    settings = SamplingSettings(steps=4, cfg=2.0, layout_fraction=1.0)
+    torch.manual_seed(3)
+    whole = rollout(model, layouts, settings, rl_steps=2)
+    parts = []
+    for rank in (0, 1):
+        torch.manual_seed(3)  # every rank runs the same seeded stream
+        parts.append(rollout(model, layouts[2 * rank : 2 * rank + 2], settings, 2, ranks=Ranks(rank, 2)))
+    close = {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(torch.cat([p.images for p in parts]), whole.images, **close)
+    torch.testing.assert_close(torch.cat([p.x_next for p in parts], dim=1), whole.x_next, **close)
+    assert not torch.allclose(parts[0].x_t[0], parts[1].x_t[0])  # the ranks' noise differs
+    torch.manual_seed(3)  # the same layouts on both ranks still get different noise
+    other = rollout(model, layouts[:2], settings, 2, ranks=Ranks(1, 2))
+    assert not torch.allclose(other.x_t[0], parts[0].x_t[0])
+
+
+def test_the_rl_batch_of_all_processes_must_hold_whole_groups():
+    config = RLConfig(algorithm="grpo", batch_size=6, group_size=4)
+    with pytest.raises(ConfigError, match=r"group_size=4 must be >= 1 and divide rl.batch_size=6 \(rl.batch_size counts"):
+        config.check()
+    config.check(processes=2)  # 12 rollouts: three groups, the middle one on both ranks
+    with pytest.raises(ConfigError, match="x 3 processes"):
+        config.check(processes=3)
+
+
+def test_rl_state_resumes_only_on_the_process_count_that_wrote_it(model, tmp_path):
+    """Each rank's rollouts are its own file beside the shared state; a run resumed on another
+    number of processes is refused with the count that fits."""
+    from idruid.ranks import Ranks
+
+    overrides = ["rl.algorithm=ppo", "rl.batch_size=4", "rl.group_size=2", "rl.sampling_steps=3"]
+    config = load_config("tiny", overrides)
+    stage = RLStage(config, model)
+    stage.loss(model)
+    stage.save_rollouts([], [], str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == ["rl_rollouts_0.pt"]
+    resumed = RLStage(config, model)
+    resumed.load_rollouts([], str(tmp_path))
+    resumed.load_state_dict(stage.state_dict())
+    assert len(resumed.pool) == 1 and torch.equal(resumed.current.x_next, stage.current.x_next)
+    with pytest.raises(ConfigError, match="written by 1 process.*--num_processes 1"):
+        RLStage(config, model, ranks=Ranks(0, 2)).load_state_dict(stage.state_dict())
+
+
+@pytest.mark.parametrize("preset", ["sd3-medium", "sd15"])
+def test_real_weight_presets_take_the_papers_rl_batch_on_eight_gpus(preset):
+    """The paper's RL batch of 16 is that of its 8 GPUs: 2 rollouts a process, groups of 4 over two."""
+    rl = load_config(preset, ["rl.prompts=shapes", "rl.detector=analytic"]).rl
+    assert (rl.batch_size, rl.group_size) == (2, 4)
+    rl.check(processes=8)
+    with pytest.raises(ConfigError, match="divide rl.batch_size=2"):
+        rl.check()  # one GPU: rl.batch_size=16 (README, "Multi-GPU training")

@@ -124,8 +124,9 @@ def cmd_rl_probe(args) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    from accelerate import PartialState
+
     config = load_config(args.config, [f"seed={args.seed}", *args.overrides])
-    config.rl.check()
     model = load_checkpoint(args.checkpoint)
     records = run_probe(
         config,
@@ -138,9 +139,10 @@ def cmd_rl_probe(args) -> int:
         args.reward,
         checkpoint=args.checkpoint,
     )
-    for entry in records:
-        print(f"iteration {entry['iteration']}: held-out reward {entry['held_out_reward']:.3f}")
-    print(f"wrote {Path(args.out) / 'probe.jsonl'} and probe.png")
+    if PartialState().is_main_process:  # run_probe's Accelerator made the state; every rank holds the records
+        for entry in records:
+            print(f"iteration {entry['iteration']}: held-out reward {entry['held_out_reward']:.3f}")
+        print(f"wrote {Path(args.out) / 'probe.jsonl'} and probe.png")
     return 0
 
 

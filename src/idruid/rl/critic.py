@@ -76,13 +76,16 @@ class Critic(nn.Module):
 
 
 def critic_loss(
-    predicted: torch.Tensor, reward: torch.Tensor, valid: torch.Tensor | None = None
+    predicted: torch.Tensor,
+    reward: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 7: mean of (phi(s_t) - r)^2; over the ``valid`` entries only when given (per-instance
-    values and rewards, where padded instances must not count)."""
+    values and rewards, where padded instances must not count), their sum divided by ``count``
+    (default the number of valid entries; on P processes the global count / P: idruid.ranks)."""
     squared = (predicted - reward.detach()) ** 2
     if valid is None:
         return squared.mean()
     weight = valid.to(squared.dtype).expand_as(squared)
-    return (squared * weight).sum() / weight.sum().clamp(min=1.0)
-
+    return (squared * weight).sum() / (weight.sum().clamp(min=1.0) if count is None else count)

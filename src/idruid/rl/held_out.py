@@ -11,11 +11,11 @@ no split trains on) tells whether what it learns holds off the kind of layout it
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..data.shapes import prompt_only_layout
 from ..metrics.checks import leak_counts
+from ..ranks import SINGLE, Ranks
 from ..sampling import sample, to_uint8
 from .rollout import rollout_settings
 
@@ -47,21 +47,29 @@ class HeldOutReward:
         self.noise = torch.randn((count, *latent_shape), generator=torch.Generator().manual_seed(seed))
 
     @torch.no_grad()
-    def measure(self, model, batch_size: int = 64) -> dict[str, float]:
+    def measure(self, model, batch_size: int = 64, ranks: Ranks = SINGLE) -> dict[str, float]:
         """The held-out set under ``model`` (left in the mode it was in): its mean "reward" and its
         "leakage", the share of instances whose box another instance's colour dominates
-        (idruid.metrics.leakage's rule), which the reward alone may not see."""
+        (idruid.metrics.leakage's rule), which the reward alone may not see. On P processes each
+        rank samples a contiguous share of the set and the scores are gathered in order, so every
+        rank returns the one-process numbers (call it on every rank)."""
         settings, was_training = rollout_settings(self.config), model.training
         model.eval()
-        scores, leaked, counted = [], 0, 0
-        for start in range(0, len(self.layouts), batch_size):
-            layouts = self.layouts[start : start + batch_size]
-            images = to_uint8(sample(model, layouts, settings, x_init=self.noise[start : start + batch_size]))
-            scores.append(self.reward(images, layouts).float().cpu().numpy())
+        share = -(-len(self.layouts) // ranks.world)
+        first, end = ranks.rank * share, min(len(self.layouts), (ranks.rank + 1) * share)
+        scores = torch.full((share,), float("nan"))  # this rank's, NaN past the end of the set
+        leaks = torch.zeros(2, dtype=torch.float64)  # instances leaked, instances counted
+        for start in range(first, end, batch_size):
+            stop = min(start + batch_size, end)
+            layouts = self.layouts[start:stop]
+            images = to_uint8(sample(model, layouts, settings, x_init=self.noise[start:stop]))
+            scores[start - first : stop - first] = self.reward(images, layouts).float().cpu()
             for leaked_here, instances in leak_counts(images, layouts):
-                leaked, counted = leaked + leaked_here, counted + instances
+                leaks += torch.tensor([leaked_here, instances], dtype=torch.float64)
         model.train(was_training)
-        return {"reward": float(np.concatenate(scores).mean()), "leakage": leaked / max(counted, 1)}
+        scores, (leaked, counted) = ranks.gather(scores), ranks.sum(leaks).tolist()
+        reward = float(scores[~scores.isnan()].numpy().mean())
+        return {"reward": reward, "leakage": leaked / max(counted, 1)}
 
     def __call__(self, model, batch_size: int = 64) -> float:
         """Mean reward of the held-out set under ``model``."""
@@ -79,7 +87,11 @@ def held_out_sets(config, reward, count: int, latent_shape: tuple[int, ...]) -> 
     return sets
 
 
-def measure_held_out(sets: dict[str, HeldOutReward], model) -> dict[str, float]:
+def measure_held_out(sets: dict[str, HeldOutReward], model, ranks: Ranks = SINGLE) -> dict[str, float]:
     """Every set's reward and leakage under ``model``, as log keys: "rl_held_out_reward",
-    "rl_held_out_leakage", "rl_held_out_off_reward", ..."""
-    return {f"rl_{name}_{key}": value for name, m in sets.items() for key, value in m.measure(model).items()}
+    "rl_held_out_leakage", "rl_held_out_off_reward", ... (on every rank of a multi-process run)."""
+    return {
+        f"rl_{name}_{key}": value
+        for name, m in sets.items()
+        for key, value in m.measure(model, ranks=ranks).items()
+    }

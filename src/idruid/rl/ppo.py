@@ -30,11 +30,13 @@ def ppo_loss(
     kl: torch.Tensor | None = None,
     kl_weight: float = 1.0,
     weight: torch.Tensor | None = None,
+    count: torch.Tensor | None = None,
 ) -> PPOTerms:
     """L_rl of Eq. 10. log_prob (with grad), old_log_prob and advantages: same shape, e.g.
     (B, steps), or (steps, B, N) for per-instance credit; kl: the KL to the old policy (any
     shape, averaged), or None to leave it out; weight: 0/1 of the log_prob's shape, which
-    entries count (padded instances do not), default all."""
+    entries count (padded instances do not), default all; count: what the weighted sums are
+    divided by, default the weight's sum (on P processes the global count / P: idruid.ranks)."""
     if log_prob.shape != old_log_prob.shape or log_prob.shape != advantages.shape:
         raise ValueError(
             f"log_prob {tuple(log_prob.shape)}, old_log_prob {tuple(old_log_prob.shape)} and "
@@ -49,7 +51,8 @@ def ppo_loss(
     weight = (
         torch.ones_like(advantages) if weight is None else weight.to(advantages.dtype).expand_as(advantages)
     )
-    count = weight.sum().clamp(min=1.0)
+    if count is None:
+        count = weight.sum().clamp(min=1.0)
     surrogate = (torch.maximum(unclipped, clipped) * weight).sum() / count
     kl_mean = kl.mean() if kl is not None else torch.zeros((), device=log_prob.device)
     outside = (((ratio - 1.0).abs() > clip_range).to(weight.dtype) * weight).sum() / count

@@ -9,6 +9,10 @@ reward, seconds, and the RL diagnostics averaged since the last record) and ``pr
 estimator must pass this before its Table 3 row is trusted, and a gain on the prompts' geometry
 alone, or one paid for in leakage, is not one.
 
+Under ``accelerate launch`` each of P processes rolls out ``rl.batch_size`` rollouts of its own
+(idruid.rl.stage), the held-out sets are split over the ranks, and the main process writes: P
+processes at ``rl.batch_size=B`` probe as one process at P x B.
+
 ``reward="brightness"`` swaps the detector for the image's mean brightness (0..10): a reward any
 correct policy gradient raises quickly, to tell a sign or plumbing error from a weak signal.
 """
@@ -25,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..layout import Layout
+from ..ranks import Ranks, check_joined
 from .held_out import held_out_sets, measure_held_out
 from .stage import RLStage
 
@@ -70,52 +75,66 @@ def run_probe(
 ) -> list[dict]:
     """Run the probe; returns the records written to ``out/probe.jsonl``, beside ``config.yaml``
     and ``probe.json`` (the probe's own settings), which ``idruid report`` reads."""
+    from accelerate import Accelerator
+
     from ..config import save_config
     from ..train import mean_rl_stats
 
+    accelerator = Accelerator()
+    check_joined(accelerator)
+    config.rl.check(accelerator.num_processes)
+    main = accelerator.is_main_process
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    settings = {"iterations": iterations, "lr": lr, "every": every, "held_out": held_out, "reward": reward}
-    settings["checkpoint"] = checkpoint or "embedded"
-    (out / "probe.json").write_text(json.dumps(settings, indent=1))
-    stage = RLStage(config, model)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+        settings = {"iterations": iterations, "lr": lr, "every": every, "held_out": held_out}
+        settings.update(reward=reward, checkpoint=checkpoint or "embedded")
+        (out / "probe.json").write_text(json.dumps(settings, indent=1))
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    network, optimizer = accelerator.prepare(model, optimizer)
+    model = accelerator.unwrap_model(network)
+    ranks = Ranks.of(accelerator)
+    stage = RLStage(config, model, accelerator.device, ranks)
     if reward == "brightness":
         stage.reward = Brightness()
     if stage.reward is None:
         raise ValueError(f"rl.algorithm={config.rl.algorithm} has no reward to probe (use ppo or grpo)")
     measures = held_out_sets(config, stage.reward, held_out, model.latent_shape)
-    params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     records: list[dict] = []
     log_path = out / "probe.jsonl"
-    log_path.write_text("")
+    if main:
+        log_path.write_text("")
     started, window = time.time(), []
 
     def record(iteration: int) -> None:
         entry = {"iteration": iteration}
-        entry.update({k.removeprefix("rl_"): v for k, v in measure_held_out(measures, model).items()})
+        entry.update({k.removeprefix("rl_"): v for k, v in measure_held_out(measures, model, ranks).items()})
         entry["seconds"] = time.time() - started
         if window:
             entry.update({f"rl_{k}": v for k, v in mean_rl_stats(window).items()})
             window.clear()
         records.append(entry)
-        with log_path.open("a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        if main:
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
 
     record(0)
     model.train()
-    for iteration in tqdm(range(1, iterations + 1), desc="rl-probe", disable=not progress):
-        loss, stats = stage.loss(model)
+    for iteration in tqdm(range(1, iterations + 1), desc="rl-probe", disable=not (progress and main)):
+        loss, stats = stage.loss(model, network)
         window.append(stats)
         if loss is not None:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
         if iteration % every == 0 or iteration == iterations:
             record(iteration)
-    plot_probe(records, out / "probe.png")
+    if main:
+        plot_probe(records, out / "probe.png")
+    accelerator.wait_for_everyone()
     return records
 
 

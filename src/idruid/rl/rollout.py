@@ -21,6 +21,7 @@ import torch
 
 from ..config import SamplingSettings, TrainConfig
 from ..layout import Layout
+from ..ranks import SINGLE, Ranks
 from ..sampling import guidance_conditioning, guided_prediction, model_layout_steps, sample
 
 
@@ -86,11 +87,12 @@ class Rollout:
 
 class _RecordingStep:
     """Step function for ``sample``: the policy on the steps ``first_step`` to ``first_step +
-    rl_steps - 1``, recorded; the process's deterministic step elsewhere."""
+    rl_steps - 1``, recorded; the process's deterministic step elsewhere. The policy's noise is
+    this rank's rows of a draw for the global batch (idruid.ranks)."""
 
-    def __init__(self, first_step: int, rl_steps: int, policy, deterministic):
+    def __init__(self, first_step: int, rl_steps: int, policy, deterministic, ranks: Ranks):
         self.window = range(first_step, first_step + rl_steps)
-        self.policy, self.deterministic = policy, deterministic
+        self.policy, self.deterministic, self.ranks = policy, deterministic, ranks
         self.index = -1
         self.x_t, self.x_next, self.log_prob, self.mean = [], [], [], []
 
@@ -98,7 +100,8 @@ class _RecordingStep:
         self.index += 1
         if self.index not in self.window:
             return self.deterministic(prediction, x_t, t, t_next)
-        x_next, log_prob, mean, _ = self.policy(prediction, x_t, t, t_next)
+        noise = self.ranks.randn(len(x_t), x_t.shape[1:], device=x_t.device, dtype=torch.float32)
+        x_next, log_prob, mean, _ = self.policy(prediction, x_t, t, t_next, noise=noise)
         self.x_t.append(x_t.float().cpu())
         self.x_next.append(x_next.cpu())
         self.log_prob.append(log_prob.cpu())
@@ -115,10 +118,13 @@ def rollout(
     x_init: torch.Tensor | None = None,
     eta: float = 1.0,
     first_step: int = 0,
+    ranks: Ranks = SINGLE,
 ) -> Rollout:
     """Sample ``layouts`` with ``settings`` and the policy on ``rl_steps`` steps from
     ``first_step`` on, and record them. ``noise_level`` is the flow SDE's a (Eq. 5), ``eta`` the
-    eps process's DDIM eta."""
+    eps process's DDIM eta. On P processes, ``layouts`` are this rank's rows of the global batch
+    and every random draw (initial noise, each SDE step's noise) is this rank's rows of a draw for
+    all P x B rollouts, so the ranks' rollouts together are those of one process at P x B."""
     steps = settings.steps
     if steps < 2:
         raise ValueError("a rollout needs at least 2 sampling steps")
@@ -128,8 +134,9 @@ def rollout(
     times = process.times(steps, settings.shift)
     device = next(model.parameters()).device
     if x_init is None:
-        x_init = torch.randn((len(layouts), *model.latent_shape))
-    recorder = _RecordingStep(first_step, rl_steps, process.policy(times, noise_level, eta), process.step)
+        x_init = ranks.randn(len(layouts), model.latent_shape)
+    policy = process.policy(times, noise_level, eta)
+    recorder = _RecordingStep(first_step, rl_steps, policy, process.step, ranks)
     images = sample(
         model,
         layouts,

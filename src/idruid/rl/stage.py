@@ -22,12 +22,19 @@ What idruid implements, and why it differs from the paper's literal reading (doc
   smaller box lies over it (idruid.rl.logprob.front_masks).
 
 ``algorithm="sft"`` is Table 3 row 3 (no RL: see ``sft_batch``).
+
+On P processes (idruid.ranks) each rank rolls out its own ``rl.batch_size`` rollouts: its rows of
+the global batch of prompts (a group may span ranks) and of every noise draw. Rewards,
+advantages and every logged statistic are taken over the global batch, the critic's gradients are
+averaged over the ranks, and means whose count differs between ranks (per-instance credit) divide
+by the global count, so P processes at ``rl.batch_size=B`` train as one process at P x B.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.func import functional_call
@@ -36,6 +43,7 @@ from ..boxes import covering_cells
 from ..config import ConfigError, TrainConfig
 from ..data.shapes import image_to_tensor, prompt_only_layout, render_layout_scene
 from ..layout import Layout, load_layouts
+from ..ranks import SINGLE, Ranks
 from ..sampling import to_uint8
 from ..scorers.registry import load_scorer
 from .advantages import clip_advantages, group_means, one_sign, standardise, within_group_variance
@@ -71,10 +79,11 @@ class RLStage:
     """Holds what the RL stage keeps between iterations: the rollouts being trained, the action
     pool, the critic and its optimiser, the gate, and the frozen reference of the KL term."""
 
-    def __init__(self, config: TrainConfig, model, device: torch.device | str = "cpu"):
+    def __init__(self, config: TrainConfig, model, device: torch.device | str = "cpu", ranks: Ranks = SINGLE):
         self.config, self.rl = config, config.rl
         rl = self.rl
         self.device = torch.device(device)
+        self.ranks = ranks
         self.iteration = 0  # RL iterations run
         self.batches = 0  # prompt batches drawn (where the prompt-only set continues)
         self.critic_updates = 0  # iterations the critic has been fitted
@@ -113,24 +122,31 @@ class RLStage:
 
     # ------------------------------------------------------------------ data
     def next_layouts(self) -> list[Layout]:
-        """The next prompt-only batch: batch_size / group_size prompts, each repeated group_size
-        times in a row. From the shapes world's generator, or the layout file ``rl.prompts`` read
-        in order (cycled)."""
+        """This rank's next prompt-only batch of ``rl.batch_size`` rollouts. An iteration's global
+        batch is P x batch_size / group_size prompts, each repeated group_size times in a row, from
+        the shapes world's generator or the layout file ``rl.prompts`` read in order (cycled);
+        rank r takes rows [r x batch_size, (r + 1) x batch_size) of it, so a group may span two
+        ranks (as Flow-GRPO's DistributedKRepeatSampler lets it: the group statistics are taken
+        over the gathered batch) and the ranks' batches in rank order are one process's batch."""
         group = 1 if self.rl.algorithm == "sft" else self.rl.group_size
-        prompts = self.rl.batch_size // group
-        start = self.batches * prompts
+        per_rank, world = self.rl.batch_size, self.ranks.world
+        first_row = self.ranks.rank * per_rank
+        first, last = first_row // group, (first_row + per_rank - 1) // group  # this rank's prompts
+        start = self.batches * (world * per_rank // group)
         self.batches += 1
+        layouts = [self._prompt(start + k) for k in range(first, last + 1)]
+        rows = [layout for layout in layouts for _ in range(group)]
+        skip = first_row - first * group
+        return rows[skip : skip + per_rank]
+
+    def _prompt(self, index: int) -> Layout:
+        """Prompt-only layout ``index`` of the stream."""
         if self.prompt_file is not None:
-            layouts = [self.prompt_file[(start + k) % len(self.prompt_file)] for k in range(prompts)]
-        else:
-            rl, resolution = self.rl, self.config.model.resolution
-            layouts = [
-                prompt_only_layout(
-                    start + k, rl.prompt_seed, resolution=resolution, geometry=rl.prompt_geometry
-                )
-                for k in range(prompts)
-            ]
-        return [layout for layout in layouts for _ in range(group)]
+            return self.prompt_file[index % len(self.prompt_file)]
+        rl = self.rl
+        return prompt_only_layout(
+            index, rl.prompt_seed, resolution=self.config.model.resolution, geometry=rl.prompt_geometry
+        )
 
     def sft_batch(self) -> tuple[torch.Tensor, list[Layout]]:
         """Table 3 row 3: the next prompt-only layouts with their rendered images (B, C, H, W)."""
@@ -223,6 +239,7 @@ class RLStage:
             noise_level=rl.noise_level,
             eta=rl.eta,
             first_step=first_step,
+            ranks=self.ranks,
         )
         model.train(was_training)
         instance_terms = self.reward.instance_rewards(to_uint8(fresh.images), layouts).float()  # (B, N)
@@ -230,32 +247,40 @@ class RLStage:
         fresh.instance_reward = instance_terms if self.per_instance else None
         fresh.iteration = self.iteration
         self.pool.add(fresh)
-        stats.reward, stats.first_step = float(fresh.reward.mean()), first_step
+        rewards = self.ranks.gather(fresh.reward)  # the global batch's (P x B,)
+        stats.reward, stats.first_step = float(rewards.mean()), first_step
         if rl.group_size >= 2:
-            stats.within_var = within_group_variance(fresh.reward, rl.group_size)
+            stats.within_var = within_group_variance(rewards, rl.group_size)
         if self.critic is not None:
             self._fit_critic(model, fresh, stats)
         return fresh
 
     def _fit_critic(self, model, fresh: Rollout, stats: RLStats) -> None:
         """Eq. 7: measure the critic on the fresh batch (before it has seen it), then fit it on that
-        batch and on ``critic_epochs - 1`` rollouts replayed from the pool."""
+        batch and on ``critic_epochs - 1`` rollouts replayed from the pool. On P processes each rank
+        fits on its rows and the gradients are averaged (the same pool entry is drawn on every
+        rank: one seeded stream), so every rank holds the same critic, that of one process."""
         cond = model.encode_text(fresh.layouts).to(self.device)
         with torch.no_grad():
             values = self._critic_values(model, fresh, cond)
             image_values = values.sum(dim=-1) if self.per_instance else values
-            stats.critic_mse = float(((image_values - fresh.reward.to(self.device)) ** 2).mean())
+            squared = (image_values - fresh.reward.to(self.device)) ** 2
+            stats.critic_mse = self.ranks.mean(float(squared.mean()), squared.numel())
         losses = []
         for update in range(self.rl.critic_epochs):
             entry = fresh if update == 0 else self.pool.draw()
             entry_cond = cond if entry is fresh else model.encode_text(entry.layouts).to(self.device)
             values = self._critic_values(model, entry, entry_cond)
-            valid = entry_cond.valid[None] if self.per_instance else None
-            loss = critic_loss(values, self._rewards(entry, entry_cond)[None].expand_as(values), valid)
+            valid, count = None, None
+            if self.per_instance:
+                valid = entry_cond.valid[None]
+                count = self.ranks.divisor(valid.expand_as(values))
+            loss = critic_loss(values, self._rewards(entry, entry_cond)[None].expand_as(values), valid, count)
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.ranks.average_gradients(self.critic.parameters())
             self.critic_optimizer.step()
-            losses.append(loss.item())
+            losses.append(self.ranks.mean(loss.item()))
         self.critic_updates += 1
         stats.critic_loss = sum(losses) / len(losses) if losses else None
         self._update_gate(stats)
@@ -284,15 +309,31 @@ class RLStage:
 
     # ------------------------------------------------------------------ advantages
     def advantages(self, model, recorded: Rollout, cond) -> torch.Tensor:
-        """Standardised, clipped advantages of the recorded steps: (K, B), or (K, B, N) per instance."""
+        """Standardised, clipped advantages of this rank's recorded steps: (K, B), or (K, B, N) per
+        instance (``cond``'s padding)."""
+        return self._own_rows(self.global_advantages(model, recorded, cond)[0], cond)
+
+    def _own_rows(self, values: torch.Tensor, cond) -> torch.Tensor:
+        """This rank's rows (K, B[, N]) of global-batch values (K, P x B[, N'])."""
+        mine = values[:, self.ranks.rows(cond.valid.shape[0])]
+        return mine[..., : cond.valid.shape[1]] if self.per_instance else mine
+
+    def global_advantages(self, model, recorded: Rollout, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """The advantages of the global batch's recorded steps (K, P x B), or (K, P x B, N) per
+        instance, and their 0/1 weight: the baseline and the standardisation see the gathered
+        batch, as one process would (one process: its own batch)."""
         rl = self.rl
         steps = recorded.log_prob.shape[0]
         rewards = self._rewards(recorded, cond)  # (B,) or (B, N)
         weight = cond.valid.float() if self.per_instance else torch.ones_like(rewards)
+        ragged = 1 if self.per_instance else None  # instances: padded to the largest layout
+        weight = self.ranks.gather(weight, ragged=ragged)
         if self.baseline == "critic":
             with torch.no_grad():
                 advantage = rewards[None] - self._critic_values(model, recorded, cond)
+            advantage = self.ranks.gather(advantage, dim=1, ragged=None if ragged is None else 2)
         else:
+            rewards = self.ranks.gather(rewards, ragged=ragged)
             if self.baseline == "group":
                 baseline = group_means(rewards, rl.group_size)
             else:
@@ -300,7 +341,7 @@ class RLStage:
             advantage = (rewards - baseline)[None].expand(steps, *rewards.shape)
         weight = weight[None].expand_as(advantage)
         advantage = standardise(advantage * weight, self.advantage_std, rl.group_size, weight, batch_dim=1)
-        return clip_advantages(advantage, rl.advantage_clip) * weight
+        return clip_advantages(advantage, rl.advantage_clip) * weight, weight
 
     # ------------------------------------------------------------------ one iteration
     def loss(self, model, network=None) -> tuple[torch.Tensor | None, RLStats]:
@@ -325,7 +366,8 @@ class RLStage:
         # ------------------------------------------------ ADVANTAGES (Eq. 8, or group-relative)
         trained = self.current if rl.update == "fresh" else self.pool.draw()
         cond = model.encode_text(trained.layouts).to(self.device)
-        advantage = self.advantages(model, trained, cond)
+        global_advantage, global_weight = self.global_advantages(model, trained, cond)
+        advantage = self._own_rows(global_advantage, cond)
         # ------------------------------------------------ PPO (Eq. 9-10)
         log_prob, mean, scale = self._policy(model, trained, network, rl.detach_uncond)
         old_mean = trained.mean.to(self.device)
@@ -333,29 +375,32 @@ class RLStage:
         if rl.kl_weight > 0:
             target = old_mean if rl.kl_to == "old" else self._reference_means(model, trained)
             kl = gaussian_kl(mean.flatten(0, 1), target.flatten(0, 1), scale.flatten(0, 1))
-        old_log_prob, weight = trained.log_prob.to(self.device), None
+        old_log_prob, weight, count = trained.log_prob.to(self.device), None, None
         if self.per_instance:
             log_prob, old_log_prob = self._box_log_probs(trained, scale, cond, mean, old_mean)
             weight = cond.valid[None].expand_as(advantage)
-        terms = ppo_loss(
-            log_prob, old_log_prob, advantage.to(log_prob.dtype), rl.clip_range, kl, rl.kl_weight, weight
-        )
-        stats.l_rl, stats.kl = terms.loss.item(), terms.kl.item()
+            count = self.ranks.divisor(weight)  # the global count / P: DDP's average is the global mean
+        advantage = advantage.to(log_prob.dtype)
+        terms = ppo_loss(log_prob, old_log_prob, advantage, rl.clip_range, kl, rl.kl_weight, weight, count)
+        mean_over_ranks = self.ranks.mean
+        stats.l_rl, stats.kl = mean_over_ranks(terms.loss.item()), mean_over_ranks(terms.kl.item())
         ratio = terms.ratio if weight is None else terms.ratio[weight]
-        stats.clip_fraction, stats.ratio = float(terms.clip_fraction), float(ratio.mean())
+        stats.clip_fraction = mean_over_ranks(float(terms.clip_fraction))
+        stats.ratio = mean_over_ranks(float(ratio.mean()), ratio.numel())
         stats.age = self.iteration - trained.iteration
-        stats.one_sign = float(one_sign(advantage, weight))
+        stats.one_sign = float(one_sign(global_advantage, global_weight))
         return terms.loss, stats
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
+        """What every rank holds alike (accelerate writes it once); each rank's rollouts are in
+        ``rollouts_file`` (``save_rollouts``)."""
         state = {
             "iteration": self.iteration,
             "batches": self.batches,
             "critic_updates": self.critic_updates,
             "gate_open": self.gate_open,
-            "pool": self.pool.state_dict(),
-            "current": None if self.current is None else self.current.state_dict(),
+            "processes": self.ranks.world,
             "reference": self.reference,
             "window_generator": self.window_generator.get_state(),
         }
@@ -365,18 +410,47 @@ class RLStage:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        saved_by = state.get("processes", 1)
+        if saved_by != self.ranks.world:
+            raise ConfigError(
+                f"the RL stage's checkpoint was written by {saved_by} process(es) and this run has "
+                f"{self.ranks.world}: each rank's rollouts and random state belong to its rank, so "
+                f"resume with the same count (accelerate launch --num_processes {saved_by})"
+            )
         self.iteration, self.critic_updates = state["iteration"], state["critic_updates"]
         self.batches = state.get("batches", self.iteration)  # older states: one batch per iteration
         self.gate_open = state.get("gate_open", self.critic_updates >= self.rl.critic_warmup)
-        self.pool.load_state_dict(state["pool"])
-        current = state.get("current")
-        self.current = None if current is None else Rollout.from_state_dict(current)
+        if "pool" in state:  # an older idruid's checkpoint (one process) kept the rollouts here
+            self._load_rollouts(state)
         self.reference = state.get("reference")
         if "window_generator" in state:
             self.window_generator.set_state(state["window_generator"])
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+    def rollouts_file(self, folder: str | Path) -> Path:
+        return Path(folder) / f"rl_rollouts_{self.ranks.rank}.pt"
+
+    def save_rollouts(self, models, weights, output_dir: str) -> None:
+        """accelerate's save-state hook (every rank): this rank's action pool and current rollout."""
+        state = {
+            "pool": self.pool.state_dict(),
+            "current": None if self.current is None else self.current.state_dict(),
+        }
+        torch.save(state, self.rollouts_file(output_dir))
+
+    def load_rollouts(self, models, input_dir: str) -> None:
+        """accelerate's load-state hook (every rank): this rank's rollouts, where the checkpoint has
+        them (an older one holds them in the shared state, read by ``load_state_dict``)."""
+        path = self.rollouts_file(input_dir)
+        if path.is_file():
+            self._load_rollouts(torch.load(path, map_location="cpu", weights_only=False))
+
+    def _load_rollouts(self, state: dict) -> None:
+        self.pool.load_state_dict(state["pool"])
+        current = state.get("current")
+        self.current = None if current is None else Rollout.from_state_dict(current)
 
 
 def _pad_instances(terms: torch.Tensor, cond) -> torch.Tensor:
