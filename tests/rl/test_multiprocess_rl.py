@@ -38,6 +38,9 @@ VARIANTS = {  # name: (overrides, rl.batch_size per process)
     # twice (ppo_epochs=2: the second time off-policy); the SDE window drawn at random; the
     # image-level credit of the paper
     "critic": (CRITIC, 4),
+    # the paper's literal reading: the actor on rollouts drawn from the action pool (the same
+    # entry on every rank), the critic gate holding the actor for the first iteration
+    "pool": (["rl.group_size=2", "rl.baseline=critic", "rl.update=pool", "rl.critic_warmup=1"], 4),
 }
 
 
@@ -134,7 +137,9 @@ def test_ranks_roll_out_their_own_share_of_one_process_batch(runs):
 
 def test_advantages_are_the_global_batch_ones(runs):
     _, two, one = runs
-    for iteration in range(1, STEPS + 1):
+    trained = [i for i in range(1, STEPS + 1) if (one / "records" / f"advantages-{i}-rank0.pt").exists()]
+    assert len(trained) >= STEPS - 1  # every iteration but one the critic gate held
+    for iteration in trained:
         single = _record(one, "advantages", iteration)
         assert single.abs().sum() > 0
         for rank in (0, 1):  # every rank sees the global batch's advantages
@@ -151,18 +156,22 @@ def test_logged_rl_statistics_and_weights_match_one_process(runs):
     assert [r["step"] for r in log_two] == [r["step"] for r in log_one] == list(range(1, STEPS + 1))
     keys = ["loss", "l_ldm", "l_rl", "rl_reward", "rl_within_var", "rl_l_rl", "rl_kl", "rl_clip_fraction",
             "rl_ratio", "rl_one_sign", "rl_first_step"]  # fmt: skip
-    if variant == "critic":
-        keys += ["rl_critic_mse", "rl_critic_loss"]
-    else:
+    if variant in ("critic", "pool"):
+        keys += ["rl_critic_mse", "rl_critic_loss", "rl_actor", "rl_age"]
+    if variant == "group":
         keys += ["rl_held_out_reward", "rl_held_out_leakage", "rl_held_out_off_reward"]
     for a, b in zip(log_two, log_one, strict=True):
         for key in keys:
             if key in a or key in b:
                 assert a[key] == pytest.approx(b[key], rel=RTOL, abs=1e-6), (a["step"], key)
-    assert all(r["rl_l_rl"] is not None for r in log_two)
+    if variant == "pool":
+        assert log_two[0]["rl_actor"] == 0 and log_two[0]["rl_l_rl"] is None  # the gate held the actor
+        assert all(r["rl_l_rl"] is not None for r in log_two[1:])
+    else:
+        assert all(r["rl_l_rl"] is not None for r in log_two)
     if variant == "critic":
         assert any(r["rl_clip_fraction"] > 0 for r in log_two)  # the reused rollout left the clip
-    else:
+    if variant == "group":
         assert "rl_held_out_reward" in log_two[0]
     first = weights(one, 1, 0)
     for step in range(1, STEPS + 1):
@@ -175,7 +184,7 @@ def test_logged_rl_statistics_and_weights_match_one_process(runs):
 
 def test_every_rank_holds_the_critic_of_one_process(runs):
     variant, two, one = runs
-    if variant != "critic":
+    if variant == "group":
         pytest.skip("no critic")
     fitted = sorted(int(p.name.split("-")[1]) for p in (two / "records").glob("critic-*-rank0.pt"))
     assert len(fitted) >= 2  # fitted at several iterations

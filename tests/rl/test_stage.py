@@ -532,7 +532,7 @@ def test_ranks_roll_out_their_rows_of_one_process_noise(model):
 
 def test_the_rl_batch_of_all_processes_must_hold_whole_groups():
     config = RLConfig(algorithm="grpo", batch_size=6, group_size=4)
-    with pytest.raises(ConfigError, match=r"group_size=4 must be >= 1 and divide rl.batch_size=6 \(rl.batch_size counts"):
+    with pytest.raises(ConfigError, match=r"divide rl.batch_size=6 \(rl.batch_size counts the rollouts"):
         config.check()
     config.check(processes=2)  # 12 rollouts: three groups, the middle one on both ranks
     with pytest.raises(ConfigError, match="x 3 processes"):
