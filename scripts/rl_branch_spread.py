@@ -1,7 +1,9 @@
 """At which sampling step does the outcome get decided? (README, "The RL stage")
 
-For each step k of the rollout schedule, samples prompt-only layouts from fixed noise with the ODE
-everywhere except one SDE step (Eq. 5) at k, several times, and prints the spread of the final
+For each step k of the rollout schedule, samples prompt-only layouts from fixed noise with the
+deterministic step everywhere except one policy step at k (the SDE of Eq. 5 for a flow model, the
+DDPM transition for an eps one: ``idruid.rl.rollout.rollout`` through the model's process),
+several times, and prints the spread of the final
 reward (Eq. 6) over those draws, averaged over the layouts. Where the spread is large, an action
 at that step changes the reward, so that is where RL's exploration can pay off.
 
@@ -17,26 +19,10 @@ import torch
 from idruid.checkpoint import load_checkpoint
 from idruid.config import load_config
 from idruid.data.shapes import prompt_only_layout
-from idruid.policy_steps import sde_step_with_logprob
-from idruid.rl.rewards import LayoutReward
-from idruid.rl.rollout import rollout_settings
-from idruid.sampling import euler_step, flow_sigmas, sample, to_uint8
-from idruid.scorers.registry import load_scorer
-
-HELD_OUT_START = 10_000  # prompt-only indices far from the ones the RL stage draws
-
-
-class OneSdeStep:
-    """Step function: the SDE policy at step ``at`` only, the Euler ODE step elsewhere."""
-
-    def __init__(self, at: int, sigma_max: float, noise_level: float):
-        self.at, self.sigma_max, self.noise_level, self.index = at, sigma_max, noise_level, 0
-
-    def __call__(self, v_pred, x_t, sigma, sigma_next):
-        self.index += 1
-        if self.index - 1 != self.at:
-            return euler_step(v_pred, x_t, sigma, sigma_next)
-        return sde_step_with_logprob(v_pred, x_t, sigma, sigma_next, self.sigma_max, self.noise_level)[0]
+from idruid.rl.held_out import HELD_OUT_START
+from idruid.rl.rewards import build_reward
+from idruid.rl.rollout import rollout, rollout_settings
+from idruid.sampling import to_uint8
 
 
 def main() -> None:
@@ -57,29 +43,23 @@ def main() -> None:
     model = load_checkpoint(args.checkpoint)
     model.eval()
     layouts = [prompt_only_layout(HELD_OUT_START + k, rl.prompt_seed) for k in range(args.layouts)]
-    reward = LayoutReward(load_scorer("detector", rl.detector), rl.reward, rl.confidence_weight)
-    sigmas = flow_sigmas(rl.sampling_steps, config.shift)
-    shape = (len(layouts), *model.latent_shape)
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    reward = build_reward(rl)
+    settings = rollout_settings(config)
+    times = model.process.times(settings.steps, settings.shift)
+    noise = torch.randn((len(layouts), *model.latent_shape), generator=torch.Generator().manual_seed(0))
 
-    def rewards(step_fn) -> torch.Tensor:
+    def rewards(at: int, noise_level: float, eta: float) -> torch.Tensor:
+        """Rewards of the layouts sampled from ``noise`` with the model's policy step at ``at`` only
+        (the process's deterministic step elsewhere); no noise at all with noise_level = eta = 0."""
         with torch.no_grad():
-            images = sample(
-                model,
-                layouts,
-                rollout_settings(config),
-                x_init=noise,
-                step_fn=step_fn,
-            )
-        return reward(to_uint8(images), layouts)
+            done = rollout(model, layouts, settings, 1, noise_level, x_init=noise, eta=eta, first_step=at)
+        return reward(to_uint8(done.images), layouts)
 
-    print(f"ODE only: mean reward {rewards(OneSdeStep(-1, float(sigmas[1]), 0.0)).mean():.3f}")
+    print(f"deterministic sampler only: mean reward {rewards(0, 0.0, 0.0).mean():.3f}")
     for k in range(rl.sampling_steps):
-        draws = torch.stack(
-            [rewards(OneSdeStep(k, float(sigmas[1]), rl.noise_level)) for _ in range(args.draws)]
-        )  # (draws, layouts)
+        draws = torch.stack([rewards(k, rl.noise_level, rl.eta) for _ in range(args.draws)])  # (draws, N)
         print(
-            f"SDE at step {k + 1} (sigma {float(sigmas[k]):.2f}): mean reward {draws.mean():.3f}, "
+            f"policy step at {k + 1} (time {float(times[k]):.2f}): mean reward {draws.mean():.3f}, "
             f"spread over draws {draws.std(dim=0).mean():.3f}",
             flush=True,
         )

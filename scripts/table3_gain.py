@@ -2,11 +2,13 @@
 "row 6 - row 2" table, regenerated from the committed runs.
 
     python scripts/table3_gain.py results/table3/rl-s* -- results/table3/none-s*
+    python scripts/table3_gain.py --spec results/table3.yaml
     python scripts/table3_gain.py --rows "2: IDM, no RL=results/table3/none-s*" "6: ...=..."
 
-With --rows, the README's condensed Table 3 instead: per row, the mean ± standard error over its
-seeds of ISR on each benchmark, leakage on the short-caption ones and the judge's spatial verdict
-on shapes-mig (`bash scripts/report_table3.sh` writes every column).
+With --spec (a report spec, idruid.reports.spec) or --rows, the README's condensed Table 3
+instead: per row, the mean ± standard error over its seeds of ISR on each benchmark, leakage on
+the short-caption ones and the judge's spatial verdict on shapes-mig (`idruid report --spec
+results/table3.yaml --out OUT` writes every column).
 
 Each side's mean over its seeds; the difference's standard error is sqrt(se_a^2 + se_b^2), each
 se the sample standard deviation over seeds / sqrt(seeds) (idruid.reports.tables.spread; 0 for
@@ -79,13 +81,26 @@ ROW_COLUMNS = (  # header, benchmark, metric
 
 def rows(named: list[str]) -> str:
     """One line per NAME=GLOB: the row's runs (the folders the glob matches, in order)."""
+    return row_table([(item.split("=", 1)[0], sorted(Path().glob(item.split("=", 1)[1]))) for item in named])
+
+
+def spec_rows(path: str) -> str:
+    """One line per row of a report spec that has runs."""
+    from idruid.reports.spec import load_spec
+
+    spec = load_spec(path)
+    grouped: dict[str, list[Path]] = {}
+    for run in spec.runs:
+        grouped.setdefault(spec.labels[run], []).append(run)
+    return row_table(list(grouped.items()))
+
+
+def row_table(named_runs: list[tuple[str, list[Path]]]) -> str:
     lines = [
         "| row | seeds | " + " | ".join(header for header, _, _ in ROW_COLUMNS) + " |",
         "|---|---:|" + "---:|" * len(ROW_COLUMNS),
     ]
-    for item in named:
-        name, pattern = item.split("=", 1)
-        runs = sorted(Path().glob(pattern))
+    for name, runs in named_runs:
         cells = []
         for _, benchmark, metric in ROW_COLUMNS:
             xs = values(runs, benchmark, METRICS[metric])
@@ -100,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--rows"]:
         print(rows(args[1:]))
+        return
+    if args[:1] == ["--spec"] and len(args) == 2:
+        print(spec_rows(args[1]))
         return
     if "--" not in args or args.index("--") in (0, len(args) - 1) or "-h" in args or "--help" in args:
         raise SystemExit(__doc__)

@@ -27,9 +27,9 @@ from idruid.metrics import (
     score_coco_mig,
     score_layoutsam,
 )
+from idruid.processes import euler_step
 from idruid.reports.figures import image_grid
 from idruid.reports.metric_tables import format_table_mig
-from idruid.sampling import euler_step
 from idruid.scorers.registry import load_scorer
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from idruid import sampling
 from idruid.losses import add_noise, flow_matching_loss
 from idruid.policy_steps import sde_std, sde_step_with_logprob
-from idruid.processes import PROCESSES, EpsProcess, FlowProcess
-from idruid.sampling import flow_sigmas
+from idruid.processes import PROCESSES, EpsProcess, FlowProcess, ddim_step, euler_step
 
 SD15 = {
     "beta_schedule": "scaled_linear",
@@ -28,7 +28,6 @@ def test_registry_is_keyed_by_prediction_type():
 
 def test_flow_process_is_the_rectified_flow():
     process = FlowProcess()
-    torch.testing.assert_close(process.times(7, 3.0), flow_sigmas(7, 3.0))
     x0, noise, sigma = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.tensor([0.1, 0.5, 0.9])
     torch.testing.assert_close(process.add_noise(x0, noise, sigma), add_noise(x0, noise, sigma))
     v = torch.randn_like(x0)
@@ -99,3 +98,68 @@ def test_eps_process_reads_a_scheduler_config_and_refuses_other_predictions(tmp_
         EpsProcess.from_folder(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="v_prediction"):
         EpsProcess({"prediction_type": "v_prediction"})
+
+
+# ----------------------------------------------------------------------------- step functions
+
+
+def test_euler_step_by_hand():
+    """x_next = x + (sigma_next - sigma) v, per row: dt = -0.25 and -0.5."""
+    x = torch.tensor([[1.0, 2.0], [0.0, -4.0]]).view(2, 2, 1, 1)
+    v = torch.tensor([[3.0, -1.0], [2.0, 2.0]]).view(2, 2, 1, 1)
+    out = euler_step(v, x, torch.tensor([0.75, 1.0]), torch.tensor([0.5, 0.5]))
+    expected = torch.tensor([[0.25, 2.25], [-1.0, -5.0]]).view(2, 2, 1, 1)
+    torch.testing.assert_close(out, expected)
+    # sigma_next == sigma leaves x as it is; a full step 1 -> 0 lands on x - v
+    same = euler_step(v, x, torch.tensor([0.3, 0.3]), torch.tensor([0.3, 0.3]))
+    torch.testing.assert_close(same, x)
+    torch.testing.assert_close(euler_step(v, x, torch.ones(2), torch.zeros(2)), x - v)
+
+
+def test_ddim_step_by_hand():
+    """Row 0: a = 0.36, a_next = 0.64, x_t = 1, eps = 0.5: x0 = (1 - 0.8 * 0.5) / 0.6 = 1,
+    x_next = 0.8 * 1 + 0.6 * 0.5 = 1.1. Row 1: a = 0.64, a_next = 1, x_t = 2, eps = -1:
+    x0 = (2 + 0.6) / 0.8 = 3.25, and a_next = 1 returns x0 itself."""
+    x_t, eps = torch.tensor([1.0, 2.0]).view(2, 1, 1, 1), torch.tensor([0.5, -1.0]).view(2, 1, 1, 1)
+    out = ddim_step(eps, x_t, torch.tensor([0.36, 0.64]), torch.tensor([0.64, 1.0]))
+    torch.testing.assert_close(out, torch.tensor([1.1, 3.25]).view(2, 1, 1, 1))
+    # a step to the same alpha_bar is the identity
+    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    a = torch.tensor([0.1, 0.5, 0.9])
+    torch.testing.assert_close(ddim_step(noise, x, a, a), x)
+
+
+# ----------------------------------------------------------------------------- the flow grid
+
+
+def _shifted(sigma, shift: float):
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 20])
+def test_flow_grid_endpoints_and_order(steps):
+    sigmas = FlowProcess().times(steps)
+    assert sigmas.shape == (steps + 1,) and sigmas.dtype == torch.float32
+    assert sigmas[0] == 1.0 and sigmas[-1] == 0.0
+    assert torch.all(sigmas[1:] < sigmas[:-1])
+    # shift 1: diffusers' grid, evenly spaced from 1 to 1 / num_train_timesteps, then 0
+    expected = torch.cat([torch.linspace(1.0, 1e-3, steps, dtype=torch.float64), torch.zeros(1)])
+    torch.testing.assert_close(sigmas.double(), expected, rtol=0, atol=1e-6)
+
+
+def test_flow_grid_shift_moves_the_grid_towards_noise():
+    """SD3's shift s maps sigma to s sigma / (1 + (s - 1) sigma); diffusers spaces the grid evenly
+    between 1 and the shifted sigma_min, then shifts it: sigmas = f(linspace(1, f(1e-3)))."""
+    plain, shifted = FlowProcess().times(4), FlowProcess().times(4, shift=3.0)
+    assert shifted[0] == 1.0 and shifted[-1] == 0.0 and torch.all(shifted[1:] < shifted[:-1])
+    assert torch.all(shifted[1:-1] > plain[1:-1])
+    grid = torch.linspace(1.0, _shifted(1e-3, 3.0), 4, dtype=torch.float64)
+    torch.testing.assert_close(shifted[:-1].double(), _shifted(grid, 3.0), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        FlowProcess().times(0)
+
+
+def test_the_old_names_in_sampling_are_these():
+    assert sampling.euler_step is euler_step and sampling.ddim_step is ddim_step
+    torch.testing.assert_close(sampling.flow_sigmas(7, 3.0), FlowProcess().times(7, 3.0), rtol=0, atol=0)

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .data.shapes.splits import BENCHMARKS as SHAPES_BENCHMARKS
+from .errors import ScoringError
 from .layout import Layout
-from .scorers.registry import SCORERS, check_scorer
+from .scorers.registry import check_scorer
+from .scorers.roles import SCORERS
 from .scorers.sam import sam_model_type
 from .scorers.vlm_judge import ANSWER_RULES, DEFAULT_RULE
 
@@ -38,10 +40,6 @@ MIG_RESOLUTION = 512  # COCO-MIG's scorer resizes every image to 512x512
 MIG_PROTOCOLS = {"mig-bench": MIG_RESOLUTION, "druid": None}
 
 _SHAPES_ONLY = "the analytic {0} reads only the shapes world"
-
-
-class ScoringError(ValueError):
-    """Benchmark images or scorers that cannot be used; the message names the file or flag."""
 
 
 # (bench_dir or None, how many leading rows are needed or None for all) -> layouts in index order

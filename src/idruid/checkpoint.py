@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import partial_path, replace_dir
 from .config import ModelConfig, SamplingSettings, model_config_from_dict
+from .errors import CheckpointError
 from .faults import crash_point
 from .textfile import read_json_object
 
@@ -43,10 +44,6 @@ BASE_CONFIGS = {
 # diffusers version, copied or loaded with defaults filled in, never what the weights mean.
 # "_class_name" stays: another class is another model.
 BOOKKEEPING_KEYS = ("_diffusers_version", "_name_or_path", "_use_default_values")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that does not exist or is not an idruid checkpoint."""
 
 
 def base_config(folder: str | Path, name: str) -> dict:

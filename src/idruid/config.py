@@ -1,4 +1,5 @@
-"""Typed configs for the model, training and its RL stage, named presets and ``key=value`` overrides.
+"""Typed configs for the model, training and its RL stage, named presets and ``key=value`` overrides
+(each value read as the type of the setting it sets: ``parse_setting``).
 
 Presets are YAML files in ``idruid/configs/`` (``configs/`` at the repository root points there).
 Every run saves the resolved config next to its outputs, so a run can be reproduced from it.
@@ -7,6 +8,8 @@ Every run saves the resolved config next to its outputs, so a run can be reprodu
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +17,10 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 from .textfile import read_text
 
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -425,7 +425,8 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainC
 
 
 def apply_override(config: TrainConfig, item: str) -> None:
-    """Apply ``key=value`` (``model.use_idm=false``); the value is parsed as YAML."""
+    """Apply ``key=value`` (``model.use_idm=false``), the value read as the type of the setting
+    (``parse_setting``), so that ``mixed_precision=no`` stays the string "no"."""
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected key=value")
     key, raw = item.split("=", 1)
@@ -435,10 +436,67 @@ def apply_override(config: TrainConfig, item: str) -> None:
         if not hasattr(target, part):
             raise ConfigError(f"override '{item}': unknown key '{part}'")
         target = getattr(target, part)
-    name = _renamed(".".join(parts[:-1]), parts[-1], f"override '{item}'", warn=True)
+    section = ".".join(parts[:-1])
+    name = _renamed(section, parts[-1], f"override '{item}'", warn=True)
     if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
         raise ConfigError(f"override '{item}': unknown key '{key}'")
-    setattr(target, name, yaml.safe_load(raw))
+    dotted = f"{section}.{name}" if section else name
+    kind = typing.get_type_hints(type(target))[name]
+    setattr(target, name, parse_setting(kind, raw, f"override '{item}': {dotted}"))
+
+
+NULL_WORDS = ("null", "none", "")  # on a setting that may be None (``str | None``, ...)
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def parse_setting(kind: Any, raw: str, where: str) -> Any:
+    """The text ``raw`` of a ``key=value`` override as a value of the setting's type ``kind``, so
+    that a word means what the setting takes and not what YAML would make of it:
+
+    - ``str``: the text itself (``no``, ``on``, ``none``, ``1e-4`` stay strings), surrounding
+      blanks and one pair of matching quotes removed;
+    - ``int`` / ``float``: the number (``1e-4``, ``1_000``; an integer setting refuses ``2.5``);
+    - ``bool``: ``true`` / ``yes`` / ``on`` / ``1`` or ``false`` / ``no`` / ``off`` / ``0``, any case;
+    - ``list[...]``: ``[a, b]`` or ``a,b``, each item read as the item type; ``[]`` is empty;
+    - a setting that may be None (``str | None``, ``float | None``, ...): ``null``, ``none`` (any
+      case) or nothing (``key=``) is None, anything else is read as the other type; quote the
+      word (``rl.prompts='none'``) for the string.
+
+    A value the type cannot take raises ConfigError naming ``where`` (the override and its key)."""
+    text = raw.strip()
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        others = [arg for arg in args if arg is not type(None)]
+        if text.lower() in NULL_WORDS:
+            return None
+        if len(others) == 1:
+            return parse_setting(others[0], raw, where)
+    elif kind is str:
+        return _unquoted(text)
+    elif kind is bool:
+        if text.lower() in TRUE_WORDS + FALSE_WORDS:
+            return text.lower() in TRUE_WORDS
+        raise ConfigError(f"{where} takes true or false (yes/no, on/off, 1/0), got '{raw}'")
+    elif kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise ConfigError(f"{where} takes {noun}, got '{raw}'") from None
+    elif typing.get_origin(kind) is list and len(args) == 1:
+        inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        items = inner.split(",") if inner.strip() else []
+        return [parse_setting(args[0], item, f"{where}[{k}]") for k, item in enumerate(items)]
+    elif dataclasses.is_dataclass(kind):
+        raise ConfigError(f"{where} is a section: set its keys one by one (key.name=value)")
+    return yaml.safe_load(raw)  # a type without a rule above (none of the configs' today)
+
+
+def _unquoted(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def config_to_dict(config) -> dict[str, Any]:

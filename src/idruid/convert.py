@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from idruid.data import coco_mig, layoutsam
+from idruid.errors import LayoutError
 from idruid.layout import (
     MAX_INSTANCES,
     Instance,
     Layout,
-    LayoutError,
     load_layouts,
     save_layouts,
     validate_box,

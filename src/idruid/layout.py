@@ -16,16 +16,13 @@ from pathlib import Path
 
 import torch
 
+from .errors import LayoutError
 from .textfile import read_text
 
 MAX_INSTANCES = 10  # the paper's maximum (section 4.1)
 
 _LAYOUT_KEYS = {"prompt", "instances", "seed"}
 _INSTANCE_KEYS = {"caption", "box"}
-
-
-class LayoutError(ValueError):
-    """A layout that cannot be used; the message names the field and the problem."""
 
 
 @dataclass(frozen=True)

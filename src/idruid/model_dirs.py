@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from .errors import ModelFolderError
+
 Loaded = TypeVar("Loaded")
 
 # (what the file is, the names it may have): one entry per required file
@@ -98,11 +100,6 @@ def check_components(path: str | Path, components: Components, what: str) -> Pat
     for subfolder, _ in components:
         check_readable(root / subfolder)
     return root
-
-
-class ModelFolderError(ValueError):
-    """A model folder's file that exists but cannot be read (malformed JSON, a truncated
-    safetensors file); the message names the file."""
 
 
 def check_readable(folder: Path) -> None:

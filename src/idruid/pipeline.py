@@ -37,13 +37,13 @@ from PIL import Image
 
 from .checkpoint import (
     EMBEDDED_CHECKPOINT,
-    CheckpointError,
     checkpoint_sampling,
     load_checkpoint,
     save_checkpoint,
 )
 from .config import SamplingSettings
-from .layout import Layout, LayoutError, layout_from_dict
+from .errors import CheckpointError, LayoutError
+from .layout import Layout, layout_from_dict
 from .models.druid_weights import is_druid_folder
 from .models.sd3_druid import load_druid
 from .sampling import sample, seeded_noise, to_uint8

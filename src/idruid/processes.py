@@ -25,11 +25,29 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from .losses import add_noise, diffuse, flow_matching_loss, noise_prediction_loss, sample_sigmas
 from .policy_steps import ddim_step_with_logprob, sde_step_with_logprob
-from .sampling import ddim_step, euler_step
 
 # (prediction, x_t, t, t_next, x_next or None) -> (x_next, log_prob (B,), mean, std): the
 # Gaussian policy of one step and the standard deviation of its action, (B, 1, ..., 1)
 PolicyStep = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def euler_step(
+    v_pred: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
+    """x_{t+dt} = x_t + dt * v with dt = sigma_next - sigma < 0 (sigma, sigma_next: (B,))."""
+    dt = (sigma_next - sigma).view(-1, *([1] * (x_t.ndim - 1)))
+    return x_t + dt * v_pred
+
+
+def ddim_step(
+    eps_pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_next: torch.Tensor
+) -> torch.Tensor:
+    """The deterministic DDIM step (eta = 0) from x_t at alpha_bar (B,) to alpha_bar_next (B,):
+    x_next = sqrt(a_next) x0_pred + sqrt(1 - a_next) eps_pred, x0_pred = (x_t - sqrt(1 - a) eps) / sqrt(a)."""
+    a = alpha_bar.view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
+    a_next = alpha_bar_next.view_as(a).to(x_t.dtype)
+    x0_pred = (x_t - (1.0 - a).sqrt() * eps_pred) / a.sqrt()
+    return a_next.sqrt() * x0_pred + (1.0 - a_next).sqrt() * eps_pred
 
 
 class FlowProcess:
@@ -49,7 +67,7 @@ class FlowProcess:
         return scheduler.sigmas.float().clone()
 
     def times(self, steps: int, shift: float = 1.0) -> torch.Tensor:
-        """(steps + 1,) sigmas from 1 down to 0 (the same as sampling.flow_sigmas)."""
+        """(steps + 1,) sigmas from 1 down to 0: diffusers' flow-matching grid."""
         return self.scheduler_times(self.make_scheduler(shift), steps)
 
     def train_times(self, batch: int, mode: str, device=None) -> torch.Tensor:

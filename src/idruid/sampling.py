@@ -3,8 +3,9 @@
 The loop walks the time grid of the model's diffusion process (idruid.processes: Euler on the
 flow-matching ODE for SD3, DDIM for SD1.5) with classifier-free guidance and the layout branch
 (adapter + IDM) active for the first ``layout_fraction`` of the steps only, vanilla attention
-after (paper 4.1, after CreatiLayout). Step functions are plain functions on tensors so that RL
-swaps in one that also records log-probabilities (idruid.rl.rollout).
+after (paper 4.1, after CreatiLayout). The step functions (idruid.processes: ``euler_step``,
+``ddim_step``) are plain functions on tensors so that RL swaps in one that also records
+log-probabilities (idruid.rl.rollout).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
 from .config import SamplingSettings
 from .layout import Layout
+from .processes import FlowProcess
+from .processes import ddim_step as ddim_step  # the step functions' old home
+from .processes import euler_step as euler_step
 
 if TYPE_CHECKING:
     from .models.base import Conditioning
@@ -28,34 +31,8 @@ if TYPE_CHECKING:
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # (step index i, t (B,), x after step i) -> None, or latents that replace x (the pipeline's hook)
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
-
-
-def euler_step(
-    v_pred: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
-) -> torch.Tensor:
-    """x_{t+dt} = x_t + dt * v with dt = sigma_next - sigma < 0 (sigma, sigma_next: (B,))."""
-    dt = (sigma_next - sigma).view(-1, *([1] * (x_t.ndim - 1)))
-    return x_t + dt * v_pred
-
-
-def ddim_step(
-    eps_pred: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_next: torch.Tensor
-) -> torch.Tensor:
-    """The deterministic DDIM step (eta = 0) from x_t at alpha_bar (B,) to alpha_bar_next (B,):
-    x_next = sqrt(a_next) x0_pred + sqrt(1 - a_next) eps_pred, x0_pred = (x_t - sqrt(1 - a) eps) / sqrt(a)."""
-    a = alpha_bar.view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
-    a_next = alpha_bar_next.view_as(a).to(x_t.dtype)
-    x0_pred = (x_t - (1.0 - a).sqrt() * eps_pred) / a.sqrt()
-    return a_next.sqrt() * x0_pred + (1.0 - a_next).sqrt() * eps_pred
-
-
-def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """The (steps + 1,) noise levels from 1 down to 0, from diffusers' flow-matching scheduler."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    scheduler.set_timesteps(steps)
-    return scheduler.sigmas.float().clone()
+# the flow grid's old name: it has one implementation, FlowProcess.times; kept while scripts use it
+flow_sigmas = FlowProcess().times
 
 
 def layout_steps(steps: int, layout_fraction: float, rounding: str = "ceil") -> int:

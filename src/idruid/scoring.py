@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .benchmarks import Benchmark, ScorerSpecs, ScoringError
+from .benchmarks import Benchmark, ScorerSpecs
+from .errors import ScoringError
 from .layout import Layout
 from .scorers.registry import load_scorer
 

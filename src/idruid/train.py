@@ -2,8 +2,8 @@
 
 Reads top to bottom: LOAD (config, model, data, RL stage), then per step PAIRED LOSSES (sample
 noise, predict, L_ldm and L_dis: idruid.paired), RL (from ``rl.start_fraction`` of the steps on,
-Algorithm 1: idruid.rl.stage), UPDATE, EMA, LOG (idruid.train_log) and CHECKPOINT. A run folder
-holds ``config.yaml``, ``log.jsonl``, ``checkpoints/step-*`` (accelerate state: weights,
+Algorithm 1: idruid.rl.stage), UPDATE, EMA (idruid.ema), LOG (idruid.train_log) and CHECKPOINT. A run
+folder holds ``config.yaml``, ``log.jsonl``, ``checkpoints/step-*`` (accelerate state: weights,
 optimiser, scheduler, RNG, EMA and the RL stage's critic and action pool, each written whole or
 not at all: train_state.py; the newest two are kept and a rerun of the same command resumes from
 the newest complete one) and, at the end, ``model/`` (the EMA weights as an idruid checkpoint)
@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 
 from .checkpoint import EMBEDDED_CHECKPOINT, describe_base, load_trained_weights, save_checkpoint
 from .config import TrainConfig, check_data, save_config
+from .ema import EMA, ema_count
 from .models import build_model
 from .paired import collate, paired_dataset, paired_losses
 from .ranks import Ranks, check_joined
 from .rl.held_out import held_out_sets, measure_held_out
-from .rl.stage import RLStage, RLStats
-from .train_log import gradient_norms, mean_over_processes, mean_rl_stats, plot_losses
+from .rl.stage import RLStage, RLStats, mean_rl_stats
+from .train_log import gradient_norms, mean_over_processes, plot_losses
 from .train_state import (
     accept_older_states,
     find_resumable,
@@ -39,45 +40,7 @@ from .train_state import (
     save_trainable_state_only,
     save_training_state,
     trim_log,
-    without_rows,
 )
-
-
-class EMA:
-    """Exponential moving average of the trainable weights (what gets exported)."""
-
-    def __init__(self, parameters, decay: float):
-        self.decay = decay
-        self.parameters = list(parameters)
-        self.shadow = [p.detach().clone() for p in self.parameters]
-        self.older_rows: list[int] = []  # rows of an older idruid's saved shadow to drop (train_state)
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        """Average in the current weights; ``step`` counts from the EMA's (re)start."""
-        decay = min(self.decay, (1 + step) / (10 + step))  # warm start, as in diffusers' EMAModel
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.parameters], 1.0 - decay)
-
-    @torch.no_grad()
-    def copy_to(self, parameters) -> None:
-        for shadow, param in zip(self.shadow, parameters, strict=True):
-            param.copy_(shadow)
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
-        saved_rows = state["shadow"]
-        if len(saved_rows) == len(self.shadow) + len(self.older_rows):
-            saved_rows = without_rows(saved_rows, self.older_rows)
-        for shadow, saved in zip(self.shadow, saved_rows, strict=True):
-            shadow.copy_(saved)
-
-
-def ema_count(step: int, origin: int) -> int:
-    """The EMA's step count for its warm-up: from ``origin`` on (where it restarts), else from 0."""
-    return step - origin if step >= origin else step
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:

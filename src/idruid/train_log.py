@@ -1,11 +1,11 @@
-"""What the training loop logs: each record's losses averaged over the processes, the RL
-diagnostics averaged over a log interval, the norms of the paired and RL gradients, and the
-loss and diagnostic curves of a run (``loss.png``).
+"""What the training loop logs: each record's losses averaged over the processes, the norms of the
+paired and RL gradients, and the loss and diagnostic curves of a run (``loss.png``). The RL
+diagnostics averaged over a log interval (``mean_rl_stats``) live beside ``RLStats`` in
+idruid.rl.stage, where `idruid rl-probe` reads them too; the name is still importable from here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from .rl.stage import RLStats
+from .rl.stage import mean_rl_stats as mean_rl_stats
 
 
 def mean_over_processes(accelerator: Accelerator, losses: list[torch.Tensor | None]) -> list[float | None]:
@@ -23,23 +23,6 @@ def mean_over_processes(accelerator: Accelerator, losses: list[torch.Tensor | No
     values = torch.stack([nan if v is None else v.detach().float().reshape(()) for v in losses])
     means = accelerator.reduce(values, reduction="mean").tolist()
     return [None if v is None else mean for v, mean in zip(losses, means, strict=True)]
-
-
-def mean_rl_stats(window: list[RLStats]) -> dict[str, float | None]:
-    """Each RL diagnostic averaged over the iterations of a log interval (those that have it), so
-    a log record with ``log_every`` > 1 reads as the interval, not as its last iteration; the clip
-    fraction also by the age of the rollouts it was measured on (``clip_fraction_age{a}``)."""
-    means = {}
-    for field in dataclasses.fields(RLStats):
-        values = [getattr(stats, field.name) for stats in window if getattr(stats, field.name) is not None]
-        means[field.name] = sum(values) / len(values) if values else None
-    by_age: dict[int, list[float]] = {}
-    for stats in window:
-        if stats.age is not None and stats.clip_fraction is not None:
-            by_age.setdefault(stats.age, []).append(stats.clip_fraction)
-    for age, values in sorted(by_age.items()):
-        means[f"clip_fraction_age{age}"] = sum(values) / len(values)
-    return means
 
 
 def gradient_norms(params: list, paired_grads: list) -> tuple[float, float]:

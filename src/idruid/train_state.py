@@ -15,18 +15,19 @@ import hashlib
 import json
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from .atomic import PARTIAL_SUFFIX, partial_path, replace_dir
+from .ema import EMA, without_rows
+from .errors import CheckpointError
 from .faults import crash_point
 
 if TYPE_CHECKING:
     from .models.base import LayoutModel
-    from .train import EMA
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -190,8 +191,6 @@ def load_training_state(accelerator, folder: Path) -> None:
     trainable tensor is there). One that fails to load becomes a CheckpointError naming it."""
     from accelerate.utils import DistributedType
 
-    from .checkpoint import CheckpointError
-
     # DeepSpeed saves its own full state (the hook does not apply) and takes no `strict`
     kwargs = {} if accelerator.distributed_type == DistributedType.DEEPSPEED else {"strict": False}
     try:
@@ -248,12 +247,6 @@ def unused_rows(model: LayoutModel) -> list[int]:
     return [row for row, name in enumerate(older) if name.startswith(unused)]
 
 
-def without_rows(items: list, rows: Sequence[int]) -> list:
-    """``items`` less the positions ``rows``."""
-    drop = set(rows)
-    return [item for row, item in enumerate(items) if row not in drop]
-
-
 def accept_older_states(model: LayoutModel, optimizer: torch.optim.Optimizer, ema: EMA) -> None:
     """Resume a state saved by an older idruid, whose optimiser and EMA also held the unused
     parameters (``unused_rows``): their rows are dropped as it loads (its model file holds their
@@ -287,8 +280,6 @@ def save_trainable_state_only(accelerator, model, base: dict | None) -> None:
     (checkpoint.describe_base of the base folder, or None) is saved as ``base.json`` and a resume
     on a folder with other configs is refused. Resume with ``load_state(dir, strict=False)``."""
     from safetensors import safe_open
-
-    from .checkpoint import CheckpointError
 
     keep = set(model.trainable_state_dict())
 

@@ -1,3 +1,14 @@
+"""The COCO-MIG reader and writer: on the real benchmark files, on an excerpt of them kept under
+tests/fixtures/coco_mig/ (its first EXCERPT layouts, so that a clone checks the real format
+too), and on small files written here.
+
+facts.json there holds what the whole benchmark is (``benchmark_facts``: the files' SHA-256, the
+counts per level, the box statistics of idruid.data.box_stats); where the real files are present,
+the excerpt and the facts are checked to be what they give.
+"""
+
+import hashlib
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -6,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from idruid.data.box_stats import box_stats
 from idruid.data.coco_mig import (
     ANNOTATION_FILE,
     PROMPTS_FILE,
@@ -21,69 +33,127 @@ from idruid.layout import Instance, Layout, LayoutError
 BESIDE_CHECKOUT = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco-mig"
 BENCH = Path(os.environ.get("IDRUID_COCO_MIG_DIR", BESIDE_CHECKOUT))
 needs_bench = pytest.mark.skipif(not (BENCH / ANNOTATION_FILE).is_file(), reason="COCO-MIG files not present")
+# what a clone has of them
+EXCERPT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "coco_mig"
+FACTS = json.loads((EXCERPT_DIR / "facts.json").read_text())
+EXCERPT = 8  # layouts 0-7
 
 
-@pytest.fixture(scope="module")
-def bench():
-    return read_coco_mig(BENCH)
+def excerpt_files(folder: Path, count: int = EXCERPT) -> dict[str, str]:
+    """The real files cut to their first ``count`` layouts: those lines of the prompt list as they
+    are, and their entries of the annotation file as PyYAML's safe_dump writes it (it writes the
+    whole official file byte for byte, so each entry is the file's own text)."""
+    lines = (folder / PROMPTS_FILE).read_text().splitlines(keepends=True)[:count]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    annotation = yaml.load((folder / ANNOTATION_FILE).read_text(), Loader=loader)
+    kept = {line.strip() for line in lines}
+    return {
+        PROMPTS_FILE: "".join(lines),
+        ANNOTATION_FILE: yaml.safe_dump({k: v for k, v in annotation.items() if k in kept}),
+    }
+
+
+def benchmark_facts(folder: Path) -> dict:
+    """What the whole benchmark is: its files' SHA-256, layouts and instances per level, and the
+    box statistics (idruid.data.box_stats, overall and the median size per level), to 6 decimals."""
+
+    def rounded(value):
+        return [rounded(v) for v in value] if isinstance(value, list) else round(value, 6)
+
+    layouts = read_coco_mig(folder)
+    levels = sorted({layout.level for layout in layouts})
+    return {
+        "sha256": {
+            name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            for name in (PROMPTS_FILE, ANNOTATION_FILE)
+        },
+        "layouts_per_level": {str(level): sum(x.level == level for x in layouts) for level in levels},
+        "box_stats": {k: rounded(v) for k, v in box_stats(layouts).items()},
+        "size_median_by_level": {
+            str(level): rounded(box_stats([x for x in layouts if x.level == level])["size"][2])
+            for level in levels
+        },
+    }
+
+
+@pytest.fixture(scope="module", params=["excerpt", "full"])
+def bench(request) -> tuple[Path, list[Layout]]:
+    """(folder, layouts) of the excerpt under tests/ and of the real files (skipped without them)."""
+    if request.param == "full" and not (BENCH / ANNOTATION_FILE).is_file():
+        pytest.skip("COCO-MIG files not present")
+    folder = EXCERPT_DIR if request.param == "excerpt" else BENCH
+    return folder, read_coco_mig(folder)
 
 
 @needs_bench
-def test_real_benchmark_counts_levels_and_boxes(bench):
-    assert len(bench) == 800
-    assert [layout.meta["index"] for layout in bench] == list(range(800))
-    assert Counter(layout.meta["level"] for layout in bench) == {2: 160, 3: 160, 4: 160, 5: 160, 6: 160}
-    assert all(layout.meta["level"] == len(layout.instances) for layout in bench)
-    boxes = np.array([box for layout in bench for box in layout.boxes])  # (n, 4)
-    assert boxes.shape == (sum(layout.level for layout in bench), 4)
+def test_the_excerpt_and_the_facts_are_the_real_files():
+    assert excerpt_files(BENCH) == {
+        name: (EXCERPT_DIR / name).read_text() for name in (PROMPTS_FILE, ANNOTATION_FILE)
+    }
+    assert benchmark_facts(BENCH) == FACTS
+
+
+def test_counts_levels_and_boxes(bench):
+    folder, layouts = bench
+    count = FACTS["box_stats"]["layouts"] if folder == BENCH else EXCERPT
+    assert len(layouts) == count and [layout.meta["index"] for layout in layouts] == list(range(count))
+    if folder == BENCH:
+        assert Counter(str(layout.meta["level"]) for layout in layouts) == FACTS["layouts_per_level"]
+    assert all(layout.meta["level"] == len(layout.instances) for layout in layouts)
+    boxes = np.array([box for layout in layouts for box in layout.boxes])  # (n, 4)
+    assert boxes.shape == (sum(layout.level for layout in layouts), 4)
     assert ((boxes >= 0) & (boxes <= 1)).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
 
 
-@needs_bench
+def test_the_facts_describe_the_benchmark():
+    """160 prompts at each of L2-L6, 3,200 boxes: the benchmark the paper and README score."""
+    assert FACTS["layouts_per_level"] == {str(level): 160 for level in range(2, 7)}
+    assert FACTS["box_stats"]["layouts"] == 800 and FACTS["box_stats"]["boxes"] == 3200
+
+
 def test_real_instances_are_the_prompt_phrases(bench):
     """Independent of the YAML: "a photo of A and B and B" names exactly the instance captions."""
-    for layout in bench:
+    for layout in bench[1]:
         assert layout.prompt.startswith("a photo of ")
         phrases = layout.prompt.removeprefix("a photo of ").split(" and ")
         assert Counter(phrases) == Counter(layout.captions), layout.prompt
 
 
-@needs_bench
 def test_real_prompts_follow_the_prompt_list_and_the_yaml_alone_agrees(bench):
-    lines = (BENCH / PROMPTS_FILE).read_text().splitlines()
-    assert [layout.prompt for layout in bench] == [line.strip() for line in lines if line.strip()]
-    assert read_coco_mig_annotation(BENCH / ANNOTATION_FILE) == bench
+    folder, layouts = bench
+    lines = (folder / PROMPTS_FILE).read_text().splitlines()
+    assert [layout.prompt for layout in layouts] == [line.strip() for line in lines if line.strip()]
+    assert read_coco_mig_annotation(folder / ANNOTATION_FILE) == layouts
 
 
-@needs_bench
 def test_hand_checked_examples(bench):
     # values read by eye from mig_bench_anno.yaml
-    first = bench[0]
+    first = bench[1][0]
     assert first.prompt == "a photo of a blue fork and a green carrot and a red carrot and a red carrot"
     assert first.meta == {"index": 0, "level": 4}
     assert first.captions == ["a blue fork", "a green carrot", "a red carrot", "a red carrot"]
     assert first.boxes[0] == (0.72472, 0.008986666666666667, 1.0, 0.5595466666666667)
     assert first.boxes[3] == (0.07587999999999999, 0.36234666666666665, 0.20118, 0.49410666666666664)
     # one phrase, two boxes: two instances
-    planes = bench[6]
+    planes = bench[1][6]
     assert planes.prompt == "a photo of a black airplane and a black airplane"
     assert planes.captions == ["a black airplane"] * 2 and planes.level == 2
     assert planes.boxes[1] == (0.412890625, 0.38329411764705884, 0.682984375, 0.5439058823529412)
 
 
-@needs_bench
 def test_writer_reproduces_the_official_structure(bench, tmp_path):
-    write_coco_mig(bench, tmp_path / "out")
+    folder, layouts = bench
+    write_coco_mig(layouts, tmp_path / "out")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    official = yaml.load((BENCH / ANNOTATION_FILE).read_text(), Loader=loader)
+    official = yaml.load((folder / ANNOTATION_FILE).read_text(), Loader=loader)
     assert yaml.load((tmp_path / "out" / ANNOTATION_FILE).read_text(), Loader=loader) == official
-    assert (tmp_path / "out" / PROMPTS_FILE).read_text().split("\n")[:800] == [
-        line.strip() for line in (BENCH / PROMPTS_FILE).read_text().splitlines()
+    assert (tmp_path / "out" / PROMPTS_FILE).read_text().split("\n")[: len(layouts)] == [
+        line.strip() for line in (folder / PROMPTS_FILE).read_text().splitlines()
     ]
     again = read_coco_mig(tmp_path / "out")
-    assert again == bench
-    assert [layout.meta for layout in again] == [layout.meta for layout in bench]
+    assert again == layouts
+    assert [layout.meta for layout in again] == [layout.meta for layout in layouts]
 
 
 # ----------------------------------------------------------------------------- small files

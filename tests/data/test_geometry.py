@@ -39,6 +39,7 @@ from idruid.data.shapes.geometry import (
 from idruid.layout import Instance, Layout
 
 COCO_MIG_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco-mig"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 # ----------------------------------------------------------------------------- laws
@@ -255,6 +256,18 @@ def test_the_coco_geometry_has_the_real_sizes_and_aspects():
         assert ours == pytest.approx(real, rel=0.15)
     assert 0.4 <= measured["covered_over_0.3"] <= 0.6  # real: 0.50
     assert measured["covered_over_0.9"] >= 0.15  # real: 0.24 (nested boxes)
+
+
+def test_coco_mig_facts_are_the_measured_ones():
+    """COCO_MIG_FACTS against the box statistics of the real files kept in tests/fixtures
+    (test_coco_mig.py checks them against the files where those are present)."""
+    measured = json.loads((FIXTURES / "coco_mig" / "facts.json").read_text())
+    real = measured["box_stats"]
+    assert real["aspect"] == pytest.approx(COCO_MIG_FACTS["aspect_percentiles"], abs=0.006)
+    assert real["size"] == pytest.approx(COCO_MIG_FACTS["size_percentiles"], abs=0.001)
+    assert real["smallest_side"] == pytest.approx(COCO_MIG_FACTS["smallest_side"], abs=0.001)
+    by_level = [measured["size_median_by_level"][str(level)] for level in range(2, 7)]
+    assert by_level == pytest.approx(COCO_MIG_FACTS["size_median_by_level"], abs=0.001)
 
 
 @pytest.mark.skipif(not COCO_MIG_DIR.is_dir(), reason="the real COCO-MIG files are not in this checkout")

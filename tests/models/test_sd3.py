@@ -10,7 +10,8 @@ from idruid.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_
 from idruid.config import ConfigError, ModelConfig, load_config
 from idruid.layout import Instance, Layout
 from idruid.models.sd3 import SD3LayoutModel
-from idruid.sampling import SamplingSettings, euler_step, flow_sigmas, generate, layout_steps, sample
+from idruid.processes import euler_step
+from idruid.sampling import SamplingSettings, generate, layout_steps, sample
 from idruid.train import train
 
 TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
@@ -59,7 +60,7 @@ def test_padding_to_ten_does_not_change_predictions(model):
 
 
 def test_sampling_schedule_and_determinism(model):
-    sigmas = flow_sigmas(10)
+    sigmas = model.process.times(10)
     assert (
         sigmas.shape == (11,)
         and sigmas[0] == 1.0

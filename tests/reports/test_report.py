@@ -539,3 +539,48 @@ def test_cli_report(tmp_path, capsys):
     assert "give at least one run folder" in capsys.readouterr().err
     assert cli_main(["report", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert f"{tmp_path / 'missing'}: not a folder" in capsys.readouterr().err
+
+
+def test_report_spec_names_rows_by_globs_relative_to_the_spec(tmp_path, capsys):
+    paths = _ablation_runs(tmp_path / "runs")
+    spec = tmp_path / "table.yaml"
+    spec.write_text(
+        "spread: std\nrows:\n"
+        '  - name: "IDM alone"\n    runs: [runs/idm-s*]\n'
+        '  - name: "not run yet"\n    runs: [runs/missing-s*]\n'
+        f'  - name: "with RL"\n    runs: [runs/{paths[2].name}]\n'
+    )
+    out = tmp_path / "out"
+    assert cli_main(["report", "--spec", str(spec), "--out", str(out)]) == 0
+    table3 = (out / "report.md").read_text().split("## Table 3")[1]
+    std = np.std([50, 60], ddof=1)  # the spec's spread
+    assert _row(table3, "IDM alone")[:2] == ["2", f"55.0 ± {std:.1f}"]
+    assert _row(table3, "with RL")[:2] == ["1", "70.0"] and "not run yet" not in table3
+    spec.write_text("rows:\n  - name: x\n    runs: [nothing-*]\n")
+    assert cli_main(["report", "--spec", str(spec), "--out", str(out)]) == 2
+    assert f"{spec}: no row's runs exist" in capsys.readouterr().err
+    spec.write_text("rows:\n  - runs: [a]\n")
+    assert cli_main(["report", "--spec", str(spec), "--out", str(out)]) == 2
+    assert "row 1 needs a 'name'" in capsys.readouterr().err
+
+
+def test_report_collect_keeps_the_summaries_and_leaves_weights_and_images(tmp_path, capsys):
+    run = _ablation_runs(tmp_path / "runs")[0]
+    (run / "model").mkdir()
+    (run / "model" / "model.safetensors").write_bytes(b"weights")
+    (run / "eval-shapes-mig" / "images").mkdir()
+    (run / "eval-shapes-mig" / "images" / "0.png").write_bytes(b"png")
+    (run / "eval-shapes-mig" / "audit.json").write_text("{}")
+    out = tmp_path / "results"
+    (out / "kept").mkdir(parents=True)
+    (out / "kept" / "stale.json").write_text("{}")  # the copy replaces what was there
+    assert cli_main(["report", "--collect", "--name", f"kept={run}", "--out", str(out)]) == 0
+    copied = sorted(p.relative_to(out / "kept").as_posix() for p in (out / "kept").rglob("*") if p.is_file())
+    expected = ["config.yaml", "eval-shapes-mig/audit.json", "eval-shapes-mig/metrics.json"]
+    expected += ["eval-shapes-sam/metrics.json"]
+    assert set(expected) <= set(copied)
+    assert not any(word in name for name in copied for word in ("images", "model", "stale"))
+    for name in copied:
+        assert (out / "kept" / name).read_bytes() == (run / name).read_bytes()
+    assert cli_main(["report", "--collect", str(tmp_path), "--out", str(out)]) == 2
+    assert "not a run folder (no config.yaml)" in capsys.readouterr().err

@@ -8,8 +8,8 @@ import torch
 
 from idruid.boxes import covering_cells
 from idruid.policy_steps import ddim_step_with_logprob, sde_std, sde_step_with_logprob
+from idruid.processes import ddim_step, euler_step
 from idruid.rl.logprob import box_log_probs, front_masks, gaussian_kl
-from idruid.sampling import ddim_step, euler_step
 
 
 def _reference(v, x, sigma, sigma_next, sigma_max, a):

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from idruid.scorers import roles
 from idruid.scorers.analytic import AnalyticDetector, AnalyticJudge, AnalyticSegmenter
-from idruid.scorers.registry import SCORERS, check_model_dir, check_scorer, load_scorer
+from idruid.scorers.registry import LOADERS, SCORERS, check_model_dir, check_scorer, load_scorer
 
 
 def test_each_role_has_a_flag_and_its_analytic_stand_in():
@@ -23,6 +24,13 @@ def test_each_role_has_a_flag_and_its_analytic_stand_in():
         assert isinstance(load_scorer(role, "analytic"), cls)
     with pytest.raises(ValueError, match="unknown scorer role 'reward'"):
         load_scorer("reward", "analytic")
+
+
+def test_the_table_and_the_folder_check_are_the_roles_module_and_every_role_has_a_loader():
+    """The table sits in scorers.roles, which the model wrappers import, so they never import the
+    registry that loads them; the registry adds one loader per role."""
+    assert SCORERS is roles.SCORERS and check_model_dir is roles.check_model_dir
+    assert set(LOADERS) == set(SCORERS)
 
 
 def test_folder_checks_name_the_flag_the_path_and_what_is_wrong(tmp_path):

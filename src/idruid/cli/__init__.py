@@ -14,11 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..benchmarks import ScoringError
-from ..checkpoint import CheckpointError
-from ..config import ConfigError
-from ..layout import LayoutError
-from ..model_dirs import ModelFolderError
+from ..errors import CheckpointError, ConfigError, LayoutError, ModelFolderError, ScoringError
 from . import convert, generate, report, train, ui
 
 USER_ERRORS = (LayoutError, CheckpointError, ConfigError, FileNotFoundError, ScoringError, ModelFolderError)

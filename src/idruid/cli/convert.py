@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..layout import LayoutError
+from ..errors import LayoutError
 
 
 def add_convert(sub) -> None:

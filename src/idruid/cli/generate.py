@@ -11,8 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..benchmarks import BENCHMARKS
-from ..config import ConfigError
-from ..layout import LayoutError
+from ..errors import ConfigError, LayoutError
 from ..scorers.vlm_judge import ANSWER_RULES, DEFAULT_RULE
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..errors import QualityError, ReportError
+
 
 def add_quality(sub) -> None:
     """``idruid quality``."""
@@ -25,7 +27,19 @@ def add_report(sub) -> None:
     """``idruid report``."""
     rep = sub.add_parser("report", help="paper tables, plots and sample grids from several run folders")
     rep.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders (config.yaml + eval folders)")
-    rep.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, plots/ and grids/")
+    rep.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for report.md, plots/ and grids/ (or the copies)"
+    )
+    rep.add_argument(
+        "--spec",
+        metavar="FILE",
+        help="a YAML report spec naming the rows and their run folders (results/table3.yaml)",
+    )
+    rep.add_argument(
+        "--collect",
+        action="store_true",
+        help="copy each run's config, log and eval summaries (no weights, no images) to --out/NAME",
+    )
     rep.add_argument(
         "--name",
         action="append",
@@ -37,15 +51,15 @@ def add_report(sub) -> None:
     rep.add_argument(
         "--spread",
         choices=["half-range", "std", "sem"],
-        default="half-range",
-        help="Table 3 spread over seeds (sem: standard error of the mean)",
+        default=None,
+        help="Table 3 spread over seeds (sem: standard error of the mean; default the spec's or half-range)",
     )
 
 
 def cmd_quality(args) -> int:
     import json
 
-    from ..quality import QualityError, image_quality, load_image_dir, load_prompts
+    from ..quality import image_quality, load_image_dir, load_prompts
 
     try:
         result = image_quality(
@@ -70,22 +84,42 @@ def cmd_quality(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..reports import ReportError, write_report
+    from ..reports import write_report
 
     try:
-        if not args.runs and not args.name:
-            raise ReportError("give at least one run folder (RUN_DIR or --name NAME=RUN_DIR)")
-        labels = {}
+        runs, labels, spread = list(args.runs), {}, args.spread
+        if args.spec:
+            from ..reports.spec import load_spec
+
+            spec = load_spec(args.spec)
+            runs += spec.runs
+            labels.update(spec.labels)
+            spread = spread or spec.spread
+        if not runs and not args.name:
+            raise ReportError("give at least one run folder (RUN_DIR, --name NAME=RUN_DIR or --spec FILE)")
         for item in args.name:
             name, sep, run = item.rpartition("=")
             if not sep or not name or not run:
                 raise ReportError(f"--name {item!r}: expected NAME=RUN_DIR")
             labels[run] = name
-        path = write_report(args.runs, args.out, labels, window=args.window, spread=args.spread)
+        if args.collect:
+            return _collect(runs, labels, Path(args.out))
+        path = write_report(runs, args.out, labels, window=args.window, spread=spread or "half-range")
     except ReportError as err:
         print(f"idruid: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
+    return 0
+
+
+def _collect(runs: list, labels: dict, out: Path) -> int:
+    """``--collect``: each run (and each --name NAME=RUN) copied to out/NAME (default its folder's name)."""
+    from ..reports.collect import collect_run
+
+    named = {Path(run).resolve(): name for run, name in labels.items()}
+    for run in dict.fromkeys(Path(run).resolve() for run in [*runs, *labels]):
+        target = out / named.get(run, run.name)
+        print(f"{run} -> {target}: {collect_run(run, target)} files")
     return 0
 
 

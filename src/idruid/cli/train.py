@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..config import ConfigError, list_presets
+from ..config import list_presets
+from ..errors import ConfigError
 
 # `idruid train --backbone B` without --config trains the embedded world's stage-1 preset of B
 BACKBONE_PRESETS = {"sd3": "shapes", "sd15": "shapes-sd15"}

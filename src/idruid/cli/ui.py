@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..ui.limits import JOB_TIMEOUT, MAX_QUEUE, MAX_REQUEST_BYTES
 
 

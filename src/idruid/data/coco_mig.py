@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from idruid.layout import MAX_INSTANCES, Instance, Layout, LayoutError, validate_box
+from idruid.errors import LayoutError
+from idruid.layout import MAX_INSTANCES, Instance, Layout, validate_box
 from idruid.textfile import read_text
 
 PROMPTS_FILE = "mig_bench.txt"

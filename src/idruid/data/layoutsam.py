@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from idruid.layout import MAX_INSTANCES, Instance, Layout, LayoutError
+from idruid.errors import LayoutError
+from idruid.layout import MAX_INSTANCES, Instance, Layout
 
 CAPTION_FIELDS = {"detailed": "detail_region_captions", "short": "region_captions"}
 REQUIRED_COLUMNS = ("global_caption", "bbox_list", "width", "height")

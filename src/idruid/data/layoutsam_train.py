@@ -31,7 +31,8 @@ from idruid.data.layoutsam import (
     parquet_files,
 )
 from idruid.data.shapes import image_to_tensor
-from idruid.layout import MAX_INSTANCES, Instance, Layout, LayoutError
+from idruid.errors import LayoutError
+from idruid.layout import MAX_INSTANCES, Instance, Layout
 
 ASPECT_TOLERANCE = 0.01  # relative: the image file's aspect vs the row's width / height
 

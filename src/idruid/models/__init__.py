@@ -6,7 +6,8 @@ trainer, checkpoints and tools call, so a new backbone is one entry here.
 
 from __future__ import annotations
 
-from ..config import ConfigError, ModelConfig
+from ..config import ModelConfig
+from ..errors import ConfigError
 
 
 def _sd3():

@@ -15,7 +15,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
+from ..config import ModelConfig
+from ..errors import ConfigError
 from ..layout import Layout, boxes_tensor
 from .adapter import CAPTION_TOKEN_MODULES, LayoutAdapter
 from .idm import LayoutCondition

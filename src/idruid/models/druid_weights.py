@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..checkpoint import CheckpointError
+from ..errors import DruidCheckpointError
 from ..textfile import read_json_object
 from .druid_arch import DruidSD3Transformer
 
@@ -39,10 +39,6 @@ SD3_FIELDS = (
     "out_channels",
     "pos_embed_max_size",
 )
-
-
-class DruidCheckpointError(CheckpointError):
-    """A folder that is not a usable I-DRUID authors' checkpoint."""
 
 
 def is_druid_folder(path: str | Path) -> bool:

@@ -70,7 +70,8 @@ def joint_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: to
 class LayoutJointAttnProcessor(LayoutBranch):
     """Joint attention + the layout branch (IDM or adapter-only), one per MM-DiT block."""
 
-    # diffusers forwards only the keyword arguments that __call__ names (see STACK.md).
+    # diffusers passes a joint_attention_kwargs entry (``layout``) to a processor only if its __call__
+    # names it; one it does not name is dropped with a warning.
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, layout=None):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, layout)
 

@@ -52,7 +52,7 @@ def build_unet(config: ModelConfig, text_dim: int, latent_side: int | None = Non
         block_out_channels=channels,
         layers_per_block=config.unet_layers_per_block,
         cross_attention_dim=text_dim,
-        attention_head_dim=config.num_heads,  # diffusers' name for the number of heads (STACK.md)
+        attention_head_dim=config.num_heads,  # in diffusers' UNet it sets the number of heads (legacy name)
         norm_num_groups=math.gcd(*channels, 8),
     )
 

@@ -54,7 +54,7 @@ def transformer_kwargs(
         attention_head_dim=config.head_dim,
         num_attention_heads=config.num_heads,
         joint_attention_dim=text_dim,
-        caption_projection_dim=inner,  # must equal heads * head_dim (STACK.md)
+        caption_projection_dim=inner,  # diffusers' SD3 transformer needs heads * head_dim here
         pooled_projection_dim=pooled_dim,
         pos_embed_max_size=max(tokens_per_side, 8),
     )
@@ -130,7 +130,7 @@ class SD3LayoutModel(LayoutModel):
             hidden_states=x_t,
             encoder_hidden_states=cond.prompt_hidden,
             pooled_projections=cond.prompt_pooled,
-            timestep=sigma * 1000.0,  # diffusers' SD3 takes sigma * 1000 (STACK.md)
+            timestep=sigma * 1000.0,  # diffusers' SD3 transformer takes the timestep as sigma * 1000
             joint_attention_kwargs=None if layout is None else {"layout": layout},
             return_dict=False,
         )[0]

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, ModelConfig, SamplingSettings, TrainConfig, load_config
+from ..config import ModelConfig, SamplingSettings, TrainConfig, load_config
+from ..errors import ConfigError
 from ..processes import FlowProcess
 from .base import Conditioning, LayoutModel
 from .druid_arch import DruidSD3Transformer, box_grid_masks, is_layout_key
@@ -161,7 +162,7 @@ class DruidLayoutModel(LayoutModel):
                 hidden_states=x_t,
                 encoder_hidden_states=cond.prompt_hidden,
                 pooled_projections=cond.prompt_pooled,
-                timestep=sigma * 1000.0,  # diffusers' SD3 takes sigma * 1000 (STACK.md)
+                timestep=sigma * 1000.0,  # diffusers' SD3 transformer takes the timestep as sigma * 1000
                 layout=layout,
                 spatial_mask=masks,
                 bbox_scale=1.0 if layout_on else 0.0,

@@ -27,7 +27,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderMo
 
 from idruid.model_dirs import CLIP_TOKENIZER, T5_TOKENIZER, TRANSFORMERS_MODEL, check_components
 
-from .text_encoder import CachedTextEncoder, TextEmbeddings, default_cache_size
+from .text_cache import CachedTextEncoder, TextEmbeddings, default_cache_size
 
 _CLIP_PARTS = (
     ("text_encoder", TRANSFORMERS_MODEL),

@@ -22,10 +22,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from ..errors import QualityError
 from .inputs import IMAGE_SUFFIXES, ImageBatch, check_images, load_image_dir, load_prompts
 from .models import Classifier, ClipScorer, FeatureExtractor
 from .scores import (
-    QualityError,
     clip_scores,
     feature_statistics,
     frechet_distance,

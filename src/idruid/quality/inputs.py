@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import QualityError
 from ..textfile import read_text
-from .scores import QualityError
 
 ImageBatch = np.ndarray | Sequence[np.ndarray]  # (B, H, W, 3) uint8, or B arrays (H_b, W_b, 3) uint8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -61,7 +61,8 @@ def load_prompts(path: str | os.PathLike, flag: str = "--prompts") -> list[str]:
     if not path.is_file():
         raise QualityError(f"{flag} {path}: file not found")
     if path.suffix.lower() in (".json", ".jsonl"):
-        from ..layout import LayoutError, load_layouts
+        from ..errors import LayoutError
+        from ..layout import load_layouts
 
         try:
             return [layout.prompt for layout in load_layouts(path)]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import QualityError
 from .inputs import ImageBatch, check_images, image_batches
-from .scores import QualityError, clip_scores
+from .scores import clip_scores
 
 # ----------------------------------------------------------------------------- models
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-class QualityError(ValueError):
-    """Bad input to a quality metric: the message names the argument, file or command-line flag."""
-
+from ..errors import QualityError
 
 # ----------------------------------------------------------------------------- FID math
 

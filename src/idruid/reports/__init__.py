@@ -2,7 +2,7 @@
 (``idruid report``). Drawing single images, grids and the ISR plot
 (also what ``idruid eval`` writes) is figures."""
 
+from ..errors import ReportError
 from .build import write_report
-from .runs import ReportError
 
 __all__ = ["ReportError", "write_report"]

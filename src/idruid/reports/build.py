@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import ReportError
 from .figures import plot_isr_by_level
 from .plots import (
     LAMBDA_KEYS,
@@ -21,7 +22,6 @@ from .probes import is_probe, load_probe, plot_probes, probe_table
 from .runs import (
     ABSENT,
     IGNORED_EVAL_SETTINGS,
-    ReportError,
     Run,
     Variant,
     eval_settings,

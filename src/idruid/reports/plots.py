@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import ReportError, Run, Variant, config_key, variant_names
+from ..errors import ReportError
+from .runs import Run, Variant, config_key, variant_names
 from .tables import spread
 
 LAMBDA_KEYS = {"lambda_dis": "λ_dis (weight of L_dis)", "rl.lambda_rl": "λ_rl (weight of L_rl)"}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from .runs import ReportError, _read_json, current_keys, flatten, format_value, read_log, varying_keys
+from ..errors import ReportError
+from .runs import _read_json, current_keys, flatten, format_value, read_log, varying_keys
 
 
 @dataclass

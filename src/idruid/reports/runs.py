@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, upgrade_keys
+from ..config import upgrade_keys
+from ..errors import ConfigError, ReportError
 
 # config keys that do not make a different variant: the seed, and run-time settings only
 IGNORED_KEYS = frozenset(
@@ -50,10 +51,6 @@ ABSENT = "(unset)"  # value shown for a key that an older config.yaml does not h
 ALGORITHM_NAMES = {"none": "no RL", "ppo": "PPO", "grpo": "GRPO", "sft": "SFT"}
 LAMBDA_LABELS = {"lambda_dis": "λ_dis", "rl.lambda_rl": "λ_rl"}
 MAX_NAME_KEYS = 3  # a row name lists at most this many extra config keys, else it gets "#k"
-
-
-class ReportError(ValueError):
-    """A run folder the report cannot use; the message names the folder or file."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..layout import Layout
 from ..ranks import Ranks, check_joined
 from .held_out import held_out_sets, measure_held_out
-from .stage import RLStage
+from .stage import RLStage, mean_rl_stats
 
 
 class Brightness:
@@ -78,7 +78,6 @@ def run_probe(
     from accelerate import Accelerator
 
     from ..config import save_config
-    from ..train import mean_rl_stats
 
     accelerator = Accelerator()
     check_joined(accelerator)

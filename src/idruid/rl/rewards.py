@@ -32,6 +32,7 @@ from ..colors import caption_color, color_membership
 from ..layout import Layout
 from ..metrics.checks import mask_color_fraction
 from ..scorers.protocols import Detections, Detector, Segmenter
+from ..scorers.registry import load_scorer
 
 COLOR_SHARE_FULL = 0.5  # iou_conf_color: an instance's colour filling half its box earns the full term
 
@@ -170,3 +171,17 @@ class LayoutReward:
     def __call__(self, images: np.ndarray, layouts: Sequence[Layout]) -> torch.Tensor:
         """(B,) the reward of each image: its instances' terms summed (Eq. 6)."""
         return self.instance_rewards(images, layouts).sum(dim=1)
+
+
+def build_reward(rl, device: str = "cpu") -> LayoutReward:
+    """The reward of an RL config (``TrainConfig.rl``): its detector, variant, confidence weight,
+    threshold, and the segmenter the colour-gated variants need, loaded on ``device``."""
+    segmenter = load_scorer("segmenter", rl.segmenter, device) if rl.reward in NEEDS_SEGMENTER else None
+    return LayoutReward(
+        load_scorer("detector", rl.detector, device),
+        rl.reward,
+        rl.confidence_weight,
+        rl.reward_threshold,
+        segmenter,
+    )
+

@@ -33,7 +33,7 @@ by the global count, so P processes at ``rl.batch_size=B`` train as one process 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -45,13 +45,12 @@ from ..data.shapes import image_to_tensor, prompt_only_layout, render_layout_sce
 from ..layout import Layout, load_layouts
 from ..ranks import SINGLE, Ranks
 from ..sampling import to_uint8
-from ..scorers.registry import load_scorer
 from .advantages import clip_advantages, group_means, one_sign, standardise, within_group_variance
 from .critic import Critic, critic_loss
 from .logprob import box_log_probs, front_masks, gaussian_kl
 from .pool import ActionPool
 from .ppo import ppo_loss
-from .rewards import NEEDS_SEGMENTER, LayoutReward
+from .rewards import build_reward
 from .rollout import Rollout, policy_log_probs, rollout, rollout_settings, sde_window
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,23 @@ class RLStats:
     age: int | None = None  # RL iterations since the trained rollouts were sampled (0: on-policy)
     one_sign: float | None = None  # 1 when every advantage of the batch had one sign
     first_step: int | None = None  # the SDE window's first sampling step
+
+
+def mean_rl_stats(window: list[RLStats]) -> dict[str, float | None]:
+    """Each RL diagnostic averaged over the iterations of a log interval (those that have it), so
+    a log record with ``log_every`` > 1 reads as the interval, not as its last iteration; the clip
+    fraction also by the age of the rollouts it was measured on (``clip_fraction_age{a}``)."""
+    means = {}
+    for field in fields(RLStats):
+        values = [getattr(stats, field.name) for stats in window if getattr(stats, field.name) is not None]
+        means[field.name] = sum(values) / len(values) if values else None
+    by_age: dict[int, list[float]] = {}
+    for stats in window:
+        if stats.age is not None and stats.clip_fraction is not None:
+            by_age.setdefault(stats.age, []).append(stats.clip_fraction)
+    for age, values in sorted(by_age.items()):
+        means[f"clip_fraction_age{age}"] = sum(values) / len(values)
+    return means
 
 
 class RLStage:
@@ -100,18 +116,7 @@ class RLStage:
                 "rl.algorithm=sft trains on the prompt-only layouts' rendered images, which only "
                 "the shapes world has (rl.prompts=shapes)"
             )
-        self.reward = None
-        if rl.algorithm in ("ppo", "grpo"):
-            segmenter = None
-            if rl.reward in NEEDS_SEGMENTER:
-                segmenter = load_scorer("segmenter", rl.segmenter, str(self.device))
-            self.reward = LayoutReward(
-                load_scorer("detector", rl.detector, str(self.device)),
-                rl.reward,
-                rl.confidence_weight,
-                rl.reward_threshold,
-                segmenter,
-            )
+        self.reward = build_reward(rl, str(self.device)) if rl.algorithm in ("ppo", "grpo") else None
         self.critic = None
         if rl.algorithm == "ppo" and self.baseline == "critic":
             self.critic = Critic(

@@ -23,7 +23,7 @@ import numpy as np
 from idruid.boxes import cxcywh_to_xyxy
 
 from .protocols import Detections
-from .registry import check_model_dir
+from .roles import check_model_dir
 
 if TYPE_CHECKING:
     from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor

@@ -21,7 +21,7 @@ import numpy as np
 
 from idruid.boxes import to_pixels
 
-from .registry import check_model_dir
+from .roles import check_model_dir
 
 if TYPE_CHECKING:
     from transformers import SamModel, SamProcessor

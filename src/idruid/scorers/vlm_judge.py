@@ -37,7 +37,7 @@ import numpy as np
 from idruid.boxes import truncated_windows
 
 from .protocols import RegionJudgement
-from .registry import check_model_dir
+from .roles import check_model_dir
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -12,7 +12,8 @@ import math
 import re
 from dataclasses import asdict, dataclass, replace
 
-from ..layout import MAX_INSTANCES, Layout, LayoutError, layout_from_dict
+from ..errors import LayoutError
+from ..layout import MAX_INSTANCES, Layout, layout_from_dict
 
 MAX_STEPS = 200  # a page request runs on a shared model: keep one job bounded
 MAX_CFG = 30.0

@@ -1,0 +1,54 @@
+"""The exponential moving average of the trainable weights: what a training run exports.
+
+Below the trainer (idruid.train) and its resumable state (idruid.train_state), which both hold
+one; it knows only tensors, so either may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def without_rows(items: list, rows: Sequence[int]) -> list:
+    """``items`` less the positions ``rows``."""
+    drop = set(rows)
+    return [item for row, item in enumerate(items) if row not in drop]
+
+
+class EMA:
+    """Exponential moving average of the trainable weights (what gets exported)."""
+
+    def __init__(self, parameters, decay: float):
+        self.decay = decay
+        self.parameters = list(parameters)
+        self.shadow = [p.detach().clone() for p in self.parameters]
+        self.older_rows: list[int] = []  # rows of an older idruid's saved shadow to drop (train_state)
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Average in the current weights; ``step`` counts from the EMA's (re)start."""
+        decay = min(self.decay, (1 + step) / (10 + step))  # warm start, as in diffusers' EMAModel
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.parameters], 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, parameters) -> None:
+        for shadow, param in zip(self.shadow, parameters, strict=True):
+            param.copy_(shadow)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        saved_rows = state["shadow"]
+        if len(saved_rows) == len(self.shadow) + len(self.older_rows):
+            saved_rows = without_rows(saved_rows, self.older_rows)
+        for shadow, saved in zip(self.shadow, saved_rows, strict=True):
+            shadow.copy_(saved)
+
+
+def ema_count(step: int, origin: int) -> int:
+    """The EMA's step count for its warm-up: from ``origin`` on (where it restarts), else from 0."""
+    return step - origin if step >= origin else step
