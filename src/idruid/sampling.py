@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from .config import SamplingSettings
 from .layout import Layout
-from .processes import FlowProcess
 from .processes import ddim_step as ddim_step  # the step functions' old home
 from .processes import euler_step as euler_step
 
@@ -31,8 +30,6 @@ if TYPE_CHECKING:
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # (step index i, t (B,), x after step i) -> None, or latents that replace x (the pipeline's hook)
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
-# the flow grid's old name: it has one implementation, FlowProcess.times; kept while scripts use it
-flow_sigmas = FlowProcess().times
 
 
 def layout_steps(steps: int, layout_fraction: float, rounding: str = "ceil") -> int:
