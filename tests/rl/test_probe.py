@@ -122,3 +122,33 @@ def test_signal_fraction_is_the_mean_cross_product_over_the_mean_square():
     assert abs(signal_fraction(noise)) < 0.01
     with pytest.raises(ValueError, match="at least two"):
         signal_fraction(grads[:1])
+
+
+def test_rl_probe_direction_mode_measures_slopes_and_leaves_the_weights(tmp_path, tiny_checkpoint, capsys):
+    """``rl-probe --direction``: K gradients, the held-out reward moved both ways along their mean
+    and a random direction; the model is measured at its own weights before and after the moves."""
+    from idruid.checkpoint import load_checkpoint
+    from idruid.rl.direction import run_direction_check
+
+    out = tmp_path / "direction"
+    args = ["rl-probe", "--direction", "--checkpoint", str(tiny_checkpoint), "--config", "tiny"]
+    args += ["--out", str(out), "--gradients", "2", "--sizes", "1,30", "--held-out", "2", "--threads", "1"]
+    args += PROBE
+    assert main(args) == 0
+    result = json.loads((out / "direction.json").read_text())
+    assert (out / "config.yaml").is_file() and result["gradients"] == 2 and len(result["gradient_norms"]) == 2
+    for direction in ("along_mean_gradient", "along_random_direction"):
+        assert set(result[direction]) == {"1.0", "30.0"}
+        for move in result[direction].values():
+            assert move["slope"] == pytest.approx((move["plus"] - move["minus"]) / 2)
+    assert result["along_mean_gradient"]["30.0"]["plus"] != result["along_mean_gradient"]["30.0"]["minus"]
+    assert np.isfinite(result["signal_fraction"]) and result["signal_fraction"] <= 1.0 + 1e-9
+    # the moves put the weights back: measuring again at the checkpoint's weights gives the same reward
+    config = load_config("tiny", ["seed=0", *PROBE])
+    model = load_checkpoint(str(tiny_checkpoint))
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    again = run_direction_check(config, model, tmp_path / "again", 2, 1e-4, [30.0], 2, 0)
+    assert all(torch.equal(before[k], v) for k, v in model.trainable_state_dict().items())
+    assert again["held_out_reward"] == pytest.approx(result["held_out_reward"], abs=1e-6)
+    assert main([*args[:2], "--sizes", "big", "--checkpoint", str(tiny_checkpoint), "--config", "tiny"]) == 2
+    assert "--sizes 'big'" in capsys.readouterr().err

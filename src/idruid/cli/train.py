@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -59,6 +60,15 @@ def add_rl_probe(sub) -> None:
     probe.add_argument("--reward", choices=["detector", "brightness"], default="detector")
     probe.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument(
+        "--direction",
+        action="store_true",
+        help="instead of training: does the mean of --gradients RL gradients point uphill (direction.json)",
+    )
+    probe.add_argument("--gradients", type=int, default=8, help="--direction: RL gradients drawn (default 8)")
+    probe.add_argument(
+        "--sizes", default="0.3,1,3", help="--direction: move sizes in units of --lr, each taken both ways"
+    )
     probe.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.baseline=critic")
 
 
@@ -129,6 +139,8 @@ def cmd_rl_probe(args) -> int:
 
     config = load_config(args.config, [f"seed={args.seed}", *args.overrides])
     model = load_checkpoint(args.checkpoint)
+    if args.direction:
+        return _direction(args, config, model)
     records = run_probe(
         config,
         model,
@@ -144,6 +156,23 @@ def cmd_rl_probe(args) -> int:
         for entry in records:
             print(f"iteration {entry['iteration']}: held-out reward {entry['held_out_reward']:.3f}")
         print(f"wrote {Path(args.out) / 'probe.jsonl'} and probe.png")
+    return 0
+
+
+def _direction(args, config, model) -> int:
+    """``rl-probe --direction`` (idruid.rl.direction)."""
+    from ..rl.direction import run_direction_check
+
+    try:
+        sizes = [float(size) for size in args.sizes.split(",")]
+    except ValueError as err:
+        raise ConfigError(f"--sizes {args.sizes!r}: expected comma-separated numbers") from err
+    config.rl.check()
+    result = run_direction_check(
+        config, model, args.out, args.gradients, args.lr, sizes, args.held_out, args.seed, args.checkpoint
+    )
+    print(json.dumps({k: v for k, v in result.items() if k != "gradient_norms"}, indent=1))
+    print(f"wrote {Path(args.out) / 'direction.json'}")
     return 0
 
 
