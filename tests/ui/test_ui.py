@@ -345,7 +345,7 @@ def test_ui_command_passes_its_flags_to_serve(monkeypatch):
     calls = []
     monkeypatch.setattr(idruid.ui.server, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
     assert main(["ui", "--checkpoint", "runs/x/model", "--port", "8123", "--device", "cuda"]) == 0
-    limits = {"max_queue": 16, "job_timeout": 300.0, "max_request_bytes": 65536}
+    limits = {"max_queue": 16, "job_timeout": 300.0, "max_request_bytes": 65536, "base": None}
     assert calls == [(("runs/x/model",), {"host": "127.0.0.1", "port": 8123, "device": "cuda", **limits})]
 
 
