@@ -86,7 +86,11 @@ class PixArtLayoutModel(LayoutModel):
             keep = (cond.valid & (cond.enabled > 0)[:, None]).unsqueeze(-1).to(tokens.dtype)
             context = torch.cat([context, tokens * keep], dim=1)
         out = self.transformer(
-            x_t, encoder_hidden_states=context, timestep=sigma * 1000.0, added_cond_kwargs={}, return_dict=False
+            x_t,
+            encoder_hidden_states=context,
+            timestep=sigma * 1000.0,
+            added_cond_kwargs={},
+            return_dict=False,
         )[0]
         return out, []
 
@@ -121,6 +125,8 @@ def test_a_new_backbone_is_one_module_and_one_registry_line(pixart, tmp_path):
         '{"caption": "a blue square", "box": [0.5, 0.5, 0.9, 0.9]}]}\n'
     )
     out = tmp_path / "image.png"
-    assert main(["generate", str(layouts), "--checkpoint", str(export), "--out", str(out), "--steps", "3"]) == 0
+    assert (
+        main(["generate", str(layouts), "--checkpoint", str(export), "--out", str(out), "--steps", "3"]) == 0
+    )
     image = np.asarray(Image.open(out))
     assert image.shape == (32, 32, 3) and image.std() > 0
