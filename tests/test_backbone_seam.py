@@ -98,7 +98,6 @@ class PixArtLayoutModel(LayoutModel):
 THROWAWAY = Backbone(
     name="pixart-test",
     model_class=PixArtLayoutModel,
-    summary="PixArt-alpha, flow matching (a test's throwaway backbone)",
     base_configs=("transformer/config.json",),
     preset="tiny",
 )

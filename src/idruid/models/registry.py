@@ -37,7 +37,6 @@ class Backbone:
 
     name: str  # ModelConfig.backbone
     model_class: type  # a models.base.LayoutModel subclass: model_class(config, text_encoder)
-    summary: str  # one line for help texts: "MM-DiT, flow matching"
     # files of a base folder (ModelConfig.base_model) whose configs the weights depend on: hashed
     # into a checkpoint's idruid.json, and compared when it loads
     base_configs: tuple[str, ...]
@@ -94,7 +93,3 @@ def own_format(path: str | Path) -> Backbone | None:
             return entry
     return None
 
-
-def presets() -> dict[str, str]:
-    """Backbone name -> its embedded preset, for the backbones that have one."""
-    return {name: entry.preset for name in REGISTRY if (entry := backbone(name)).preset is not None}

@@ -148,7 +148,6 @@ class LayoutUNetModel(LayoutModel):
 BACKBONE = Backbone(
     name="sd15",
     model_class=LayoutUNetModel,
-    summary="UNet, DDPM",
     # the UNet, and the noise schedule it was trained with
     base_configs=("unet/config.json", "scheduler/scheduler_config.json"),
     check_folder=check_sd15_dir,

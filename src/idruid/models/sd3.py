@@ -148,7 +148,6 @@ class SD3LayoutModel(LayoutModel):
 BACKBONE = Backbone(
     name="sd3",
     model_class=SD3LayoutModel,
-    summary="MM-DiT, flow matching",
     base_configs=("transformer/config.json",),
     check_folder=check_sd3_dir,
     preset="shapes",

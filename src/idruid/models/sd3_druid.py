@@ -227,7 +227,6 @@ def _load_into(model: DruidLayoutModel, path: Path) -> None:
 BACKBONE = Backbone(
     name="sd3-druid",
     model_class=DruidLayoutModel,
-    summary="the I-DRUID authors' released architecture",
     # only the VAE and text encoders come from an SD3 folder (the backbone from their checkpoint,
     # model.druid_weights)
     base_configs=("vae/config.json", "text_encoder/config.json", "text_encoder_2/config.json"),
