@@ -25,21 +25,15 @@ from .atomic import partial_path, replace_dir
 from .config import ModelConfig, SamplingSettings, model_config_from_dict
 from .errors import CheckpointError
 from .faults import crash_point
+from .models import build_model
+from .models.registry import backbone as registered_backbone
+from .models.registry import own_format
 from .textfile import read_json_object
 
 FORMAT = "idruid-checkpoint"
 VERSION = 1
 EMBEDDED_CHECKPOINT = Path(__file__).parent / "assets" / "shapes-model"
 CHECKPOINT_FILES = ("idruid.json", "model.safetensors")
-# Per backbone, the files of a base folder that the model reads (its diffusers network, and for
-# SD1.5 the noise schedule): their configs are what a checkpoint's weights depend on.
-BASE_CONFIGS = {
-    "sd3": ("transformer/config.json",),
-    "sd15": ("unet/config.json", "scheduler/scheduler_config.json"),
-    # the authors' model takes only the VAE and text encoders from an SD3 folder (its backbone
-    # comes from their checkpoint, model.druid_weights)
-    "sd3-druid": ("vae/config.json", "text_encoder/config.json", "text_encoder_2/config.json"),
-}
 # diffusers bookkeeping left out of the hash: they change when a folder is re-saved by another
 # diffusers version, copied or loaded with defaults filled in, never what the weights mean.
 # "_class_name" stays: another class is another model.
@@ -62,11 +56,11 @@ def config_sha256(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def describe_base(folder: str | Path, backbone: str = "sd3") -> dict:
+def describe_base(folder: str | Path, backbone: str = ModelConfig.backbone) -> dict:
     """What idruid.json records about a base folder: its absolute path and, per config file the
-    model reads, the canonical config and its SHA-256."""
+    model reads (the backbone's ``base_configs``), the canonical config and its SHA-256."""
     configs = {}
-    for name in BASE_CONFIGS[backbone]:
+    for name in registered_backbone(backbone).base_configs:
         config = base_config(folder, name)
         configs[name] = {"sha256": config_sha256(config), "config": config}
     return {"path": str(Path(folder).resolve()), "configs": configs}
@@ -133,10 +127,18 @@ def load_checkpoint(
     A checkpoint trained on a base folder loads it from the path it recorded, or from
     ``base_model`` when the folder has moved; either must match the recorded config hash.
     """
-    from .models import build_model
-
     path = Path(path) if path is not None else EMBEDDED_CHECKPOINT
-    meta = read_checkpoint_meta(path)
+    return model_from_meta(path, read_checkpoint_meta(path), device, base_model)
+
+
+def model_from_meta(
+    path: Path,
+    meta: dict,
+    device: str | torch.device = "cpu",
+    base_model: str | Path | None = None,
+):
+    """The model of the checkpoint at ``path`` whose idruid.json is ``meta`` (read once by the
+    caller), on its recorded base folder or ``base_model``, checked against the recorded hash."""
     config: ModelConfig = model_config_from_dict(meta["model"])
     record = _base_record(path, meta)
     if record is None:
@@ -156,18 +158,17 @@ def load_checkpoint(
 
 def load_trained_weights(model, path: str | Path) -> None:
     """Start ``model`` from a checkpoint's weights (``init_from``: e.g. RL fine-tuning of a
-    stage-1 model); its model config must be the same as ``model.config``. An I-DRUID authors'
-    folder (models/druid_weights.py) loads into an sd3-druid model of the same sizes."""
+    stage-1 model); its model config must be the same as ``model.config``. A checkpoint folder of
+    a backbone's own format (the I-DRUID authors' one) loads into a model of that backbone."""
     path = Path(path)
-    from .models.druid_weights import is_druid_folder, load_into
-
-    if is_druid_folder(path):  # the I-DRUID authors' checkpoint: their whole transformer
-        if model.config.backbone != "sd3-druid":
+    own = own_format(path)
+    if own is not None:  # e.g. the I-DRUID authors' checkpoint: their whole transformer
+        if model.config.backbone != own.name:
             raise CheckpointError(
-                f"checkpoint '{path}' is the I-DRUID authors' model: it needs model.backbone=sd3-druid, "
+                f"checkpoint '{path}' is {own.checkpoint_format.what}: it needs model.backbone={own.name}, "
                 f"not {model.config.backbone}"
             )
-        load_into(model.transformer, path)
+        own.checkpoint_format.load_into(model, path)
         return
     meta = read_checkpoint_meta(path)
     # keys an older checkpoint lacks (e.g. lora_rank) take their defaults, as load_checkpoint does

@@ -35,17 +35,11 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from PIL import Image
 
-from .checkpoint import (
-    EMBEDDED_CHECKPOINT,
-    checkpoint_sampling,
-    load_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import save_checkpoint
 from .config import SamplingSettings
 from .errors import CheckpointError, LayoutError
 from .layout import Layout, layout_from_dict
-from .models.druid_weights import is_druid_folder
-from .models.sd3_druid import load_druid
+from .loader import open_model
 from .sampling import sample, seeded_noise, to_uint8
 
 EMBEDDED_NAMES = ("embedded", "idruid/shapes")  # names of the embedded model for from_pretrained
@@ -69,7 +63,7 @@ class IDruidCheckpoint(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, torch_dtype: torch.dtype | None = None, **kwargs):
-        model = load_checkpoint(path)
+        model, _ = open_model(path)
         return model if torch_dtype is None else model.to(torch_dtype)
 
 
@@ -150,30 +144,24 @@ class IDruidPipeline(DiffusionPipeline):
         checkpoint trained on one lives now; ``scheduler`` replaces the saved one;
         ``dtype`` is ``torch_dtype``'s newer diffusers name."""
         name = pretrained_model_name_or_path
-        if name is None or str(name) in EMBEDDED_NAMES:
-            folder = EMBEDDED_CHECKPOINT
-        else:
-            folder = Path(name)
-            if not folder.is_dir():
-                raise CheckpointError(
-                    f"'{name}': no such folder (a saved pipeline or idruid checkpoint folder, or one of "
-                    f"{', '.join(EMBEDDED_NAMES)} for the embedded model)"
-                )
-        index_file = folder / "model_index.json"
-        if is_druid_folder(folder):  # the authors' checkpoint, on an SD3 folder
-            model, sampling = load_druid(folder, base_model)
-        elif index_file.is_file():  # a saved pipeline
+        folder = None if name is None or str(name) in EMBEDDED_NAMES else Path(name)
+        if folder is not None and not folder.is_dir():
+            raise CheckpointError(
+                f"'{name}': no such folder (a saved pipeline or idruid checkpoint folder, or one of "
+                f"{', '.join(EMBEDDED_NAMES)} for the embedded model)"
+            )
+        index_file = None if folder is None else folder / "model_index.json"
+        if index_file is not None and index_file.is_file():  # a saved pipeline
             index = json.loads(index_file.read_text())
-            model = load_checkpoint(folder / "model", base_model=base_model)
+            model, _ = open_model(folder / "model", base_model)
             sampling = SamplingSettings.from_dict(index.get("sampling"))
             if scheduler is None:
                 import diffusers
 
                 scheduler_class = getattr(diffusers, index["scheduler"][1])
                 scheduler = scheduler_class.from_pretrained(folder / "scheduler")
-        else:
-            model = load_checkpoint(folder, base_model=base_model)
-            sampling = checkpoint_sampling(folder)
+        else:  # a checkpoint folder of any format, or the embedded model
+            model, sampling = open_model(folder, base_model)
         pipe = cls.from_model(model, sampling)
         if scheduler is not None:
             pipe.scheduler = scheduler

@@ -48,7 +48,7 @@ def layout_steps(steps: int, layout_fraction: float, rounding: str = "ceil") -> 
 
 def model_layout_steps(model, steps: int, layout_fraction: float) -> int:
     """``layout_steps`` with the model's own rounding (``ModelConfig.layout_rounding``)."""
-    return layout_steps(steps, layout_fraction, getattr(model.config, "layout_rounding", "ceil"))
+    return layout_steps(steps, layout_fraction, model.config.layout_rounding)
 
 
 def seeded_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -325,6 +325,30 @@ def test_a_trained_checkpoint_brings_its_own_settings(tmp_path):
     runner.close()
 
 
+def test_the_authors_checkpoint_opens_on_an_sd3_folder(tmp_path):
+    """The UI opens what ``idruid generate`` opens (idruid.loader.open_model): the authors' folder
+    with its base SD3 folder, their sampling settings, and the same image for the same job."""
+    pytest.importorskip("flask", reason="the ui tests need Flask: pip install 'idruid[ui]'")
+    from tiny_models import build_tiny_druid_folder, build_tiny_sd3_folder
+
+    from idruid.loader import open_model
+    from idruid.ui.server import checkpoint_runner, create_app
+
+    base = build_tiny_sd3_folder(tmp_path / "sd3")
+    folder = build_tiny_druid_folder(tmp_path / "druid")
+    runner, defaults = checkpoint_runner(str(folder), base=str(base))
+    model, settings = open_model(folder, base)
+    assert runner.settings == settings and defaults == {"steps": 50, "cfg": 7.0, "seed": 0}
+    assert runner.model.config.backbone == "sd3-druid"
+    client = create_app(runner, defaults).test_client()
+    job_id = client.post("/api/jobs", json={"layout": LAYOUT, "steps": 2, "cfg": 3.0}).get_json()["id"]
+    report = wait_done(client, job_id)
+    job = settings.override(steps=2, cfg=3.0)
+    expected = generate(model, [layout_from_dict(LAYOUT)], job, seed=3, progress=False)[0]
+    np.testing.assert_array_equal(png_array(client.get(report["image_url"]).data), expected)
+    runner.close()
+
+
 # ----------------------------------------------------------------------------- the command
 
 
@@ -345,7 +369,7 @@ def test_ui_command_passes_its_flags_to_serve(monkeypatch):
     calls = []
     monkeypatch.setattr(idruid.ui.server, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
     assert main(["ui", "--checkpoint", "runs/x/model", "--port", "8123", "--device", "cuda"]) == 0
-    limits = {"max_queue": 16, "job_timeout": 300.0, "max_request_bytes": 65536}
+    limits = {"max_queue": 16, "job_timeout": 300.0, "max_request_bytes": 65536, "base": None}
     assert calls == [(("runs/x/model",), {"host": "127.0.0.1", "port": 8123, "device": "cuda", **limits})]
 
 

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..benchmarks import BENCHMARKS
-from ..errors import ConfigError, LayoutError
+from ..errors import LayoutError
 from ..scorers.vlm_judge import ANSWER_RULES, DEFAULT_RULE
 
 
@@ -131,31 +131,16 @@ def add_score(sub) -> None:
 
 
 def _load_model(args):
-    """Load the checkpoint; returns it and its sampling settings with the flags the user gave
-    (``--steps`` and so on) in place of the saved ones."""
-    from ..checkpoint import checkpoint_sampling, load_checkpoint
-    from ..models.druid_weights import is_druid_folder
+    """Open the checkpoint (idruid.loader.open_model: any format); returns it and its sampling
+    settings with the flags the user gave (``--steps`` and so on) in place of the saved ones."""
+    from ..loader import open_model
 
-    if args.checkpoint is not None and is_druid_folder(args.checkpoint):
-        model, saved = _load_druid(args)
-    else:
-        if args.mask_rows is not None:
-            raise ConfigError("--mask-rows applies to the I-DRUID authors' checkpoint only")
-        model = load_checkpoint(args.checkpoint, device=args.device, base_model=args.base)
-        saved = checkpoint_sampling(args.checkpoint)
+    benchmark = getattr(args, "benchmark", None)
+    model, saved = open_model(args.checkpoint, args.base, args.device, benchmark, mask_rows=args.mask_rows)
     settings = saved.override(
         steps=args.steps, cfg=args.cfg, layout_fraction=args.layout_fraction, shift=args.shift
     )
     return model, settings
-
-
-def _load_druid(args):
-    """The I-DRUID authors' checkpoint (--checkpoint) on an SD3 folder (--base), with their
-    sampling settings (models/sd3_druid.py)."""
-    from ..models.sd3_druid import load_druid
-
-    benchmark = getattr(args, "benchmark", None)
-    return load_druid(args.checkpoint, args.base, args.device, args.mask_rows, benchmark)
 
 
 def cmd_generate(args) -> int:

@@ -6,11 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from ..config import list_presets
+from ..config import ModelConfig, list_presets
 from ..errors import ConfigError
-
-# `idruid train --backbone B` without --config trains the embedded world's stage-1 preset of B
-BACKBONE_PRESETS = {"sd3": "shapes", "sd15": "shapes-sd15"}
+from ..models.registry import backbone, names
 
 
 def add_train(sub) -> None:
@@ -22,10 +20,9 @@ def add_train(sub) -> None:
     )
     tr.add_argument(
         "--backbone",
-        choices=sorted(BACKBONE_PRESETS),
-        help="sd3 (MM-DiT, flow matching) or sd15 (UNet, DDPM); without --config it picks "
-        + ", ".join(f"{b}: {p}" for b, p in BACKBONE_PRESETS.items())
-        + "; with one, the config must use it",
+        choices=names(),
+        help="a registered backbone (model.backbone); without --config it trains the backbone's "
+        "embedded preset (idruid.models.registry); with one, the config must use it",
     )
     tr.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 model.use_idm=false")
@@ -76,12 +73,15 @@ def cmd_train(args) -> int:
     from ..config import load_config
     from ..train import train
 
-    name = args.config or BACKBONE_PRESETS[args.backbone or "sd3"]
+    chosen = backbone(args.backbone or ModelConfig.backbone)
+    if args.config is None and chosen.preset is None:
+        raise ConfigError(f"--backbone {chosen.name} has no embedded preset: name one with --config")
+    name = args.config or chosen.preset
     config = load_config(name, args.overrides)
     if args.backbone is not None and config.model.backbone != args.backbone:
         raise ConfigError(
             f"--backbone {args.backbone}, but config '{name}' builds model.backbone={config.model.backbone} "
-            f"(the {args.backbone} preset is {BACKBONE_PRESETS[args.backbone]})"
+            f"(the {args.backbone} preset is {chosen.preset})"
         )
     out = Path(args.out or f"runs/{Path(name).stem}")
     export = train(config, out)

@@ -11,7 +11,13 @@ from ..ui.limits import JOB_TIMEOUT, MAX_QUEUE, MAX_REQUEST_BYTES
 def add_ui(sub) -> None:
     """``idruid ui``."""
     ui = sub.add_parser("ui", help="layout editor in the browser: draw boxes, caption them, generate")
-    ui.add_argument("--checkpoint", help="idruid checkpoint folder (default: the embedded shapes model)")
+    ui.add_argument(
+        "--checkpoint",
+        help="idruid checkpoint folder or the I-DRUID authors' one (default: the embedded shapes model)",
+    )
+    ui.add_argument(
+        "--base", default=None, help="base folder: where a checkpoint's moved, or the authors' SD3 folder"
+    )
     ui.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     ui.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
@@ -57,6 +63,7 @@ def cmd_ui(args) -> int:
             max_queue=args.max_queue,
             job_timeout=args.job_timeout,
             max_request_bytes=args.max_request_bytes,
+            base=args.base,
         )
     except OSError as err:
         print(f"idruid: error: --host {args.host} --port {args.port}: {err.strerror or err}", file=sys.stderr)

@@ -19,11 +19,12 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from ..config import ModelConfig
-from ..model_dirs import load_diffusers_model
+from ..model_dirs import check_sd15_dir, load_diffusers_model
 from ..processes import EpsProcess
 from .adapter import LayoutAdapter
 from .base import Conditioning, LayoutModel
 from .processors import LayoutCrossAttnProcessor, PromptAttnProcessor
+from .registry import Backbone
 from .text_encoder import CachedTextEncoder
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection of the UNet
@@ -142,3 +143,13 @@ class LayoutUNetModel(LayoutModel):
             return_dict=False,
         )[0]
         return out, (layout.attention_maps if layout is not None else [])
+
+
+BACKBONE = Backbone(
+    name="sd15",
+    model_class=LayoutUNetModel,
+    # the UNet, and the noise schedule it was trained with
+    base_configs=("unet/config.json", "scheduler/scheduler_config.json"),
+    check_folder=check_sd15_dir,
+    preset="shapes-sd15",
+)

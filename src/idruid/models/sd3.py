@@ -14,14 +14,15 @@ import torch
 from diffusers import SD3Transformer2DModel
 
 from ..config import ModelConfig
-from ..model_dirs import load_diffusers_model
+from ..model_dirs import check_sd3_dir, load_diffusers_model
 from ..processes import FlowProcess
 from .adapter import LayoutAdapter
 from .base import Conditioning, LayoutModel
 from .processors import LayoutJointAttnProcessor
+from .registry import Backbone
 from .text_encoder import CachedTextEncoder
 
-__all__ = ["SD3LayoutModel", "Conditioning", "build_transformer", "LORA_TARGETS"]
+__all__ = ["SD3LayoutModel", "Conditioning", "build_transformer", "LORA_TARGETS", "BACKBONE"]
 
 
 def build_transformer(
@@ -142,3 +143,12 @@ class SD3LayoutModel(LayoutModel):
         if self.config.output == "velocity":
             return out
         return (x_t - out) / sigma.clamp(min=SIGMA_FLOOR).view(-1, *([1] * (x_t.ndim - 1))).to(out.dtype)
+
+
+BACKBONE = Backbone(
+    name="sd3",
+    model_class=SD3LayoutModel,
+    base_configs=("transformer/config.json",),
+    check_folder=check_sd3_dir,
+    preset="shapes",
+)

@@ -31,7 +31,8 @@ from ..errors import ConfigError
 from ..processes import FlowProcess
 from .base import Conditioning, LayoutModel
 from .druid_arch import DruidSD3Transformer, box_grid_masks, is_layout_key
-from .druid_weights import load_transformer, read_config
+from .druid_weights import is_druid_folder, load_into, load_transformer, read_config
+from .registry import Backbone, CheckpointFormat
 from .sd3 import transformer_kwargs
 from .text_encoder import CachedTextEncoder
 
@@ -216,3 +217,24 @@ def load_druid(
         config.model.druid_mask_rows = mask_rows
     model = DruidLayoutModel(config.model).to(device).eval()
     return model, druid_sampling(config, benchmark)
+
+
+def _load_into(model: DruidLayoutModel, path: Path) -> None:
+    """Their checkpoint's transformer into a model of this backbone (``init_from``)."""
+    load_into(model.transformer, path)
+
+
+BACKBONE = Backbone(
+    name="sd3-druid",
+    model_class=DruidLayoutModel,
+    # only the VAE and text encoders come from an SD3 folder (the backbone from their checkpoint,
+    # model.druid_weights)
+    base_configs=("vae/config.json", "text_encoder/config.json", "text_encoder_2/config.json"),
+    checkpoint_format=CheckpointFormat(
+        what="the I-DRUID authors' model",
+        recognise=is_druid_folder,
+        open=load_druid,
+        load_into=_load_into,
+        options=("mask_rows",),
+    ),
+)

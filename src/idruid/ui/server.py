@@ -104,14 +104,15 @@ def create_app(runner: JobRunner, defaults: dict, max_request_bytes: int = MAX_R
     return app
 
 
-def checkpoint_runner(checkpoint: str | None, device: str = "cpu", **limits) -> tuple[JobRunner, dict]:
-    """Load a checkpoint (the embedded model when None) as ``idruid generate`` does: sampling
-    settings the page does not ask for (layout fraction, shift) come from the checkpoint;
-    ``limits``: JobRunner's ``max_pending`` and ``timeout``."""
-    from ..checkpoint import checkpoint_sampling, load_checkpoint
+def checkpoint_runner(
+    checkpoint: str | None, device: str = "cpu", base: str | None = None, **limits
+) -> tuple[JobRunner, dict]:
+    """Open a checkpoint of any format (the embedded model when None; ``base``: its base folder)
+    as ``idruid generate`` does: sampling settings the page does not ask for (layout fraction,
+    shift) come from the checkpoint; ``limits``: JobRunner's ``max_pending`` and ``timeout``."""
+    from ..loader import open_model
 
-    model = load_checkpoint(checkpoint, device=device)
-    settings = checkpoint_sampling(checkpoint)
+    model, settings = open_model(checkpoint, base, device)
     runner = JobRunner(model, settings, device=device, **limits)
     return runner, {"steps": settings.steps, "cfg": settings.cfg, "seed": 0}
 
@@ -149,8 +150,9 @@ def serve(
     max_queue: int = MAX_QUEUE,
     job_timeout: float = JOB_TIMEOUT,
     max_request_bytes: int = MAX_REQUEST_BYTES,
+    base: str | None = None,
 ) -> None:
-    """Load the model, serve the page until Ctrl+C."""
+    """Load the model (``base``: its base folder), serve the page until Ctrl+C."""
     if not is_loopback(host):
         print(
             f"idruid ui: warning: listening on {host}, not only this machine: anyone who can reach it "
@@ -160,7 +162,9 @@ def serve(
         )
     sock = listen(host, port)
     try:
-        runner, defaults = checkpoint_runner(checkpoint, device, max_pending=max_queue, timeout=job_timeout)
+        runner, defaults = checkpoint_runner(
+            checkpoint, device, base, max_pending=max_queue, timeout=job_timeout
+        )
     except BaseException:
         sock.close()
         raise
