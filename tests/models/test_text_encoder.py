@@ -210,3 +210,28 @@ def test_embedded_encoder_loads():
     pooled = torch.nn.functional.normalize(out.pooled, dim=-1)
     # the pretrained text space puts the two red circles closer than a red and a blue shape
     assert pooled[0] @ pooled[1] > pooled[0] @ pooled[2]
+
+
+def test_a_folder_of_another_pipeline_is_refused_by_name(tmp_path):
+    """A FLUX.1 folder has text_encoder/ (CLIP-L) too: it must not load as an SD1.5 CLIP silently."""
+    import json
+
+    from idruid.models.text_encoder import load_text_encoder
+
+    (tmp_path / "text_encoder").mkdir()
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(FileNotFoundError, match="is a FluxPipeline folder"):
+        load_text_encoder(tmp_path)
+
+
+def test_each_backbone_declares_the_text_encoders_of_its_base_folder():
+    from idruid.models.base import LayoutModel
+    from idruid.models.sd3 import SD3LayoutModel, sd3_text_encoders
+    from idruid.models.sd3_druid import DruidLayoutModel
+    from idruid.models.sd15 import LayoutUNetModel
+    from idruid.models.text_encoder import FrozenTextEncoder
+
+    assert SD3LayoutModel.base_text_encoder is sd3_text_encoders
+    assert DruidLayoutModel.base_text_encoder is sd3_text_encoders
+    assert LayoutUNetModel.base_text_encoder == FrozenTextEncoder.from_pretrained
+    assert LayoutModel.base_text_encoder is None  # a backbone that declares none: told from the folder

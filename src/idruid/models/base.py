@@ -9,8 +9,9 @@ A backbone model (models/sd3.py, models/sd15.py) subclasses ``LayoutModel`` and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -151,6 +152,9 @@ class LayoutModel(nn.Module):
 
     backbone_attr = "backbone"  # where the subclass keeps its diffusers model
     lora_defaults: tuple[str, ...] = ()  # modules LoRA adapts when model.lora_targets is None
+    # the text encoder(s) of the backbone's base folder (model.text_encoder=base), declared by its
+    # module: folder -> encoder; None tells them from the folder's contents (load_text_encoder)
+    base_text_encoder: Callable[[Path], CachedTextEncoder] | None = None
 
     def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
         """``text_encoder`` None loads ``config.text_encoder``: "embedded", "base" (the base
@@ -159,12 +163,15 @@ class LayoutModel(nn.Module):
         super().__init__()
         self.config = config
         if text_encoder is None:
-            spec = config.text_encoder
+            spec, own = config.text_encoder, type(self).base_text_encoder
             if spec == "base":
                 if config.base_model is None:
                     raise ConfigError("model.text_encoder=base reads model.base_model, which is not set")
                 spec = config.base_model
-            text_encoder = load_text_encoder(spec)
+            if own is not None and config.text_encoder == "base":
+                text_encoder = own(Path(spec))
+            else:
+                text_encoder = load_text_encoder(spec)
         self.text_encoder = text_encoder
         self.codec = build_codec(config)
         if config.resolution % self.codec.downsample:

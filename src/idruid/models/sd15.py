@@ -25,7 +25,7 @@ from .adapter import LayoutAdapter
 from .base import Conditioning, LayoutModel
 from .processors import LayoutCrossAttnProcessor, PromptAttnProcessor
 from .registry import Backbone
-from .text_encoder import CachedTextEncoder
+from .text_encoder import CachedTextEncoder, FrozenTextEncoder
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection of the UNet
 
@@ -81,6 +81,7 @@ class LayoutUNetModel(LayoutModel):
     """SD1.5 (UNet, DDPM noise prediction) with the layout adapter and IDM where appendix B puts it."""
 
     backbone_attr = "unet"
+    base_text_encoder = staticmethod(FrozenTextEncoder.from_pretrained)  # SD1.5's CLIP-L
     lora_defaults = LORA_TARGETS
 
     def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):

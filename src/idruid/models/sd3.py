@@ -70,10 +70,18 @@ SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by
 OUTPUTS = ("velocity", "x0")
 
 
+def sd3_text_encoders(folder: Path) -> CachedTextEncoder:
+    """SD3's three text encoders (CLIP-L, CLIP-G, T5) from its diffusers folder."""
+    from .sd3_text import SD3TextEncoder
+
+    return SD3TextEncoder.from_pretrained(folder)
+
+
 class SD3LayoutModel(LayoutModel):
     """SD3 (MM-DiT, rectified flow) with the layout adapter and IDM on every joint-attention block."""
 
     backbone_attr = "transformer"
+    base_text_encoder = staticmethod(sd3_text_encoders)
     lora_defaults = LORA_TARGETS
 
     def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):

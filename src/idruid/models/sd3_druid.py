@@ -33,7 +33,7 @@ from .base import Conditioning, LayoutModel
 from .druid_arch import DruidSD3Transformer, box_grid_masks, is_layout_key
 from .druid_weights import is_druid_folder, load_into, load_transformer, read_config
 from .registry import Backbone, CheckpointFormat
-from .sd3 import transformer_kwargs
+from .sd3 import sd3_text_encoders, transformer_kwargs
 from .text_encoder import CachedTextEncoder
 
 MASK_ROWS = ("unconditional", "conditional", "both")
@@ -62,6 +62,7 @@ class DruidLayoutModel(LayoutModel):
 
     backbone_attr = "transformer"
     lora_defaults = DRUID_LORA_TARGETS
+    base_text_encoder = staticmethod(sd3_text_encoders)  # their model reads SD3's three encoders
 
     def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
         if config.druid_mask_rows not in MASK_ROWS:

@@ -184,6 +184,12 @@ def load_text_encoder(spec: str | Path, **kwargs) -> FrozenTextEncoder | SD3Text
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(f"text encoder {spec!r} is neither 'embedded' nor an existing folder")
+    pipeline = _pipeline_class(path)
+    if pipeline is not None and not pipeline.startswith(("StableDiffusion3", "StableDiffusionPipeline")):
+        raise FileNotFoundError(
+            f"{path} is a {pipeline} folder: no text encoder idruid reads (it reads SD3's three encoders "
+            "and SD1.5's CLIP); give model.text_encoder a folder of those, or use this folder's backbone"
+        )
     if _is_sd3_folder(path):
         from .sd3_text import SD3TextEncoder
 
@@ -196,10 +202,15 @@ def load_text_encoder(spec: str | Path, **kwargs) -> FrozenTextEncoder | SD3Text
     )
 
 
+def _pipeline_class(path: Path) -> str | None:
+    """The pipeline class a diffusers folder's model_index.json names (None without one)."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        return None
+    return str(json.loads(index.read_text()).get("_class_name", ""))
+
+
 def _is_sd3_folder(path: Path) -> bool:
     if (path / "text_encoder_3").is_dir() or (path / "tokenizer_3").is_dir():
         return True
-    index = path / "model_index.json"
-    if index.is_file():
-        return str(json.loads(index.read_text()).get("_class_name", "")).startswith("StableDiffusion3")
-    return False
+    return (_pipeline_class(path) or "").startswith("StableDiffusion3")
