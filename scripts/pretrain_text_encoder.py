@@ -1,4 +1,4 @@
-"""Pretrain the embedded tiny text encoder with mini CLIP (idruid.models.mini_clip).
+"""Pretrain the embedded tiny text encoder with mini CLIP (scripts/mini_clip.py, beside this one).
 
 Writes ``src/idruid/assets/text_encoder/``: config.json + model.safetensors (save_pretrained),
 a copy of the tokenizer files from ``src/idruid/assets/tokenizer/`` (build them first with
@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from idruid.models.mini_clip import build_random_text_encoder, pretrain_text_encoder
+from mini_clip import build_random_text_encoder, pretrain_text_encoder
+
 from idruid.models.text_encoder import EMBEDDED_TEXT_ENCODER
 
 

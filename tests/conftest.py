@@ -1,7 +1,14 @@
 """Fixtures shared by the test modules."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# the asset builders' modules (scripts/mini_clip.py: the embedded text encoder's pretraining) are
+# tested like the package's
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 import shutil
 
+import mini_clip
 import numpy as np
 import pytest
 import torch
 
 from idruid.data import shapes
-from idruid.models import mini_clip
 from idruid.models.text_encoder import (
     EMBEDDED_TOKENIZER,
     FrozenTextEncoder,

@@ -1,4 +1,5 @@
-"""Mini CLIP: contrastive pretraining of the tiny text encoder on crops of single shapes.
+"""Mini CLIP: contrastive pretraining of the tiny text encoder on crops of single shapes (the asset
+builder scripts/pretrain_text_encoder.py runs it; it is not part of the package).
 
 Real layout models read captions through CLIP, pretrained on web text, which is why they
 read a caption style they were never fine-tuned on (COCO-MIG's short captions after training
