@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from idruid.benchmarks import resolve
-from idruid.config import SamplingSettings
+from idruid.config import ModelConfig, SamplingSettings
 from idruid.data.shapes import render_layout_scene
 from idruid.evaluate import evaluate, tables_markdown
 from idruid.metrics import (
@@ -72,7 +72,7 @@ class PaintingModel(nn.Module):
     def __init__(self):
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(()))
-        self.config = None
+        self.config = ModelConfig()  # the model contract: its config (layout-step rounding, ...)
 
     def encode_text(self, layouts):
         images = np.stack([painted(layout) for layout in layouts])
