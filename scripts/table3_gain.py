@@ -81,7 +81,8 @@ ROW_COLUMNS = (  # header, benchmark, metric
 
 def rows(named: list[str]) -> str:
     """One line per NAME=GLOB: the row's runs (the folders the glob matches, in order)."""
-    return row_table([(item.split("=", 1)[0], sorted(Path().glob(item.split("=", 1)[1]))) for item in named])
+    pairs = [item.split("=", 1) for item in named]
+    return row_table([(name, sorted(Path().glob(pattern))) for name, pattern in pairs])
 
 
 def spec_rows(path: str) -> str:
