@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from idruid.benchmarks import get_benchmark, select_layouts
+from idruid.eval_benchmarks import get_benchmark, select_layouts
 from idruid.metrics import object_name, score_coco_mig
 from idruid.scorers.registry import load_scorer
 from idruid.scoring import find_images, load_images

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from idruid.benchmarks import resolve
 from idruid.data.box_stats import box_classes
+from idruid.eval_benchmarks import resolve
 from idruid.evaluate import render_ground_truth
 from idruid.metrics.checks import score_coco_mig
 from idruid.scorers.analytic import AnalyticDetector, AnalyticJudge, AnalyticSegmenter
@@ -63,7 +63,7 @@ def table(results: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--benchmark", required=True, help="a shapes benchmark (idruid.benchmarks)")
+    parser.add_argument("--benchmark", required=True, help="a shapes benchmark (idruid.eval_benchmarks)")
     parser.add_argument("--resolution", type=int, default=32, help="image side in pixels")
     parser.add_argument("--out", help="write the results here as JSON (and the table beside it as .md)")
     parser.add_argument("--truth", action="store_true", help="add the ground-truth renders (the ceiling)")

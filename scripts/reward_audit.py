@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from idruid.benchmarks import resolve
 from idruid.boxes import pixel_masks
 from idruid.colors import COLOR_NAMES, caption_color, color_membership
+from idruid.eval_benchmarks import resolve
 from idruid.metrics.checks import leak_flags, score_coco_mig
 from idruid.rl.rewards import COLOR_SHARE_FULL, LayoutReward, color_shares
 from idruid.scorers.analytic import AnalyticDetector, AnalyticSegmenter
@@ -120,7 +120,7 @@ def table(named: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", help="folder of <benchmark>_<index>.png images")
-    parser.add_argument("--benchmark", help="a shapes benchmark (idruid.benchmarks)")
+    parser.add_argument("--benchmark", help="a shapes benchmark (idruid.eval_benchmarks)")
     parser.add_argument("--out", help="write the summary here as JSON")
     parser.add_argument("--table", nargs="+", metavar="NAME=AUDIT_JSON", help="print a table of audits")
     args = parser.parse_args()

@@ -49,7 +49,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "idruid.convert",
     ),
     # the diffusion processes, their steps and losses: no model code
-    "processes": ("idruid.processes", "idruid.policy_steps", "idruid.losses"),
+    "diffusion": ("idruid.diffusion", "idruid.policy_steps", "idruid.losses"),
     # the backbones (each built with its process), the IDM, text encoders, codecs
     "models": ("idruid.models",),
     # what a model is used through: the sampling loop, checkpoints (which build models) and the
@@ -57,13 +57,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "sampling": ("idruid.sampling", "idruid.checkpoint", "idruid.loader"),
     "scorers": ("idruid.scorers",),
     "metrics": ("idruid.metrics",),
-    "benchmarks": ("idruid.benchmarks", "idruid.scoring"),
+    "evaluation": ("idruid.eval_benchmarks", "idruid.scoring"),
     "reports": ("idruid.reports",),
     # training, the RL stage, evaluation, the diffusers pipeline, image quality
     "top": (
         "idruid.rl",
         "idruid.train",
-        "idruid.paired",
+        "idruid.stage1",
         "idruid.train_log",
         "idruid.train_state",
         "idruid.ema",
@@ -77,8 +77,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
 # Each chain lists layers lowest first; a module may import its own layer or one below it in
 # some chain. The two chains share "errors" and "base" and meet again from "top" up.
 CHAINS = (
-    ("errors", "base", "processes", "models", "sampling", "top", "front"),
-    ("errors", "base", "scorers", "metrics", "benchmarks", "reports", "top", "front"),
+    ("errors", "base", "diffusion", "models", "sampling", "top", "front"),
+    ("errors", "base", "scorers", "metrics", "evaluation", "reports", "top", "front"),
 )
 # (importer, imported) -> why: function-level imports that may point up or close a cycle (a plugin
 # loaded by name that imports its loader back). None today: the scorer registry's loaders import
@@ -303,9 +303,9 @@ def test_allowed_imports_are_function_level_and_still_there():
 
 def test_the_layer_rule_itself():
     assert may_import("idruid.rl.critic", "idruid.models.adapter")  # rl is above models
-    assert not may_import("idruid.processes", "idruid.rl.logprob")
-    assert may_import("idruid.models.sd3", "idruid.processes")  # a backbone is built with its process
-    assert not may_import("idruid.processes", "idruid.sampling")
+    assert not may_import("idruid.diffusion", "idruid.rl.logprob")
+    assert may_import("idruid.models.sd3", "idruid.diffusion")  # a backbone is built with its process
+    assert not may_import("idruid.diffusion", "idruid.sampling")
     assert may_import("idruid.checkpoint", "idruid.models")  # a checkpoint builds its model
     assert may_import("idruid.metrics", "idruid.scorers.protocols")
     assert not may_import("idruid.scorers.analytic", "idruid.metrics")

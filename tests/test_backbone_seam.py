@@ -13,11 +13,11 @@ from PIL import Image
 
 from idruid.cli import main
 from idruid.config import ModelConfig
+from idruid.diffusion import FlowProcess
 from idruid.loader import open_model
 from idruid.models.adapter import LayoutAdapter
 from idruid.models.base import LayoutModel
 from idruid.models.registry import Backbone, names, register, unregister
-from idruid.processes import FlowProcess
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "idruid"
 # ModelConfig.backbone's default names the backbone a config builds when it names none

@@ -14,7 +14,7 @@ from idruid import errors
         ("idruid.checkpoint", "CheckpointError"),
         ("idruid.models.druid_weights", "DruidCheckpointError"),
         ("idruid.model_dirs", "ModelFolderError"),
-        ("idruid.benchmarks", "ScoringError"),
+        ("idruid.eval_benchmarks", "ScoringError"),
         ("idruid.quality", "QualityError"),
         ("idruid.quality.scores", "QualityError"),
         ("idruid.reports", "ReportError"),

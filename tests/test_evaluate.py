@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from idruid.benchmarks import resolve
 from idruid.config import ModelConfig, SamplingSettings
 from idruid.data.shapes import render_layout_scene
+from idruid.diffusion import euler_step
+from idruid.eval_benchmarks import resolve
 from idruid.evaluate import evaluate, tables_markdown
 from idruid.metrics import (
     aggregate_mig,
@@ -27,9 +28,8 @@ from idruid.metrics import (
     score_coco_mig,
     score_layoutsam,
 )
-from idruid.processes import euler_step
 from idruid.reports.figures import image_grid
-from idruid.reports.metric_tables import format_table_mig
+from idruid.reports.tables import format_table_mig
 from idruid.scorers.registry import load_scorer
 
 

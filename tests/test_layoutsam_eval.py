@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from tiny_models import build_tiny_llava
 
-from idruid.benchmarks import BENCHMARKS, ScoringError, select_layouts
 from idruid.checkpoint import EMBEDDED_CHECKPOINT
 from idruid.cli import main
 from idruid.data.coco_mig import write_coco_mig
 from idruid.data.layoutsam import read_layoutsam
 from idruid.data.shapes import benchmark_layouts
+from idruid.eval_benchmarks import BENCHMARKS, ScoringError, select_layouts
 from idruid.evaluate import render_ground_truth
 from idruid.metrics import aggregate_mig, aggregate_sam, score_coco_mig
 from idruid.scorers.analytic import AnalyticDetector, AnalyticSegmenter

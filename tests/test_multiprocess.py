@@ -18,9 +18,9 @@ from launch_helpers import distance, launch_two, log, train_recording, weights
 import idruid
 import idruid.train as train_module
 from idruid.config import PRESET_DIR, TrainConfig, load_config
+from idruid.diffusion import FlowProcess
 from idruid.losses import sample_sigmas
-from idruid.paired import paired_draws
-from idruid.processes import FlowProcess
+from idruid.stage1 import paired_draws
 
 STEPS = 3
 PER_PROCESS_BATCH = 4

@@ -11,11 +11,11 @@ from tiny_models import build_tiny_sd3_folder, build_tiny_sd15_folder
 
 from idruid.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from idruid.config import ConfigError, ModelConfig, TrainConfig
+from idruid.diffusion import EpsProcess, FlowProcess
 from idruid.layout import Instance, Layout
 from idruid.models import build_model
 from idruid.models.sd3_text import SD3TextEncoder
 from idruid.models.vae import VaeCodec
-from idruid.processes import EpsProcess, FlowProcess
 from idruid.sampling import SamplingSettings, sample
 from idruid.train import train
 

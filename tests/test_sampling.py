@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from idruid.config import SamplingSettings
+from idruid.diffusion import euler_step
 from idruid.layout import Instance, Layout
-from idruid.processes import euler_step
 from idruid.sampling import (
     guided_prediction,
     initial_noise,

@@ -10,11 +10,18 @@ import pytest
 from PIL import Image
 from tiny_models import build_tiny_grounding_dino
 
-from idruid.benchmarks import BENCHMARKS, ScorerSpecs, ScoringError, check_scorers, resolve, select_layouts
 from idruid.boxes import box_iou
 from idruid.checkpoint import EMBEDDED_CHECKPOINT, load_checkpoint
 from idruid.cli import main
 from idruid.data.coco_mig import write_coco_mig
+from idruid.eval_benchmarks import (
+    BENCHMARKS,
+    ScorerSpecs,
+    ScoringError,
+    check_scorers,
+    resolve,
+    select_layouts,
+)
 from idruid.evaluate import evaluate, render_ground_truth, score_images, with_index_seeds
 from idruid.layout import Instance, Layout
 from idruid.metrics import leakage, nms, resize_linear, score_coco_mig

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from idruid.checkpoint import load_checkpoint, read_checkpoint_meta
 from idruid.config import load_config
 from idruid.data.shapes import ShapesPairedDataset
-from idruid.paired import collate
+from idruid.stage1 import collate
 from idruid.train import EMA, train
 
 STAGE1_KEYS = {"step", "loss", "l_ldm", "l_dis", "l_rl", "lr", "steps_per_s"}

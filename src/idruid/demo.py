@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .benchmarks import get_benchmark, select_layouts
 from .config import TrainConfig
+from .eval_benchmarks import get_benchmark, select_layouts
 from .evaluate import render_ground_truth, score_images, tables_markdown
 from .reports.figures import plot_isr_by_level
 

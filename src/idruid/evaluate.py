@@ -4,7 +4,7 @@ The embedded benchmarks are scored the same way (paper 4.1): COCO-MIG's protocol
 mIoU by level, with the analytic detector + segmenter standing in for Grounded-SAM), the
 attribute-leakage rate, and LayoutSAM-eval's per-box judge (spatial / colour / texture / shape).
 COCO-MIG itself is scored with GroundingDINO + SAM by its official protocol, LayoutSAM-eval by
-a local VLM judge on its detailed captions (idruid.benchmarks); ``judge`` swaps a VLM in for the
+a local VLM judge on its detailed captions (idruid.eval_benchmarks); ``judge`` swaps a VLM in for the
 analytic judge of the shapes benchmarks too. Images are made at the checkpoint's resolution.
 
 Generated images are saved as ``images/<benchmark>_<index>.png`` and scored from there by the
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .benchmarks import BenchmarkRun, check_scorers, get_benchmark
 from .data.shapes import render_layout_scene
+from .eval_benchmarks import BenchmarkRun, check_scorers, get_benchmark
 from .layout import Layout
 from .reports.figures import image_grid, write_metrics
-from .reports.metric_tables import format_table_leakage, format_table_mig, format_table_sam
+from .reports.tables import format_table_leakage, format_table_mig, format_table_sam
 from .sampling import SamplingSettings, generate
 from .scoring import load_scorers, save_images, score_benchmark, score_folder
 

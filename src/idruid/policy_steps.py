@@ -1,6 +1,6 @@
 """Policy steps with log-probabilities: the flow-matching ODE step turned into an SDE (paper
 Eq. 5, SD3) and the DDPM transition as a DDIM step with eta = 1 (appendix B, SD1.5, as DDPO).
-The processes (idruid.processes) hand these steps to RL, so they sit below both.
+The processes (idruid.diffusion) hand these steps to RL, so they sit below both.
 
 Time runs from sigma = 1 (pure noise) to sigma = 0 (data), as in SD3; dt = sigma_next - sigma < 0.
 The step keeps the ODE's marginals while injecting noise of std ``g * sqrt(-dt)``, with

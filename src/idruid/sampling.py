@@ -1,9 +1,9 @@
 """One sampling loop for inference, evaluation and RL rollouts.
 
-The loop walks the time grid of the model's diffusion process (idruid.processes: Euler on the
+The loop walks the time grid of the model's diffusion process (idruid.diffusion: Euler on the
 flow-matching ODE for SD3, DDIM for SD1.5) with classifier-free guidance and the layout branch
 (adapter + IDM) active for the first ``layout_fraction`` of the steps only, vanilla attention
-after (paper 4.1, after CreatiLayout). The step functions (idruid.processes: ``euler_step``,
+after (paper 4.1, after CreatiLayout). The step functions (idruid.diffusion: ``euler_step``,
 ``ddim_step``) are plain functions on tensors so that RL swaps in one that also records
 log-probabilities (idruid.rl.rollout).
 """
@@ -20,8 +20,6 @@ from tqdm.auto import tqdm
 
 from .config import SamplingSettings
 from .layout import Layout
-from .processes import ddim_step as ddim_step  # the step functions' old home
-from .processes import euler_step as euler_step
 
 if TYPE_CHECKING:
     from .models.base import Conditioning

@@ -2,7 +2,7 @@
 
 Images are named ``<anything>_<index>.png`` (or .jpg), ``index`` being the layout's benchmark
 index, as MIG_Bench's eval_mig.py expects (it reads the index after the last '_'). What each
-benchmark is scored by, and how its images are resized, is idruid.benchmarks.
+benchmark is scored by, and how its images are resized, is idruid.eval_benchmarks.
 
 ``idruid eval`` saves its images under these names and scores them through score_folder, so
 ``idruid score`` on its folder gives the same numbers. Folders are read and scored
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .benchmarks import Benchmark, ScorerSpecs
 from .errors import ScoringError
+from .eval_benchmarks import Benchmark, ScorerSpecs
 from .layout import Layout
 from .scorers.registry import load_scorer
 

@@ -1,7 +1,7 @@
 """Training on accelerate: L_act = L_ldm + lambda_dis * L_dis + lambda_rl * L_rl (Eq. 11-12).
 
 Reads top to bottom: LOAD (config, model, data, RL stage), then per step PAIRED LOSSES (sample
-noise, predict, L_ldm and L_dis: idruid.paired), RL (from ``rl.start_fraction`` of the steps on,
+noise, predict, L_ldm and L_dis: idruid.stage1), RL (from ``rl.start_fraction`` of the steps on,
 Algorithm 1: idruid.rl.stage), UPDATE, EMA (idruid.ema), LOG (idruid.train_log) and CHECKPOINT. A run
 folder holds ``config.yaml``, ``log.jsonl``, ``checkpoints/step-*`` (accelerate state: weights,
 optimiser, scheduler, RNG, EMA and the RL stage's critic and action pool, each written whole or
@@ -27,10 +27,10 @@ from .checkpoint import EMBEDDED_CHECKPOINT, describe_base, load_trained_weights
 from .config import TrainConfig, check_data, save_config
 from .ema import EMA, ema_count
 from .models import build_model
-from .paired import collate, paired_dataset, paired_losses
 from .ranks import Ranks, check_joined
 from .rl.held_out import held_out_sets, measure_held_out
 from .rl.stage import RLStage, RLStats, mean_rl_stats
+from .stage1 import collate, paired_dataset, paired_losses
 from .train_log import gradient_norms, mean_over_processes, plot_losses
 from .train_state import (
     accept_older_states,

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from idruid.data.layoutsam_train import LayoutSamPairedDataset, center_square
 from idruid.data.shapes import ShapesPairedDataset
 from idruid.layout import Instance, Layout, LayoutError
-from idruid.paired import collate
+from idruid.stage1 import collate
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

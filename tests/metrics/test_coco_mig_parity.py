@@ -33,7 +33,7 @@ from mig_fixture import (
 
 from idruid.colors import COLOR_NAMES, color_membership
 from idruid.metrics import aggregate_mig, resize_linear, score_coco_mig
-from idruid.reports.metric_tables import format_table_mig
+from idruid.reports.tables import format_table_mig
 
 pytestmark = [
     pytest.mark.skipif(not PRESENT, reason=f"COCO-MIG parity fixture not present ({FIXTURE})"),

@@ -22,7 +22,7 @@ from idruid.metrics import (
     score_coco_mig,
     score_layoutsam,
 )
-from idruid.reports.metric_tables import format_table_leakage, format_table_mig, format_table_sam
+from idruid.reports.tables import format_table_leakage, format_table_mig, format_table_sam
 
 SIZE = 32
 GREY = (128, 128, 128)
@@ -376,7 +376,7 @@ def test_aggregate_sam_micro_averages():
     assert out["avg"] == pytest.approx({"spatial": 0.5, "color": 7 / 12, "texture": 0.25, "shape": 7 / 12})
 
 
-# ------------------------------------------------------------ tables (reports.metric_tables)
+# ------------------------------------------------------------ tables (reports.tables)
 
 
 def test_format_table_mig_percentages():

@@ -7,7 +7,7 @@ from PIL import Image
 from tiny_models import build_tiny_sam, build_tiny_sam_hq
 from transformers import SamHQModel
 
-from idruid.benchmarks import BENCHMARKS, ScoringError, check_scorers
+from idruid.eval_benchmarks import BENCHMARKS, ScoringError, check_scorers
 from idruid.layout import Instance, Layout
 from idruid.scorers.sam import SamSegmenter, sam_model_type
 from idruid.scoring import FolderImages, Scorers, load_images, score_benchmark

@@ -8,9 +8,9 @@ import torch
 
 from idruid.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from idruid.config import ConfigError, ModelConfig, load_config
+from idruid.diffusion import euler_step
 from idruid.layout import Instance, Layout
 from idruid.models.sd3 import SD3LayoutModel
-from idruid.processes import euler_step
 from idruid.sampling import SamplingSettings, generate, layout_steps, sample
 from idruid.train import train
 

@@ -16,12 +16,15 @@ from idruid.reports import ReportError, write_report
 from idruid.reports.figures import (
     BOX_PALETTE,
     DARK,
+    baselines,
     draw_layout,
     image_grid,
+    lambda_sensitivity,
+    moving_average,
     plot_isr_by_level,
+    reward_curve,
     write_metrics,
 )
-from idruid.reports.plots import baselines, lambda_sensitivity, moving_average, reward_curve
 from idruid.reports.runs import config_key, group_runs, load_runs, read_log, variant_names
 from idruid.reports.tables import mean_spread_cell, table_ablation, table_mig, table_sam
 

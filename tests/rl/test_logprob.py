@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from idruid.boxes import covering_cells
+from idruid.diffusion import ddim_step, euler_step
 from idruid.policy_steps import ddim_step_with_logprob, sde_std, sde_step_with_logprob
-from idruid.processes import ddim_step, euler_step
 from idruid.rl.logprob import box_log_probs, front_masks, gaussian_kl
 
 

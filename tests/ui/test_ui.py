@@ -22,8 +22,8 @@ from PIL import Image
 
 from idruid.checkpoint import EMBEDDED_CHECKPOINT, read_checkpoint_meta
 from idruid.cli import build_parser, main
+from idruid.diffusion import euler_step
 from idruid.layout import layout_from_dict
-from idruid.processes import euler_step
 from idruid.sampling import SamplingSettings, generate, sample
 from idruid.ui.jobs import JobRunner, counting_step
 from idruid.ui.payload import FieldError, PayloadError, parse_generate_request

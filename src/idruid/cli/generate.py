@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..benchmarks import BENCHMARKS
 from ..errors import LayoutError
+from ..eval_benchmarks import BENCHMARKS
 from ..scorers.vlm_judge import ANSWER_RULES, DEFAULT_RULE
 
 
@@ -200,7 +200,7 @@ def cmd_eval(args) -> int:
 
 def _resolve_benchmark(args):
     """The benchmark of ``eval`` and ``score``, its layouts selected and its scorers checked once."""
-    from ..benchmarks import resolve
+    from ..eval_benchmarks import resolve
 
     return resolve(
         args.benchmark,

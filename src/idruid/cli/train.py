@@ -90,10 +90,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..benchmarks import resolve
     from ..checkpoint import load_checkpoint
     from ..config import load_config, save_config
     from ..demo import training_summary, write_demo_report
+    from ..eval_benchmarks import resolve
     from ..evaluate import evaluate
     from ..train import train
 

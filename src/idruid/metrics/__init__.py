@@ -13,7 +13,7 @@ Boxes are normalised ``[x0, y0, x1, y1]`` throughout; IoU does not depend on the
 Rates are fractions in [0, 1]; the tables print percentages.
 
 checks.py holds the per-instance checks and levels.py their aggregation by level; this package
-re-exports their public names. The Markdown tables of these metrics are reports.metric_tables.
+re-exports their public names. The Markdown tables of these metrics are reports.tables.
 """
 
 from .checks import (

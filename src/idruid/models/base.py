@@ -4,7 +4,7 @@ bookkeeping of what idruid trains and saves.
 
 A backbone model (models/sd3.py, models/sd15.py) subclasses ``LayoutModel`` and provides
 ``forward(x_t, t, cond, layout_on, record_attention) -> (prediction, attention_maps)`` and a
-``process`` (idruid.processes) whose ``prediction_type`` names what the prediction is.
+``process`` (idruid.diffusion) whose ``prediction_type`` names what the prediction is.
 """
 
 from __future__ import annotations

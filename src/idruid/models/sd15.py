@@ -19,8 +19,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from ..config import ModelConfig
+from ..diffusion import EpsProcess
 from ..model_dirs import check_sd15_dir, load_diffusers_model
-from ..processes import EpsProcess
 from .adapter import LayoutAdapter
 from .base import Conditioning, LayoutModel
 from .processors import LayoutCrossAttnProcessor, PromptAttnProcessor

@@ -14,8 +14,8 @@ import torch
 from diffusers import SD3Transformer2DModel
 
 from ..config import ModelConfig
+from ..diffusion import FlowProcess
 from ..model_dirs import check_sd3_dir, load_diffusers_model
-from ..processes import FlowProcess
 from .adapter import LayoutAdapter
 from .base import Conditioning, LayoutModel
 from .processors import LayoutJointAttnProcessor

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig, SamplingSettings, TrainConfig, load_config
+from ..diffusion import FlowProcess
 from ..errors import ConfigError
-from ..processes import FlowProcess
 from .base import Conditioning, LayoutModel
 from .druid_arch import DruidSD3Transformer, box_grid_masks, is_layout_key
 from .druid_weights import is_druid_folder, load_into, load_transformer, read_config

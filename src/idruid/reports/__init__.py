@@ -1,6 +1,6 @@
 """Reports over several run folders: the paper's Tables 1-3, Figs. 5-6 and sample grids
-(``idruid report``). Drawing single images, grids and the ISR plot
-(also what ``idruid eval`` writes) is figures."""
+(``idruid report``). Every table is made in ``tables`` and every figure drawn in ``figures``
+(the single-evaluation ones ``idruid eval`` writes too); ``runs`` and ``probes`` read the folders."""
 
 from ..errors import ReportError
 from .build import write_report

@@ -9,16 +9,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ReportError
-from .figures import plot_isr_by_level
-from .plots import (
+from .figures import (
     LAMBDA_KEYS,
     baselines,
     lambda_sensitivity,
+    plot_isr_by_level,
     plot_lambda_sensitivity,
+    plot_probes,
     plot_reward_curves,
     reward_curve,
 )
-from .probes import is_probe, load_probe, plot_probes, probe_table
+from .probes import is_probe, load_probe
 from .runs import (
     ABSENT,
     IGNORED_EVAL_SETTINGS,
@@ -30,7 +31,7 @@ from .runs import (
     load_runs,
     varying_keys,
 )
-from .tables import SPREADS, mig_benchmarks, sam_benchmarks, table_ablation, table_mig, table_sam
+from .tables import SPREADS, mig_benchmarks, probe_table, sam_benchmarks, table_ablation, table_mig, table_sam
 
 SPREAD_TEXT = {
     "half-range": "mean ± half the range over seeds (with two seeds, each seed's distance from the mean)",

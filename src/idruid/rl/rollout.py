@@ -1,7 +1,7 @@
 """Policy rollouts through the one sampling loop, and their log-probabilities under a model.
 
 A rollout samples a batch of layouts with ``idruid.sampling.sample`` where the step function is
-the model's policy step (idruid.processes: the SDE of Eq. 5 for flow, the DDPM transition for
+the model's policy step (idruid.diffusion: the SDE of Eq. 5 for flow, the DDPM transition for
 eps) on a window of ``rl_steps`` steps starting at ``first_step`` and the deterministic step
 elsewhere ("RL speed-up", paper 3.3: the first 20% of the steps explore and are trained;
 ``sde_window`` also gives a random window within the first half, as Flow-GRPO-Fast, and the

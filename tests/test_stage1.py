@@ -1,4 +1,4 @@
-"""idruid.paired: stage 1's paired loss L = L_ldm + lambda_dis L_dis (Eq. 11-12) recomputed outside
+"""idruid.stage1: stage 1's paired loss L = L_ldm + lambda_dis L_dis (Eq. 11-12) recomputed outside
 paired_losses from the same seeded draws."""
 
 from contextlib import nullcontext
@@ -11,7 +11,7 @@ from idruid.config import load_config
 from idruid.data.shapes import ShapesPairedDataset
 from idruid.losses import idc_loss
 from idruid.models import build_model
-from idruid.paired import collate, paired_draws, paired_losses
+from idruid.stage1 import collate, paired_draws, paired_losses
 
 ONE_PROCESS = SimpleNamespace(process_index=0, num_processes=1, autocast=nullcontext)
 

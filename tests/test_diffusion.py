@@ -7,9 +7,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from idruid import sampling
+from idruid.diffusion import PROCESSES, EpsProcess, FlowProcess, ddim_step, euler_step
 from idruid.losses import add_noise, flow_matching_loss
 from idruid.policy_steps import sde_std, sde_step_with_logprob
-from idruid.processes import PROCESSES, EpsProcess, FlowProcess, ddim_step, euler_step
 
 SD15 = {
     "beta_schedule": "scaled_linear",
@@ -160,6 +160,6 @@ def test_flow_grid_shift_moves_the_grid_towards_noise():
         FlowProcess().times(0)
 
 
-def test_the_old_names_in_sampling_are_these():
-    assert sampling.euler_step is euler_step and sampling.ddim_step is ddim_step
+def test_the_step_functions_have_one_home():
+    assert not hasattr(sampling, "euler_step") and not hasattr(sampling, "ddim_step")
     assert not hasattr(sampling, "flow_sigmas")  # the flow grid has one home: FlowProcess.times

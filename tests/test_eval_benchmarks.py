@@ -1,8 +1,8 @@
-"""idruid.benchmarks: the registry of benchmarks, what each is scored by, and resolving once."""
+"""idruid.eval_benchmarks: the registry of benchmarks, what each is scored by, and resolving once."""
 
 import pytest
 
-from idruid.benchmarks import (
+from idruid.eval_benchmarks import (
     BENCHMARKS,
     MIG_PROTOCOLS,
     BenchmarkRun,
