@@ -78,12 +78,14 @@ def layout_model(num_layers: int = 24, share_query: bool = False) -> sd3.SD3Layo
     config = ModelConfig(
         resolution=SD3_MEDIUM["sample_size"] * VAE_FACTOR,
         in_channels=SD3_MEDIUM["in_channels"],
-        patch_size=SD3_MEDIUM["patch_size"],
-        num_layers=num_layers,
-        num_heads=SD3_MEDIUM["num_attention_heads"],
-        head_dim=SD3_MEDIUM["attention_head_dim"],
-        output="velocity",
         share_query=share_query,
+        network=dict(
+            patch_size=SD3_MEDIUM["patch_size"],
+            num_layers=num_layers,
+            num_heads=SD3_MEDIUM["num_attention_heads"],
+            head_dim=SD3_MEDIUM["attention_head_dim"],
+            output="velocity",
+        ),
     )
     with (
         mock.patch.object(sd3, "build_transformer", lambda *_: sd3_transformer(num_layers)),

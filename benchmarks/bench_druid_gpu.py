@@ -55,11 +55,7 @@ def druid_model(num_layers: int) -> sd3_druid.DruidLayoutModel:
         backbone="sd3-druid",
         resolution=SD3_MEDIUM["sample_size"] * 8,
         in_channels=16,
-        patch_size=2,
-        num_layers=num_layers,
-        num_heads=24,
-        head_dim=64,
-        layout_rounding="floor",
+        network=dict(patch_size=2, num_layers=num_layers, num_heads=24, head_dim=64),
     )
     sizes = {**SD3_MEDIUM, "num_layers": num_layers}
     with (

@@ -4,6 +4,7 @@ or a checkpoint format, and a new backbone is one module and one registry line."
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,28 +49,39 @@ def test_no_backbone_name_or_format_branch_outside_models():
 # ----------------------------------------------------------------------------- a throwaway backbone
 
 
+@dataclass
+class PixArtNetwork:
+    """The throwaway backbone's own settings (model.network)."""
+
+    num_layers: int = 2
+    num_heads: int = 2
+    head_dim: int = 16
+    patch_size: int = 4
+
+
 class PixArtLayoutModel(LayoutModel):
     """diffusers' PixArt-alpha transformer, a class idruid has no code for, conditioned on layouts
     through the layout adapter alone: each instance's layout token joins the prompt's tokens."""
 
     backbone_attr = "transformer"
+    network_class = PixArtNetwork
 
     def __init__(self, config: ModelConfig, text_encoder=None):
         from diffusers import PixArtTransformer2DModel
 
         super().__init__(config, text_encoder)
         self.process = FlowProcess()
-        width = self.text_encoder.hidden_size
+        width, net = self.text_encoder.hidden_size, self.network
         self.transformer = PixArtTransformer2DModel(
-            num_attention_heads=config.num_heads,
-            attention_head_dim=config.head_dim,
+            num_attention_heads=net.num_heads,
+            attention_head_dim=net.head_dim,
             in_channels=config.in_channels,
             out_channels=config.in_channels,
-            num_layers=config.num_layers,
+            num_layers=net.num_layers,
             sample_size=self.latent_shape[-1],
-            patch_size=config.patch_size,
+            patch_size=net.patch_size,
             caption_channels=width,
-            cross_attention_dim=config.num_heads * config.head_dim,
+            cross_attention_dim=net.num_heads * net.head_dim,
             use_additional_conditions=False,
         )
         self.adapter = LayoutAdapter(width, width, config.fourier_freqs, self.text_encoder.pooled_size)
@@ -96,11 +108,20 @@ class PixArtLayoutModel(LayoutModel):
 
 
 THROWAWAY = Backbone(
-    name="pixart-test",
-    model_class=PixArtLayoutModel,
-    base_configs=("transformer/config.json",),
-    preset="tiny",
+    name="pixart-test", model_class=PixArtLayoutModel, base_configs=("transformer/config.json",)
 )
+CONFIG = """
+model:
+  backbone: pixart-test
+  use_idm: false  # the adapter-only branch: no IDM processors in PixArt's attention
+  network: {num_layers: 2, head_dim: 32}
+lambda_dis: 0
+steps: 2
+batch_size: 4
+warmup_steps: 1
+checkpoint_every: 1
+eval_steps: 2
+"""
 
 
 @pytest.fixture
@@ -112,11 +133,13 @@ def pixart():
 
 def test_a_new_backbone_is_one_module_and_one_registry_line(pixart, tmp_path):
     """Registered from this file alone, it trains two steps and generates through the CLI."""
-    run = tmp_path / "run"
-    overrides = [f"model.backbone={pixart}", "lambda_dis=0"]
-    assert main(["train", "--backbone", pixart, "--out", str(run), *overrides]) == 0
+    run, config = tmp_path / "run", tmp_path / "pixart.yaml"
+    config.write_text(CONFIG)
+    assert main(["train", "--config", str(config), "--out", str(run), "model.network.num_heads=4"]) == 0
     export = run / "model"
-    assert export.is_dir() and open_model(export)[0].config.backbone == pixart
+    model = open_model(export)[0]
+    assert model.config.backbone == pixart and model.transformer.config.num_attention_heads == 4
+    assert model.config.network == {"num_layers": 2, "num_heads": 4, "head_dim": 32, "patch_size": 4}
     layouts = tmp_path / "layouts.jsonl"
     layouts.write_text(
         '{"prompt": "a red circle and a blue square", "seed": 0, "instances": ['

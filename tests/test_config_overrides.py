@@ -55,8 +55,6 @@ def test_settings_that_may_be_none():
 
 def test_lists_read_item_by_item():
     config = TrainConfig()
-    apply_override(config, "model.unet_channels=[16, 32, 64]")
-    assert config.model.unet_channels == [16, 32, 64]
     apply_override(config, "model.lora_targets=to_q,to_out.0,no")
     assert config.model.lora_targets == ["to_q", "to_out.0", "no"]
     apply_override(config, "model.lora_targets=[]")
@@ -72,7 +70,6 @@ def test_lists_read_item_by_item():
         ("rl.batch_size=many", "rl.batch_size takes an integer, got 'many'"),
         ("learning_rate=fast", "learning_rate takes a number, got 'fast'"),
         ("model.use_idm=maybe", "model.use_idm takes true or false"),
-        ("model.unet_channels=[16, x]", "model.unet_channels[1] takes an integer, got ' x'"),
         ("model.lora_alpha=big", "model.lora_alpha takes a number"),
         ("rl=ppo", "rl is a section"),
         ("steps=", "steps takes an integer, got ''"),
@@ -100,3 +97,29 @@ def test_parse_setting_alone():
     assert parse_setting(str, ' "quoted" ', "x") == "quoted"
     assert parse_setting(float | None, "2", "x") == 2.0
     assert parse_setting(list[int], "1,2", "x") == [1, 2]
+
+
+def test_a_backbone_setting_is_read_by_the_type_its_backbone_declares():
+    """``model.network.KEY=VALUE`` keeps the text until the backbone (known only once the config is
+    complete) reads it by its setting's type; the deprecated flat key lands in the same place."""
+    from idruid.models.registry import resolve_network
+
+    config = TrainConfig()
+    config.model.backbone = "sd15"
+    apply_override(config, "model.network.unet_channels=[16, 32, 64]")
+    deprecated = "'model.num_heads' is deprecated, read as 'model.network.num_heads'"
+    with pytest.warns(DeprecationWarning, match=deprecated):
+        apply_override(config, "model.num_heads=2")
+    assert config.model.network == {"unet_channels": "[16, 32, 64]", "num_heads": "2"}
+    settings = resolve_network(config.model)
+    resolved = {"unet_channels": [16, 32, 64], "unet_layers_per_block": 1, "num_heads": 2}
+    assert settings.__dict__ == resolved and config.model.network == resolved
+    apply_override(config, "model.network.unet_channels=[16, x]")
+    with pytest.raises(ConfigError, match="model.network.unet_channels\\[1\\] takes an integer, got ' x'"):
+        resolve_network(config.model)
+    config.model.network = {"num_heads": 2.5}  # from a YAML file: checked, not parsed
+    with pytest.raises(ConfigError, match="model.network.num_heads takes int, got 2.5"):
+        resolve_network(config.model)
+    config.model.network = {"patch_size": 2}
+    with pytest.raises(ConfigError, match="model.network.patch_size: not a setting of the sd15 backbone"):
+        resolve_network(config.model)

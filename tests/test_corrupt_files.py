@@ -254,17 +254,18 @@ def halve(file: Path) -> None:
 
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+INCOMPLETE_SD15 = "is not a complete SD1.5 (diffusers layout) folder"
 
 
 @pytest.mark.parametrize(
     ("backbone", "name", "damage", "message"),
     [
-        ("sd3", f"transformer/{WEIGHTS}", halve, f"transformer/{WEIGHTS}: unreadable safetensors file"),
-        ("sd3", f"vae/{WEIGHTS}", halve, f"vae/{WEIGHTS}: unreadable safetensors file"),
-        ("sd3", "vae/config.json", lambda f: f.write_text("{not json"), "vae/config.json: malformed JSON"),
-        ("sd15", f"unet/{WEIGHTS}", halve, f"unet/{WEIGHTS}: unreadable safetensors file"),
-        # what the header check cannot see, diffusers' own OSError, still names the folder
-        ("sd15", f"unet/{WEIGHTS}", Path.unlink, "unet: UNet2DConditionModel cannot load it"),
+        ("sd3", f"transformer/{WEIGHTS}", halve, f"/transformer/{WEIGHTS}: unreadable safetensors file"),
+        ("sd3", f"vae/{WEIGHTS}", halve, f"/vae/{WEIGHTS}: unreadable safetensors file"),
+        ("sd3", "vae/config.json", lambda f: f.write_text("{not json"), "/vae/config.json: malformed JSON"),
+        ("sd15", f"unet/{WEIGHTS}", halve, f"/unet/{WEIGHTS}: unreadable safetensors file"),
+        # a missing file: the backbone's folder check names it before diffusers reads anything
+        ("sd15", f"unet/{WEIGHTS}", Path.unlink, f" {INCOMPLETE_SD15}: missing unet/weights"),
     ],
 )
 def test_a_corrupt_component_of_a_base_folder(
@@ -274,7 +275,7 @@ def test_a_corrupt_component_of_a_base_folder(
     copy = shutil.copytree(folder, tmp_path / "base")
     damage(copy / name)
     argv = ["generate", str(layout_file), "--out", str(tmp_path / "x.png"), "--checkpoint", str(checkpoint)]
-    assert f"{copy}/{message}" in one_line_error(capsys, [*argv, "--base", str(copy)])
+    assert f"{copy}{message}" in one_line_error(capsys, [*argv, "--base", str(copy)])
 
 
 def test_a_standalone_vae_folder_with_a_malformed_config(tmp_path, base_checkpoints):

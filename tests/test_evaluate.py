@@ -68,11 +68,13 @@ class PaintingModel(nn.Module):
 
     latent_shape = (3, 32, 32)
     process = FlowGrid()
+    layout_rounding = "ceil"  # the model contract: what a backbone declares (models.base.LayoutModel)
+    guidance = ("cfg",)
 
     def __init__(self):
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(()))
-        self.config = ModelConfig()  # the model contract: its config (layout-step rounding, ...)
+        self.config = ModelConfig()  # the model contract: its config
 
     def encode_text(self, layouts):
         images = np.stack([painted(layout) for layout in layouts])

@@ -1,4 +1,5 @@
-"""Tiny SD3 and SD1.5 diffusers folders through the user-facing loaders: check_sd3_dir / check_sd15_dir,
+"""Tiny SD3 and SD1.5 diffusers folders through the user-facing loaders: the backbones' folder
+checks (models.sd3.SD3_FOLDER, models.sd15.SD15_FOLDER, on model_dirs' piece lists),
 load_text_encoder (SD1.5's single CLIP, SD3's three encoders, embedded, flat) and load_codec."""
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ import torch
 from tiny_models import CLIP_MAX_LENGTH, build_tiny_sd3_folder, build_tiny_sd15_folder
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from idruid.model_dirs import (
-    SD3_COMPONENTS,
-    SD15_COMPONENTS,
-    check_sd3_dir,
-    check_sd15_dir,
-    missing_components,
-)
+from idruid.config import ModelConfig
+from idruid.model_dirs import missing_components
+from idruid.models.sd3 import SD3_FOLDER
 from idruid.models.sd3_text import SD3TextEncoder
+from idruid.models.sd15 import SD15_FOLDER
 from idruid.models.text_encoder import EMBEDDED_TEXT_ENCODER, FrozenTextEncoder, load_text_encoder
 from idruid.models.vae import VaeCodec, load_codec
 
@@ -41,20 +39,34 @@ def sd15_dir(tmp_path_factory):
 
 
 def test_complete_folders_pass(sd3_dir, sd15_dir):
-    assert check_sd3_dir(str(sd3_dir)) == sd3_dir
-    assert check_sd15_dir(sd15_dir) == sd15_dir
-    assert missing_components(sd3_dir, SD3_COMPONENTS) == []
+    assert SD3_FOLDER.check(str(sd3_dir)) == sd3_dir
+    assert SD15_FOLDER.check(sd15_dir) == sd15_dir
+    assert missing_components(sd3_dir, SD3_FOLDER.components()) == []
 
 
 def test_sd15_folder_lacks_exactly_the_sd3_only_parts(sd15_dir):
     expected = [
         f"{name}/ (folder)"
-        for name in ("transformer", "text_encoder_2", "text_encoder_3", "tokenizer_2", "tokenizer_3")
+        for name in ("transformer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
     ]
-    assert missing_components(sd15_dir, SD3_COMPONENTS) == expected
+    assert missing_components(sd15_dir, SD3_FOLDER.components()) == expected
     with pytest.raises(FileNotFoundError, match="not a complete SD3") as info:
-        check_sd3_dir(sd15_dir)
+        SD3_FOLDER.check(sd15_dir)
     assert all(piece in str(info.value) for piece in expected)
+
+
+def test_a_config_is_checked_for_the_pieces_it_reads(sd15_dir, tmp_path):
+    """The network's pieces always, the VAE only at codec=vae, the text encoders only at
+    text_encoder=base: a folder of just the UNet and its scheduler is enough for the embedded ones."""
+    bare = tmp_path / "unet-only"
+    for piece in ("unet", "scheduler"):
+        shutil.copytree(sd15_dir / piece, bare / piece)
+    embedded = ModelConfig(backbone="sd15", base_model=str(bare))
+    assert SD15_FOLDER.check(bare, embedded) == bare
+    with pytest.raises(FileNotFoundError, match=r"missing vae/ \(folder\)$"):
+        SD15_FOLDER.check(bare, ModelConfig(backbone="sd15", base_model=str(bare), codec="vae"))
+    with pytest.raises(FileNotFoundError, match=r"missing text_encoder/ \(folder\); tokenizer/ \(folder\)$"):
+        SD15_FOLDER.check(bare, ModelConfig(backbone="sd15", base_model=str(bare), text_encoder="base"))
 
 
 def test_every_missing_piece_is_named(sd15_dir, tmp_path):
@@ -63,17 +75,18 @@ def test_every_missing_piece_is_named(sd15_dir, tmp_path):
     (broken / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     (broken / "unet" / "config.json").unlink()
     (broken / "tokenizer" / "vocab.json").unlink()
-    assert missing_components(broken, SD15_COMPONENTS) == [
+    assert missing_components(broken, SD15_FOLDER.components()) == [
         "unet/config.json",
+        "scheduler/ (folder)",
         "vae/weights (one of diffusion_pytorch_model.safetensors, "
         "diffusion_pytorch_model.safetensors.index.json, diffusion_pytorch_model.bin)",
         "tokenizer/vocab.json (one of vocab.json, tokenizer.json)",
-        "scheduler/ (folder)",
     ]
-    with pytest.raises(FileNotFoundError, match=r"unet/config\.json; vae/weights .*; scheduler/ \(folder\)$"):
-        check_sd15_dir(broken)
+    every = r"unet/config\.json; scheduler/ \(folder\); vae/weights .*vocab"
+    with pytest.raises(FileNotFoundError, match=every):
+        SD15_FOLDER.check(broken)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        check_sd15_dir(tmp_path / "nowhere")
+        SD15_FOLDER.check(tmp_path / "nowhere")
 
 
 def test_tiny_folders_have_the_documented_configs(sd3_dir, sd15_dir):

@@ -123,7 +123,9 @@ def test_folder_settings_that_cannot_work_are_refused(folders):
         build_model(ModelConfig(text_encoder="base"))
     with pytest.raises(ConfigError, match="takes 16 input channels but model.codec 'pixels' gives 3"):
         build_model(ModelConfig(base_model=str(folders["sd3"]), text_encoder="base", prompt_max_length=333))
-    with pytest.raises(FileNotFoundError, match="no unet/config.json"):
+    # the folder is checked before anything loads, every missing piece named
+    missing = r"not a complete SD1.5 \(diffusers layout\) folder: missing unet/ \(folder\)"
+    with pytest.raises(FileNotFoundError, match=missing):
         build_model(config_for("sd15", folders["sd3"]))
 
 

@@ -7,7 +7,6 @@ test_processes.py).
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -179,7 +178,8 @@ class FakeModel(nn.Module):
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(()))  # sample() reads the device from the parameters
         self.velocity = velocity
-        self.config = SimpleNamespace(layout_rounding=rounding)
+        self.layout_rounding = rounding  # what a backbone declares (models.base.LayoutModel)
+        self.guidance = ("cfg",)
         self.latent_shape = LATENT
         self.process = FakeProcess()
         self.layout_flags: list[bool] = []

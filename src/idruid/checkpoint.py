@@ -27,7 +27,7 @@ from .errors import CheckpointError
 from .faults import crash_point
 from .models import build_model
 from .models.registry import backbone as registered_backbone
-from .models.registry import own_format
+from .models.registry import own_format, resolve_network
 from .textfile import read_json_object
 
 FORMAT = "idruid-checkpoint"
@@ -172,8 +172,9 @@ def load_trained_weights(model, path: str | Path) -> None:
         return
     meta = read_checkpoint_meta(path)
     # keys an older checkpoint lacks (e.g. lora_rank) take their defaults, as load_checkpoint does
-    saved = dataclasses.asdict(model_config_from_dict(meta["model"]))
-    wanted = dataclasses.asdict(model.config)
+    recorded = model_config_from_dict(meta["model"])
+    resolve_network(recorded)  # the backbone's settings in full, as model.config's
+    saved, wanted = _settings(recorded), _settings(model.config)
     # the base folder may have moved: it is compared by its config hash below, not by its path
     differ = sorted(
         k for k in set(saved) | set(wanted) if k != "base_model" and saved.get(k) != wanted.get(k)
@@ -190,6 +191,12 @@ def load_trained_weights(model, path: str | Path) -> None:
     if record is not None:
         check_base(path, record, Path(ours))
     _load_weights(model, path)
+
+
+def _settings(config: ModelConfig) -> dict:
+    """A model config as one level of settings, the backbone's own as ``network.KEY``."""
+    flat = {k: v for k, v in dataclasses.asdict(config).items() if k != "network"}
+    return flat | {f"network.{k}": v for k, v in config.network.items()}
 
 
 def check_base(path: Path, record: dict, folder: Path) -> None:

@@ -57,11 +57,20 @@ class SamplingSettings:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "sd3"  # "sd3": MM-DiT + flow matching; "sd15": UNet + DDPM noise prediction
+    """What every backbone reads, plus the backbone's own section ``network``.
+
+    ``network`` holds the settings of the backbone named by ``backbone``, declared by its module
+    (idruid.models.registry: sd3's patch_size / num_layers / num_heads / head_dim / output, sd15's
+    unet_channels / unet_layers_per_block / num_heads, sd3-druid's druid_weights / druid_mask_rows
+    / druid_autocast and sizes); keys left out take that backbone's defaults, and building the
+    model fills them in (``models.registry.resolve_network``), so a saved config lists them all."""
+
+    backbone: str = "sd3"  # a registered backbone (idruid.models.registry): sd3, sd15, sd3-druid, ...
     # "embedded" (the shipped mini-CLIP), "base" (base_model's own: SD3's CLIP-L + CLIP-G + T5,
     # SD1.5's CLIP-L) or a local folder holding one of those
     text_encoder: str = "embedded"
-    # a local diffusers folder of the backbone (SD3 or SD1.5); None builds the tiny backbone below
+    # a local diffusers folder of the backbone (SD3 or SD1.5); None builds the tiny backbone of
+    # ``network``'s sizes
     base_model: str | None = None
     resolution: int = 32  # image side in pixels
     # what the backbone denoises (models/vae.py): "pixels" (the images themselves), "unshuffle"
@@ -69,14 +78,6 @@ class ModelConfig:
     # miniature of a VAE latent) or "vae" (the AutoencoderKL of base_model, with its factors)
     codec: str = "pixels"
     in_channels: int = 3  # channels of the backbone's input: the codec's (3 pixels, 12 unshuffle)
-    patch_size: int = 4  # sd3: pixels per token side
-    num_layers: int = 4  # sd3: MM-DiT blocks
-    # sd15: channels per UNet level (the tiny UNet: 3 levels, IDM at the mid block and the first
-    # cross-attention decoder level, SD1.5's 8x8 and 16x16 layers at 512 px; appendix B)
-    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    unet_layers_per_block: int = 1
-    num_heads: int = 4  # attention heads (sd3 and the tiny sd15)
-    head_dim: int = 32  # sd3
     prompt_max_length: int = 40  # tokens of the global prompt
     # word tokens per instance caption besides the pooled embedding; 0 = pooled only, the
     # contrastively aligned embedding (and 2x cheaper, see BENCHMARKS.md)
@@ -89,29 +90,34 @@ class ModelConfig:
     # the layout branch queries the instance tokens with the backbone's own image queries
     # (IP-Adapter's decoupled cross-attention) instead of its own to_q: for pretrained backbones
     share_query: bool = False
-    # sd3 only: what the backbone's raw output is; the model always returns a velocity. "velocity": SD3's
-    # own parameterisation (real weights). "x0": the clean image, turned into v = (x_t - x0) / sigma,
-    # for pixel space with big patches (4x4x3 = 48 values per token into a 128-wide network), where
-    # a velocity output has to copy the noise through the network (Li & He 2025, "JiT")
-    output: str = "velocity"
     # LoRA on the backbone through peft (`pip install 'idruid[lora]'`); 0 = off. With LoRA on, the
     # backbone's own weights are frozen and change only through low-rank updates of lora_targets
     lora_rank: int = 0
     lora_alpha: float | None = None  # the update is scaled by lora_alpha / lora_rank; None = rank
     # backbone modules to adapt, matched as name suffixes ("to_q", "to_out.0"), never inside the IDM
-    # processors; None = the attention projections the backbone has (models/sd3.py, LORA_TARGETS)
+    # processors; None = the attention projections the backbone has (each backbone's LORA_TARGETS)
     lora_targets: list[str] | None = None
-    # sd3-druid (the authors' released model, models/sd3_druid.py): their checkpoint folder
-    # (config.json + safetensors), whose backbone stays frozen and is never saved in idruid
-    # checkpoints; None builds their architecture at the sizes above with random weights
-    druid_weights: str | None = None
-    # sd3-druid: which classifier-free-guidance rows get the binary box masks of their IDM:
-    # "unconditional" (their code, reproduces their images), "conditional" (the paper), "both"
-    druid_mask_rows: str = "unconditional"
-    druid_autocast: bool = True  # sd3-druid on CUDA: bf16 autocast around the fp32 transformer, as theirs
-    # sampling: the layout branch's step count from layout_fraction * steps, rounded "ceil"
-    # (idruid: 6 / 9 / 15 of 20 / 28 / 50 steps at 0.3) or "floor" (the authors': 6 / 8 / 15)
-    layout_rounding: str = "ceil"
+    # the backbone's own settings (``model.network.KEY=VALUE``), typed and checked by its module
+    network: dict[str, Any] = field(default_factory=dict)
+
+
+# Settings that older idruid configs and checkpoints (idruid.json) hold at the top of the model
+# section, with the default they had there: they are read into ``network``, where each backbone
+# takes the ones it has and ignores the others at that default (models.registry.resolve_network).
+# The released shipped model and the committed results/*/config.yaml are written this way.
+FLAT_NETWORK_KEYS: dict[str, Any] = {
+    "patch_size": 4,
+    "num_layers": 4,
+    "num_heads": 4,
+    "head_dim": 32,
+    "unet_channels": [32, 64, 128],
+    "unet_layers_per_block": 1,
+    "output": "velocity",
+    "druid_weights": None,
+    "druid_mask_rows": "unconditional",
+    "druid_autocast": True,
+    "layout_rounding": "ceil",  # now the backbone's own (ceil; the authors' architecture floor)
+}
 
 
 RL_ALGORITHMS = ("none", "ppo", "grpo", "sft")
@@ -378,6 +384,34 @@ def upgrade_keys(data: dict[str, Any], where: str = "config", warn: bool = True)
     for name in RENAMED_KEYS:
         if name and isinstance(upgraded.get(name), dict):
             upgraded[name] = section(upgraded[name], name)
+    if isinstance(upgraded.get("model"), dict):
+        upgraded["model"] = upgrade_model_keys(upgraded["model"], where, warn)
+    return upgraded
+
+
+def upgrade_model_keys(model: dict[str, Any], where: str = "model", warn: bool = True) -> dict[str, Any]:
+    """A raw model section with the backbone settings of older configs (``FLAT_NETWORK_KEYS``, at
+    the top of the section) moved into ``network``; a key set in both places is refused."""
+    if not isinstance(model, dict) or not FLAT_NETWORK_KEYS.keys() & model.keys():
+        return model
+    network = model.get("network") or {}
+    if not isinstance(network, dict):
+        return model  # _from_dict says what is wrong with it
+    upgraded, moved = {}, dict(network)
+    for key, value in model.items():
+        if key not in FLAT_NETWORK_KEYS:
+            upgraded[key] = value
+            continue
+        if key in network:
+            raise ConfigError(f"{where}: both 'model.{key}' and its new name 'model.network.{key}' are set")
+        if warn:
+            warnings.warn(
+                f"{where}: config key 'model.{key}' is deprecated, read as 'model.network.{key}'",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        moved[key] = value
+    upgraded["network"] = moved
     return upgraded
 
 
@@ -398,7 +432,8 @@ def _from_dict(cls, data: dict[str, Any], where: str):
 
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
-    return _from_dict(ModelConfig, data, "model")
+    """The ModelConfig of a checkpoint's idruid.json (older ones hold the backbone's settings flat)."""
+    return _from_dict(ModelConfig, upgrade_model_keys(data, "model", warn=False), "model")
 
 
 def list_presets() -> list[str]:
@@ -438,6 +473,18 @@ def apply_override(config: TrainConfig, item: str) -> None:
         target = getattr(target, part)
     section = ".".join(parts[:-1])
     name = _renamed(section, parts[-1], f"override '{item}'", warn=True)
+    if section == "model" and name in FLAT_NETWORK_KEYS:
+        warnings.warn(
+            f"override '{item}': config key 'model.{name}' is deprecated, read as 'model.network.{name}'",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        target, section = target.network, "model.network"
+    if section == "model.network":
+        # the backbone's own setting: its type is known where the backbone is (models.registry,
+        # resolve_network), which reads this text with parse_setting
+        target[name] = raw.strip()
+        return
     if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
         raise ConfigError(f"override '{item}': unknown key '{key}'")
     dotted = f"{section}.{name}" if section else name

@@ -1,5 +1,6 @@
-"""Checks of local model folders (GroundingDINO, SAM, VLMs, SD3 and SD1.5 diffusers folders) before
-transformers or diffusers reads them.
+"""Checks of local model folders (GroundingDINO, SAM, VLMs, the pieces of diffusers folders) before
+transformers or diffusers reads them. Which pieces a backbone's base folder has is its module's
+(models/registry.py, ``BaseFolder``).
 
 Offline, transformers reads a path that is not a folder as a hub id and fails with a network
 error; checking the files first gives an error that names what is missing.
@@ -56,26 +57,6 @@ CLIP_TOKENIZER: RequiredFiles = (  # a tokenizer.json holds both the vocabulary 
 T5_TOKENIZER: RequiredFiles = (("tokenizer file", ("tokenizer.json", "spiece.model")),)
 SCHEDULER: RequiredFiles = (("scheduler_config.json", ("scheduler_config.json",)),)
 
-SD3_COMPONENTS: Components = (
-    ("transformer", DIFFUSERS_MODEL),
-    ("vae", DIFFUSERS_MODEL),
-    ("text_encoder", TRANSFORMERS_MODEL),  # CLIP-L with projection
-    ("text_encoder_2", TRANSFORMERS_MODEL),  # CLIP-G with projection
-    ("text_encoder_3", TRANSFORMERS_MODEL),  # T5 encoder
-    ("tokenizer", CLIP_TOKENIZER),
-    ("tokenizer_2", CLIP_TOKENIZER),
-    ("tokenizer_3", T5_TOKENIZER),
-    ("scheduler", SCHEDULER),
-)
-SD15_COMPONENTS: Components = (
-    ("unet", DIFFUSERS_MODEL),
-    ("vae", DIFFUSERS_MODEL),
-    ("text_encoder", TRANSFORMERS_MODEL),  # CLIP-L without projection
-    ("tokenizer", CLIP_TOKENIZER),
-    ("scheduler", SCHEDULER),
-)
-
-
 def missing_components(root: Path, components: Components) -> list[str]:
     """What ``root`` lacks of ``components``: ``"sub/ (folder)"`` for an absent subfolder, else
     ``"sub/<file>"`` for each missing file (empty when complete)."""
@@ -130,13 +111,3 @@ def load_diffusers_model(model_cls: type[Loaded], folder: Path, **kwargs) -> Loa
         return model_cls.from_pretrained(str(folder), **kwargs)
     except OSError as err:
         raise ModelFolderError(f"{folder}: {model_cls.__name__} cannot load it ({err})") from err
-
-
-def check_sd3_dir(path: str | Path) -> Path:
-    """A local Stable Diffusion 3 folder in diffusers layout (e.g. stable-diffusion-3-medium-diffusers)."""
-    return check_components(path, SD3_COMPONENTS, "SD3 (diffusers layout)")
-
-
-def check_sd15_dir(path: str | Path) -> Path:
-    """A local Stable Diffusion 1.5 folder in diffusers layout (e.g. stable-diffusion-v1-5)."""
-    return check_components(path, SD15_COMPONENTS, "SD1.5 (diffusers layout)")

@@ -45,8 +45,8 @@ def layout_steps(steps: int, layout_fraction: float, rounding: str = "ceil") -> 
 
 
 def model_layout_steps(model, steps: int, layout_fraction: float) -> int:
-    """``layout_steps`` with the model's own rounding (``ModelConfig.layout_rounding``)."""
-    return layout_steps(steps, layout_fraction, model.config.layout_rounding)
+    """``layout_steps`` with the rounding the model's backbone declares (``layout_rounding``)."""
+    return layout_steps(steps, layout_fraction, model.layout_rounding)
 
 
 def seeded_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -76,6 +76,10 @@ def guidance_conditioning(
     cond = model.encode_text(layouts).to(device)
     if cfg == 1.0:
         return cond
+    if "cfg" not in model.guidance:
+        raise ValueError(
+            f"cfg={cfg}: this model takes no two-row classifier-free guidance (cfg=1 turns it off)"
+        )
     return type(cond).cat([cond, model.unconditional(cond, negative_prompts)])
 
 

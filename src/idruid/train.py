@@ -27,6 +27,7 @@ from .checkpoint import EMBEDDED_CHECKPOINT, describe_base, load_trained_weights
 from .config import TrainConfig, check_data, save_config
 from .ema import EMA, ema_count
 from .models import build_model
+from .models.registry import resolve_network
 from .ranks import Ranks, check_joined
 from .rl.held_out import held_out_sets, measure_held_out
 from .rl.stage import RLStage, RLStats, mean_rl_stats
@@ -66,6 +67,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     check_joined(accelerator)
     set_seed(config.seed)  # the same stream on every rank: paired_draws relies on it
+    resolve_network(config.model)  # the backbone's settings in full, checked before anything is written
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
     config.rl.check(accelerator.num_processes)

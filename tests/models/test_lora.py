@@ -13,7 +13,7 @@ from idruid.checkpoint import CheckpointError, load_checkpoint, load_trained_wei
 from idruid.config import ConfigError, ModelConfig, load_config
 from idruid.layout import Instance, Layout
 from idruid.models.processors import LayoutJointAttnProcessor
-from idruid.models.sd3 import LORA_TARGETS, SD3LayoutModel, build_transformer
+from idruid.models.sd3 import LORA_TARGETS, SD3LayoutModel, SD3Network, build_transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,7 +90,7 @@ def test_lora_layer_computes_w_x_plus_scaled_b_a_x(tmp_path):
 def test_lora_adapts_exactly_the_attention_projections_and_keeps_idm_processors(pair):
     plain, lora = pair
     processors = lora.transformer.attn_processors
-    assert len(processors) == lora.config.num_layers == len(lora.transformer.transformer_blocks)
+    assert len(processors) == lora.network.num_layers == len(lora.transformer.transformer_blocks)
     assert all(isinstance(p, LayoutJointAttnProcessor) for p in processors.values())
     for block in lora.transformer.transformer_blocks:
         assert isinstance(block.attn.processor, LayoutJointAttnProcessor)
@@ -107,7 +107,7 @@ def test_lora_adapts_exactly_the_attention_projections_and_keeps_idm_processors(
     layouts = [Layout("shapes", (Instance("a red circle", (0.1, 0.1, 0.5, 0.5)),))]
     with torch.no_grad():
         _, maps = lora(torch.randn(1, 3, 32, 32), torch.tensor([0.5]), lora.encode_text(layouts), True, True)
-    assert len(maps) == lora.config.num_layers
+    assert len(maps) == lora.network.num_layers
 
 
 def _submodule(module: torch.nn.Module, path: str) -> torch.nn.Module | None:
@@ -165,7 +165,9 @@ def test_checkpoint_round_trip_with_and_without_lora(rank, tmp_path):
 def test_lora_on_a_base_folder_stores_only_idruid_and_lora_weights(tmp_path):
     encoder_dim = 64  # the embedded text encoder's hidden and pooled sizes
     torch.manual_seed(0)
-    build_transformer(tiny(), encoder_dim, encoder_dim).save_pretrained(tmp_path / "base" / "transformer")
+    network = SD3Network(**tiny().network)
+    transformer = build_transformer(tiny(), network, encoder_dim, encoder_dim)
+    transformer.save_pretrained(tmp_path / "base" / "transformer")
     model = build(tiny(base_model=str(tmp_path / "base"), lora_rank=RANK))
     perturb_lora(model)
     save_checkpoint(model, tmp_path / "ckpt")

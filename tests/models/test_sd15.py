@@ -175,9 +175,13 @@ def test_bad_configs_are_refused():
     config.model.in_channels = 3
     with pytest.raises(ConfigError, match="12"):
         build_model(config.model)
-    config = load_config("tiny-sd15", ["model.output=x0"])
-    with pytest.raises(ValueError, match="sd15 predicts the noise"):
+    config = load_config("tiny-sd15", ["model.network.output=x0"])  # sd3's setting
+    with pytest.raises(ConfigError, match="model.network.output: not a setting of the sd15 backbone"):
         build_model(config.model)
+    with pytest.raises(ConfigError, match="model.network.unet_channels needs at least 2 levels"):
+        build_model(load_config("tiny-sd15", ["model.network.unet_channels=[32]"]).model)
+    with pytest.raises(ConfigError, match="model.network.num_heads takes an integer, got 'two'"):
+        build_model(load_config("tiny-sd15", ["model.network.num_heads=two"]).model)
     config = load_config("tiny-sd15", ["model.codec=jpeg"])
     with pytest.raises(ConfigError, match="model.codec 'jpeg'"):
         build_model(config.model)

@@ -14,7 +14,7 @@ from idruid.models.sd3 import SD3LayoutModel
 from idruid.sampling import SamplingSettings, generate, layout_steps, sample
 from idruid.train import train
 
-TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
+TINY = ModelConfig(idm_hidden=32, network=dict(num_layers=2, num_heads=2, head_dim=32))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,8 @@ def test_forward_shapes_and_contract(model):
     x = torch.randn(3, 3, 32, 32)
     v, maps = model(x, torch.tensor([0.9, 0.5, 0.1]), cond, record_attention=True)
     assert model.prediction_type == "flow" and v.shape == x.shape
-    assert len(maps) == TINY.num_layers and maps[0][0].shape == (3, 2, 2, 64)  # trimmed to 2 instances
+    # trimmed to 2 instances
+    assert len(maps) == TINY.network["num_layers"] and maps[0][0].shape == (3, 2, 2, 64)
     with pytest.raises(ValueError, match=r"expected \(B, 3, h, w\)"):
         model(torch.randn(3, 4, 32, 32), torch.rand(3), cond)
 
@@ -102,7 +103,7 @@ def test_two_step_training_resume_and_round_trip(tmp_path):
     x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.7, 0.2])
     with torch.no_grad():
         assert torch.equal(loaded(x, sigma, cond)[0], reloaded(x, sigma, cond)[0])
-    assert read_checkpoint_meta(again)["model"]["num_layers"] == 2
+    assert read_checkpoint_meta(again)["model"]["network"]["num_layers"] == 2
 
 
 def test_baseline_config_trains_without_idc(tmp_path):
@@ -163,7 +164,7 @@ def test_init_from_loads_weights_and_refuses_another_config(tmp_path, model):
     x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.5, 0.9])
     with torch.no_grad():
         assert torch.equal(fresh(x, sigma, cond)[0], model(x, sigma, cond)[0])
-    other = SD3LayoutModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=16))
+    other = SD3LayoutModel(ModelConfig(idm_hidden=16, network=dict(num_layers=2, num_heads=2, head_dim=32)))
     with pytest.raises(CheckpointError, match="idm_hidden: 32 vs 16"):
         load_trained_weights(other, tmp_path / "ckpt")
 
@@ -174,7 +175,9 @@ def test_x0_output_is_turned_into_the_velocity():
     from idruid.models.sd3 import SIGMA_FLOOR
 
     torch.manual_seed(0)
-    net = SD3LayoutModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32, output="x0"))
+    net = SD3LayoutModel(
+        ModelConfig(idm_hidden=32, network=dict(num_layers=2, num_heads=2, head_dim=32, output="x0"))
+    )
     x0, noise = torch.rand(3, 3, 32, 32) * 2 - 1, torch.randn(3, 3, 32, 32)
     sigma = torch.tensor([0.9, 0.3, 0.01])
     x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * noise
@@ -191,8 +194,8 @@ def test_x0_output_is_turned_into_the_velocity():
             return_dict=False,
         )[0]
         torch.testing.assert_close(net(x_t, sigma, cond, layout_on=False)[0], net._velocity(raw, x_t, sigma))
-    with pytest.raises(ValueError, match="model.output"):
-        SD3LayoutModel(ModelConfig(num_layers=2, num_heads=2, head_dim=32, output="eps"))
+    with pytest.raises(ValueError, match="model.network.output .eps.: expected one of velocity, x0"):
+        SD3LayoutModel(ModelConfig(network=dict(num_layers=2, num_heads=2, head_dim=32, output="eps")))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-sd15"])

@@ -22,7 +22,7 @@ from idruid.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ModelConfig(backbone="sd3-druid", num_layers=2, num_heads=2, head_dim=32, layout_rounding="floor")
+TINY = ModelConfig(backbone="sd3-druid", network=dict(num_layers=2, num_heads=2, head_dim=32))
 SCENES = [
     Layout("a red circle and a blue square", (
         Instance("a red circle", (0.05, 0.1, 0.45, 0.5)),
@@ -106,10 +106,10 @@ def test_mask_rows_switch(model):
     x, sigma = torch.randn(4, 3, 32, 32), torch.full((4,), 0.6)
     outputs = {}
     for rows in ("unconditional", "conditional"):
-        model.config.druid_mask_rows = rows
+        model.network.druid_mask_rows = rows
         with torch.no_grad():
             outputs[rows] = model(x, sigma, both)[0]
-    model.config.druid_mask_rows = "unconditional"
+    model.network.druid_mask_rows = "unconditional"
     assert all((outputs["unconditional"][i] - outputs["conditional"][i]).abs().max() > 1e-5 for i in range(4))
 
 
@@ -125,22 +125,21 @@ def test_null_tokens_in_the_unconditional_row(model):
 def test_refusals(model, tmp_path):
     with pytest.raises(ConfigError, match="lambda_dis=0"):
         model(torch.randn(1, 3, 32, 32), torch.ones(1), model.encode_text(SCENES[:1]), record_attention=True)
-    for key, value, message in [
-        ("druid_mask_rows", "paper", "druid_mask_rows"),
-        ("output", "x0", "predicts a velocity"),
-        ("max_instances", 6, "max_boxes_per_image is 10 but model.max_instances is 6"),
+    folder = str(save_folder(model.transformer, tmp_path / "d"))
+    for network, settings, message in [
+        ({"druid_mask_rows": "paper"}, {}, "model.network.druid_mask_rows 'paper'"),
+        ({"output": "x0"}, {}, "model.network.output: not a setting of the sd3-druid backbone"),
+        ({"layout_rounding": "ceil"}, {}, "model.network.layout_rounding: not a setting"),  # theirs is floor
+        # their folder's slot count rules
+        ({"druid_weights": folder}, {"max_instances": 6}, "max_boxes_per_image is 10 but model.max_inst"),
     ]:
-        if key == "max_instances":  # their folder's slot count rules
-            value_config = {"druid_weights": str(save_folder(model.transformer, tmp_path / "d"))}
-        else:
-            value_config = {}
         with pytest.raises(ConfigError, match=message):
-            build_model(ModelConfig(**{**TINY.__dict__, key: value, **value_config}))
+            build_model(ModelConfig(**{**TINY.__dict__, **settings, "network": {**TINY.network, **network}}))
 
 
 def test_checkpoint_with_their_folder_saves_the_branch_only(tmp_path, model):
     folder = save_folder(model.transformer, tmp_path / "druid")
-    config = ModelConfig(**{**TINY.__dict__, "druid_weights": str(folder)})
+    config = ModelConfig(**{**TINY.__dict__, "network": {**TINY.network, "druid_weights": str(folder)}})
     loaded = build_model(config).eval()
     assert set(loaded.trainable_state_dict()) == {
         "transformer." + k for k in model.transformer.state_dict() if is_layout_key(k)
@@ -167,9 +166,9 @@ def test_generate_from_their_folder_and_an_sd3_folder(tmp_path):
     config = druid_config(folder, base)
     assert (config.model.resolution, config.shift, config.eval_steps, config.eval_cfg) == (16, 3.0, 50, 7.0)
     assert [druid_sampling(config, name).cfg for name in ("coco-mig", "layoutsam-eval")] == [7.0, 7.5]
-    assert config.model.layout_rounding == "floor" and config.model.druid_mask_rows == "unconditional"
     # fine-tuned on their folder and an SD3 folder: the checkpoint records both, stores the branch
     model = build_model(config.model).eval()
+    assert model.layout_rounding == "floor" and model.network.druid_mask_rows == "unconditional"
     saved = save_checkpoint(model, tmp_path / "tuned")
     meta = json.loads((saved / "idruid.json").read_text())
     assert sorted(meta["base"]["configs"]) == [
@@ -196,7 +195,7 @@ def test_rl_fine_tuning_of_their_model_runs_and_resumes(tmp_path, model):
     folder = save_folder(model.transformer, tmp_path / "druid")
     overrides = [
         "model.backbone=sd3-druid",
-        "model.output=velocity",
+        "model.output=velocity",  # settings of an older config at values this backbone ignores
         "model.layout_rounding=floor",
         f"init_from={folder}",
         "lambda_dis=0",

@@ -126,7 +126,7 @@ def test_instance_captions_skip_t5_unless_their_tokens_need_it(sd3_dir, encoder,
     from idruid.models.sd3 import SD3LayoutModel
 
     config = ModelConfig(
-        num_layers=1, num_heads=2, head_dim=16, idm_hidden=16, geometry_rank=4, resolution=16,
+        idm_hidden=16, geometry_rank=4, resolution=16, network=dict(num_layers=1, num_heads=2, head_dim=16),
         prompt_max_length=CLIP_MAX_LENGTH + T5_LENGTH, caption_max_length=caption_tokens,
     )  # fmt: skip
     model = SD3LayoutModel(config, text_encoder=encoder)

@@ -11,7 +11,9 @@ from idruid.layout import Instance, Layout
 from idruid.losses import add_noise, flow_matching_loss
 from idruid.models.sd3 import SD3LayoutModel
 
-TINY = ModelConfig(num_layers=1, num_heads=2, head_dim=16, idm_hidden=16, geometry_rank=4, resolution=16)
+TINY = ModelConfig(
+    idm_hidden=16, geometry_rank=4, resolution=16, network=dict(num_layers=1, num_heads=2, head_dim=16)
+)
 CAPTION = ("adapter.caption_proj.", "adapter.box_proj.", "adapter.caption_norm.")
 
 

@@ -16,7 +16,7 @@ from idruid.sampling import SamplingSettings, sample
 from idruid.train import EMA, ema_count, train
 from idruid.train_log import mean_rl_stats, plot_losses
 
-TINY = ModelConfig(num_layers=2, num_heads=2, head_dim=32, idm_hidden=32)
+TINY = ModelConfig(idm_hidden=32, network=dict(num_layers=2, num_heads=2, head_dim=32))
 
 
 @pytest.fixture(scope="module")

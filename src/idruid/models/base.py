@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..layout import Layout, boxes_tensor
 from .adapter import CAPTION_TOKEN_MODULES, LayoutAdapter
 from .idm import LayoutCondition
+from .registry import NoSettings, resolve_network
 from .text_encoder import CachedTextEncoder, load_text_encoder
 from .vae import LatentCodec, PixelCodec, UnshuffleCodec, VaeCodec
 
@@ -155,6 +156,13 @@ class LayoutModel(nn.Module):
     # the text encoder(s) of the backbone's base folder (model.text_encoder=base), declared by its
     # module: folder -> encoder; None tells them from the folder's contents (load_text_encoder)
     base_text_encoder: Callable[[Path], CachedTextEncoder] | None = None
+    network_class: type = NoSettings  # the dataclass of the backbone's own settings (model.network)
+    # the guidance the network takes: "cfg" (two rows, conditional and unconditional, combined
+    # with the sampling setting cfg); a guidance-distilled network would take its scale as an input
+    guidance: tuple[str, ...] = ("cfg",)
+    # the layout branch's step count from layout_fraction * steps (idruid.sampling.layout_steps):
+    # "ceil" (idruid: 6 / 9 / 15 of 20 / 28 / 50 steps at 0.3) or "floor" (the authors': 6 / 8 / 15)
+    layout_rounding: str = "ceil"
 
     def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
         """``text_encoder`` None loads ``config.text_encoder``: "embedded", "base" (the base
@@ -162,6 +170,7 @@ class LayoutModel(nn.Module):
         (models/text_encoder.py, load_text_encoder)."""
         super().__init__()
         self.config = config
+        self.network = resolve_network(config, type(self))  # typed; config.network filled in
         if text_encoder is None:
             spec, own = config.text_encoder, type(self).base_text_encoder
             if spec == "base":

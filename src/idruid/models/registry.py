@@ -5,18 +5,34 @@ one line of ``REGISTRY`` naming that module; everything outside models/ asks ``b
 or ``own_format(path)`` instead of branching on a name or a checkpoint format. Entries are module
 paths so that the CLI's start-up imports no diffusers model; ``register`` adds a ``Backbone``
 object directly (a plug-in, or a test's throwaway backbone).
+
+What a backbone module declares, and where:
+
+- its ``Backbone`` (below): the model class, the base-folder configs hashed into checkpoints, the
+  base folder's pieces (``BaseFolder``: checked at build, naming every missing file), the embedded
+  preset, an own checkpoint format;
+- on its model class (a models.base.LayoutModel): ``network_class``, the dataclass of its own
+  settings (``ModelConfig.network``, read by ``network_settings``); ``process``, its time grid,
+  shift and prediction (idruid.diffusion); ``guidance``, the guidance it takes; ``layout_rounding``,
+  how the layout branch's step count is rounded; ``base_text_encoder``, its text encoders;
+  ``lora_defaults``; the codec comes from ``ModelConfig.codec`` (its VAE's factors from the base
+  folder).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, SamplingSettings
+from ..config import FLAT_NETWORK_KEYS, ModelConfig, SamplingSettings, parse_setting
 from ..errors import ConfigError
+from ..model_dirs import Components, check_components
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,29 @@ class CheckpointFormat:
 
 
 @dataclass(frozen=True)
+class BaseFolder:
+    """The pieces of a backbone's base folder (``ModelConfig.base_model``, diffusers layout) that
+    idruid reads: the network's always, the VAE's at ``model.codec=vae``, the text encoders' at
+    ``model.text_encoder=base``."""
+
+    what: str  # how errors name the folder: "SD3 (diffusers layout)"
+    network: Components  # the transformer / UNet, and the scheduler its time grid comes from
+    codec: Components = ()
+    text: Components = ()
+
+    def components(self, config: ModelConfig | None = None) -> Components:
+        """The pieces ``config`` reads (every piece when None: the whole folder)."""
+        codec = config is None or config.codec == "vae"
+        text = config is None or config.text_encoder == "base"
+        return (*self.network, *(self.codec if codec else ()), *(self.text if text else ()))
+
+    def check(self, path: str | Path, config: ModelConfig | None = None) -> Path:
+        """``path`` if it holds what ``config`` reads; FileNotFoundError naming every missing
+        file otherwise (before diffusers or transformers reads anything)."""
+        return check_components(path, self.components(config), self.what)
+
+
+@dataclass(frozen=True)
 class Backbone:
     """Everything about a backbone that idruid reads outside its module."""
 
@@ -40,14 +79,73 @@ class Backbone:
     # files of a base folder (ModelConfig.base_model) whose configs the weights depend on: hashed
     # into a checkpoint's idruid.json, and compared when it loads
     base_configs: tuple[str, ...]
-    # the folder check of a base folder, naming every missing file (None: no base folder check)
-    check_folder: Callable[[str | Path], Path] | None = None
+    # the pieces of a base folder, checked when a model is built on one (None: not checked)
+    base_folder: BaseFolder | None = None
     preset: str | None = None  # the embedded world's preset of `idruid train --backbone NAME`
     checkpoint_format: CheckpointFormat | None = None
 
     def build(self, config: ModelConfig, text_encoder=None):
-        """The layout-to-image model of ``config``."""
+        """The layout-to-image model of ``config``, after the check of its base folder."""
+        if config.base_model is not None and self.base_folder is not None:
+            self.base_folder.check(config.base_model, config)
         return self.model_class(config, text_encoder)
+
+
+@dataclass
+class NoSettings:
+    """The ``network_class`` of a backbone without settings of its own."""
+
+
+def network_settings(network_class: type, config: ModelConfig, declared: object = None) -> Any:
+    """``config.network`` as an instance of the backbone's ``network_class`` (a dataclass): text
+    (from a ``key=value`` override) read by the setting's type, other values checked against it,
+    an unknown key refused. A setting of an older config (``FLAT_NETWORK_KEYS``) that this
+    backbone does not have is ignored at the value the backbone declares for it as an attribute
+    of ``declared`` (e.g. the authors' layout_rounding "floor"), or, where it declares none, at
+    the setting's old default."""
+    hints = typing.get_type_hints(network_class)
+    names = [f.name for f in dataclasses.fields(network_class)]
+    values = {}
+    for key, value in config.network.items():
+        where = f"model.network.{key}"
+        if key in names:
+            values[key] = parse_setting(hints[key], value, where) if isinstance(value, str) else value
+            _check_type(hints[key], values[key], where)
+        elif key in FLAT_NETWORK_KEYS and value == getattr(declared, key, FLAT_NETWORK_KEYS[key]):
+            continue
+        else:
+            known = ", ".join(names) or "none"
+            raise ConfigError(
+                f"{where}: not a setting of the {config.backbone} backbone (its settings: {known})"
+            )
+    return network_class(**values)
+
+
+def resolve_network(config: ModelConfig, model_class: type | None = None) -> Any:
+    """The backbone's typed settings of ``config``, written back into ``config.network`` whole
+    (every setting, defaults included, nothing else), so saved configs and checkpoints list them."""
+    model_class = model_class or backbone(config.backbone).model_class
+    settings = network_settings(model_class.network_class, config, model_class)
+    config.network = dataclasses.asdict(settings)
+    return settings
+
+
+def _check_type(kind: Any, value: Any, where: str) -> None:
+    """Refuse a value of the wrong type from a config file (an override's text is parsed by type)."""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    plain = tuple(typing.get_origin(o) or o for o in options)
+    if value is None and type(None) in plain:
+        return
+    if isinstance(value, bool) and bool not in plain:
+        raise ConfigError(f"{where} takes {_type_words(plain)}, got {value!r}")
+    if isinstance(value, int) and float in plain:
+        return
+    if not isinstance(value, tuple(p for p in plain if p is not type(None))):
+        raise ConfigError(f"{where} takes {_type_words(plain)}, got {value!r}")
+
+
+def _type_words(plain: tuple) -> str:
+    return " or ".join("none" if p is type(None) else p.__name__ for p in plain)
 
 
 # name -> the module that declares BACKBONE (imported when first asked), or a registered Backbone

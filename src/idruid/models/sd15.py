@@ -13,6 +13,7 @@ predicted noise (the "eps" process: t is the DDPM timestep) and the attention ma
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,29 +21,52 @@ from diffusers import UNet2DConditionModel
 
 from ..config import ModelConfig
 from ..diffusion import EpsProcess
-from ..model_dirs import check_sd15_dir, load_diffusers_model
+from ..errors import ConfigError
+from ..model_dirs import CLIP_TOKENIZER, DIFFUSERS_MODEL, SCHEDULER, TRANSFORMERS_MODEL, load_diffusers_model
 from .adapter import LayoutAdapter
 from .base import Conditioning, LayoutModel
 from .processors import LayoutCrossAttnProcessor, PromptAttnProcessor
-from .registry import Backbone
+from .registry import Backbone, BaseFolder
 from .text_encoder import CachedTextEncoder, FrozenTextEncoder
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection of the UNet
 
 
-def build_unet(config: ModelConfig, text_dim: int, latent_side: int | None = None) -> UNet2DConditionModel:
+@dataclass
+class SD15Network:
+    """The sd15 backbone's own settings (``model.network``): the tiny UNet of the embedded world
+    (3 levels by default, IDM at the mid block and the first cross-attention decoder level:
+    SD1.5's 8x8 and 16x16 layers at 512 px, appendix B); with ``model.base_model`` the UNet of
+    that folder is used instead."""
+
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # channels per level
+    unet_layers_per_block: int = 1
+    num_heads: int = 4  # attention heads
+
+    def __post_init__(self) -> None:
+        if len(self.unet_channels) < 2:
+            raise ConfigError(
+                f"model.network.unet_channels needs at least 2 levels, got {self.unet_channels}"
+            )
+
+
+# A stable-diffusion-v1-5 folder (StableDiffusionPipeline's layout; no safety checker needed)
+SD15_FOLDER = BaseFolder(
+    what="SD1.5 (diffusers layout)",
+    network=(("unet", DIFFUSERS_MODEL), ("scheduler", SCHEDULER)),  # the noise schedule is its own
+    codec=(("vae", DIFFUSERS_MODEL),),
+    text=(("text_encoder", TRANSFORMERS_MODEL), ("tokenizer", CLIP_TOKENIZER)),  # CLIP-L, no projection
+)
+
+
+def build_unet(
+    config: ModelConfig, network: SD15Network, text_dim: int, latent_side: int | None = None
+) -> UNet2DConditionModel:
     """The tiny UNet of the embedded world (SD1.5's block pattern at ``unet_channels``), or the
     ``unet`` of a local SD1.5 diffusers folder."""
     if config.base_model is not None:
-        path = Path(config.base_model)
-        if not (path / "unet" / "config.json").is_file():
-            raise FileNotFoundError(
-                f"base_model '{path}': no unet/config.json (expected an SD1.5 diffusers folder)"
-            )
-        return load_diffusers_model(UNet2DConditionModel, path / "unet")
-    channels = list(config.unet_channels)
-    if len(channels) < 2:
-        raise ValueError(f"model.unet_channels needs at least 2 levels, got {channels}")
+        return load_diffusers_model(UNet2DConditionModel, Path(config.base_model) / "unet")
+    channels = list(network.unet_channels)
     levels = len(channels)
     return UNet2DConditionModel(
         sample_size=config.resolution if latent_side is None else latent_side,
@@ -51,9 +75,9 @@ def build_unet(config: ModelConfig, text_dim: int, latent_side: int | None = Non
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         block_out_channels=channels,
-        layers_per_block=config.unet_layers_per_block,
+        layers_per_block=network.unet_layers_per_block,
         cross_attention_dim=text_dim,
-        attention_head_dim=config.num_heads,  # in diffusers' UNet it sets the number of heads (legacy name)
+        attention_head_dim=network.num_heads,  # in diffusers' UNet it sets the number of heads (legacy name)
         norm_num_groups=math.gcd(*channels, 8),
     )
 
@@ -83,16 +107,13 @@ class LayoutUNetModel(LayoutModel):
     backbone_attr = "unet"
     base_text_encoder = staticmethod(FrozenTextEncoder.from_pretrained)  # SD1.5's CLIP-L
     lora_defaults = LORA_TARGETS
+    network_class = SD15Network
 
     def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
-        if config.output != "velocity":
-            raise ValueError(
-                f"model.output '{config.output}' applies to the sd3 backbone; sd15 predicts the noise"
-            )
         super().__init__(config, text_encoder)
         self.process = EpsProcess.from_folder(config.base_model) if config.base_model else EpsProcess()
         text_dim = self.text_encoder.hidden_size
-        self.unet = build_unet(config, text_dim, self.latent_shape[-1])
+        self.unet = build_unet(config, self.network, text_dim, self.latent_shape[-1])
         if self.unet.config.cross_attention_dim != text_dim:
             raise ValueError(
                 f"the UNet's cross_attention_dim {self.unet.config.cross_attention_dim} differs from the "
@@ -151,6 +172,6 @@ BACKBONE = Backbone(
     model_class=LayoutUNetModel,
     # the UNet, and the noise schedule it was trained with
     base_configs=("unet/config.json", "scheduler/scheduler_config.json"),
-    check_folder=check_sd15_dir,
+    base_folder=SD15_FOLDER,
     preset="shapes-sd15",
 )

@@ -8,6 +8,7 @@ diffusers folder (``ModelConfig.base_model``). IDM sits on every joint-attention
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,45 +16,74 @@ from diffusers import SD3Transformer2DModel
 
 from ..config import ModelConfig
 from ..diffusion import FlowProcess
-from ..model_dirs import check_sd3_dir, load_diffusers_model
+from ..errors import ConfigError
+from ..model_dirs import DIFFUSERS_MODEL, load_diffusers_model
 from .adapter import LayoutAdapter
 from .base import Conditioning, LayoutModel
 from .processors import LayoutJointAttnProcessor
-from .registry import Backbone
+from .registry import Backbone, BaseFolder
+from .sd3_text import CLIP_PARTS, T5_PARTS, SD3TextEncoder
 from .text_encoder import CachedTextEncoder
 
-__all__ = ["SD3LayoutModel", "Conditioning", "build_transformer", "LORA_TARGETS", "BACKBONE"]
+__all__ = ["SD3LayoutModel", "SD3Network", "Conditioning", "build_transformer", "LORA_TARGETS", "BACKBONE"]
+
+SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by
+OUTPUTS = ("velocity", "x0")
+
+
+@dataclass
+class SD3Network:
+    """The sd3 backbone's own settings (``model.network``). The sizes build the tiny MM-DiT of the
+    embedded world; with ``model.base_model`` the transformer of that folder is used instead."""
+
+    patch_size: int = 4  # latent pixels per token side
+    num_layers: int = 4  # MM-DiT blocks
+    num_heads: int = 4  # attention heads
+    head_dim: int = 32
+    # what the backbone's raw output is; the model always returns a velocity. "velocity": SD3's own
+    # parameterisation (real weights). "x0": the clean image, turned into v = (x_t - x0) / sigma,
+    # for pixel space with big patches (4x4x3 = 48 values per token into a 128-wide network), where
+    # a velocity output has to copy the noise through the network (Li & He 2025, "JiT")
+    output: str = "velocity"
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"model.network.output '{self.output}': expected one of {', '.join(OUTPUTS)}")
+
+
+# A stable-diffusion-3-medium-diffusers folder (StableDiffusion3Pipeline's layout)
+SD3_FOLDER = BaseFolder(
+    what="SD3 (diffusers layout)",
+    network=(("transformer", DIFFUSERS_MODEL),),  # the flow grid is idruid's (shift: a sampling setting)
+    codec=(("vae", DIFFUSERS_MODEL),),
+    text=CLIP_PARTS + T5_PARTS,  # CLIP-L, CLIP-G (with projections) and T5: SD3TextEncoder
+)
 
 
 def build_transformer(
-    config: ModelConfig, text_dim: int, pooled_dim: int, latent_side: int | None = None
+    config: ModelConfig, network: SD3Network, text_dim: int, pooled_dim: int, latent_side: int | None = None
 ) -> SD3Transformer2DModel:
     """The tiny MM-DiT of the embedded world, or the transformer of a local SD3 folder."""
     if config.base_model is not None:
-        path = Path(config.base_model)
-        if not (path / "transformer" / "config.json").is_file():
-            raise FileNotFoundError(
-                f"base_model '{path}': no transformer/config.json (expected an SD3 diffusers folder)"
-            )
-        return load_diffusers_model(SD3Transformer2DModel, path / "transformer")
-    return SD3Transformer2DModel(**transformer_kwargs(config, text_dim, pooled_dim, latent_side))
+        return load_diffusers_model(SD3Transformer2DModel, Path(config.base_model) / "transformer")
+    return SD3Transformer2DModel(**transformer_kwargs(config, network, text_dim, pooled_dim, latent_side))
 
 
 def transformer_kwargs(
-    config: ModelConfig, text_dim: int, pooled_dim: int, latent_side: int | None = None
+    config: ModelConfig, network: SD3Network, text_dim: int, pooled_dim: int, latent_side: int | None = None
 ) -> dict:
-    """The ``SD3Transformer2DModel`` config of a backbone built from ModelConfig's sizes."""
-    inner = config.num_heads * config.head_dim
+    """The ``SD3Transformer2DModel`` config of a backbone built from ``network``'s sizes."""
+    inner = network.num_heads * network.head_dim
     side = config.resolution if latent_side is None else latent_side  # what the backbone sees
-    tokens_per_side = side // config.patch_size
+    tokens_per_side = side // network.patch_size
     return dict(
         sample_size=side,
-        patch_size=config.patch_size,
+        patch_size=network.patch_size,
         in_channels=config.in_channels,
         out_channels=config.in_channels,
-        num_layers=config.num_layers,
-        attention_head_dim=config.head_dim,
-        num_attention_heads=config.num_heads,
+        num_layers=network.num_layers,
+        attention_head_dim=network.head_dim,
+        num_attention_heads=network.num_heads,
         joint_attention_dim=text_dim,
         caption_projection_dim=inner,  # diffusers' SD3 transformer needs heads * head_dim here
         pooled_projection_dim=pooled_dim,
@@ -66,14 +96,8 @@ def transformer_kwargs(
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
-SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by
-OUTPUTS = ("velocity", "x0")
-
-
 def sd3_text_encoders(folder: Path) -> CachedTextEncoder:
     """SD3's three text encoders (CLIP-L, CLIP-G, T5) from its diffusers folder."""
-    from .sd3_text import SD3TextEncoder
-
     return SD3TextEncoder.from_pretrained(folder)
 
 
@@ -83,15 +107,14 @@ class SD3LayoutModel(LayoutModel):
     backbone_attr = "transformer"
     base_text_encoder = staticmethod(sd3_text_encoders)
     lora_defaults = LORA_TARGETS
+    network_class = SD3Network
 
     def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
-        if config.output not in OUTPUTS:
-            raise ValueError(f"model.output '{config.output}': expected one of {', '.join(OUTPUTS)}")
         super().__init__(config, text_encoder)
         self.process = FlowProcess()
         text_dim = self.text_encoder.hidden_size
         self.transformer = build_transformer(
-            config, text_dim, self.text_encoder.pooled_size, self.latent_shape[-1]
+            config, self.network, text_dim, self.text_encoder.pooled_size, self.latent_shape[-1]
         )
         inner = self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
         self.adapter = LayoutAdapter(text_dim, inner, config.fourier_freqs, self.text_encoder.pooled_size)
@@ -148,7 +171,7 @@ class SD3LayoutModel(LayoutModel):
     def _velocity(self, out: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The backbone output as a velocity: as is, or v = (x_t - x0) / sigma for an x0 output
         (sigma floored at SIGMA_FLOOR so that the last steps stay finite)."""
-        if self.config.output == "velocity":
+        if self.network.output == "velocity":
             return out
         return (x_t - out) / sigma.clamp(min=SIGMA_FLOOR).view(-1, *([1] * (x_t.ndim - 1))).to(out.dtype)
 
@@ -157,6 +180,6 @@ BACKBONE = Backbone(
     name="sd3",
     model_class=SD3LayoutModel,
     base_configs=("transformer/config.json",),
-    check_folder=check_sd3_dir,
+    base_folder=SD3_FOLDER,
     preset="shapes",
 )

@@ -21,6 +21,7 @@ checkpoints leave them out. L_dis has no attention maps to work on here: train w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from .base import Conditioning, LayoutModel
 from .druid_arch import DruidSD3Transformer, box_grid_masks, is_layout_key
 from .druid_weights import is_druid_folder, load_into, load_transformer, read_config
 from .registry import Backbone, CheckpointFormat
-from .sd3 import sd3_text_encoders, transformer_kwargs
+from .sd3 import SD3_FOLDER, SD3Network, sd3_text_encoders, transformer_kwargs
 from .text_encoder import CachedTextEncoder
 
 MASK_ROWS = ("unconditional", "conditional", "both")
@@ -46,11 +47,35 @@ DRUID_LORA_TARGETS = tuple(
 )
 
 
+@dataclasses.dataclass
+class DruidNetwork:
+    """The sd3-druid backbone's own settings (``model.network``)."""
+
+    # their checkpoint folder (config.json + safetensors), whose backbone stays frozen and is never
+    # saved in idruid checkpoints; None builds their architecture at the sizes below, random
+    druid_weights: str | None = None
+    # which classifier-free-guidance rows get the binary box masks of their IDM: "unconditional"
+    # (their code, reproduces their images), "conditional" (the paper) or "both"
+    druid_mask_rows: str = "unconditional"
+    druid_autocast: bool = True  # on CUDA: bf16 autocast around the fp32 transformer, as theirs
+    # their transformer's sizes when druid_weights is None (SD3's meaning: models/sd3.py)
+    patch_size: int = SD3Network.patch_size
+    num_layers: int = SD3Network.num_layers
+    num_heads: int = SD3Network.num_heads
+    head_dim: int = SD3Network.head_dim
+
+    def __post_init__(self) -> None:
+        if self.druid_mask_rows not in MASK_ROWS:
+            rows, value = ", ".join(MASK_ROWS), self.druid_mask_rows
+            raise ConfigError(f"model.network.druid_mask_rows '{value}': expected one of {rows}")
+
+
 def spatial_masks(cond: Conditioning, mask_rows: str, grid: tuple[int, int]) -> torch.Tensor:
     """(B, K, h, w) binary box masks in the rows ``mask_rows`` names ("unconditional": rows with
     ``enabled`` 0, "conditional": rows with 1, "both"), all zeros in the others."""
     if mask_rows not in MASK_ROWS:
-        raise ConfigError(f"model.druid_mask_rows '{mask_rows}': expected one of {', '.join(MASK_ROWS)}")
+        rows = ", ".join(MASK_ROWS)
+        raise ConfigError(f"model.network.druid_mask_rows '{mask_rows}': expected one of {rows}")
     enabled = cond.enabled > 0
     rows = {"unconditional": ~enabled, "conditional": enabled, "both": torch.ones_like(enabled)}[mask_rows]
     masks = box_grid_masks(cond.boxes, cond.valid & rows[:, None], *grid)
@@ -63,23 +88,21 @@ class DruidLayoutModel(LayoutModel):
     backbone_attr = "transformer"
     lora_defaults = DRUID_LORA_TARGETS
     base_text_encoder = staticmethod(sd3_text_encoders)  # their model reads SD3's three encoders
+    network_class = DruidNetwork
+    layout_rounding = "floor"  # their int(layout_fraction * steps): 15 of 50 steps at 0.3
 
     def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
-        if config.druid_mask_rows not in MASK_ROWS:
-            raise ConfigError(
-                f"model.druid_mask_rows '{config.druid_mask_rows}': expected one of {', '.join(MASK_ROWS)}"
-            )
-        if config.layout_rounding not in ("ceil", "floor"):
-            raise ConfigError(f"model.layout_rounding '{config.layout_rounding}': expected ceil or floor")
-        if config.output != "velocity":
-            raise ConfigError(f"model.output '{config.output}': the sd3-druid backbone predicts a velocity")
         super().__init__(config, text_encoder)
         self.process = FlowProcess()
-        if config.druid_weights is not None:
-            self.transformer = load_transformer(config.druid_weights)
+        if self.network.druid_weights is not None:
+            self.transformer = load_transformer(self.network.druid_weights)
         else:
             kwargs = transformer_kwargs(
-                config, self.text_encoder.hidden_size, self.text_encoder.pooled_size, self.latent_shape[-1]
+                config,
+                self.network,
+                self.text_encoder.hidden_size,
+                self.text_encoder.pooled_size,
+                self.latent_shape[-1],
             )
             self.transformer = DruidSD3Transformer(max_boxes=config.max_instances, **kwargs)
         self._check_sizes()
@@ -122,7 +145,7 @@ class DruidLayoutModel(LayoutModel):
 
     @property
     def backbone_from_folder(self) -> bool:
-        return self.config.druid_weights is not None
+        return self.network.druid_weights is not None
 
     def _is_base_weight(self, name: str) -> bool:
         """One of the 683 ``SD3Transformer2DModel`` tensors (never the layout branch, never LoRA)."""
@@ -153,10 +176,10 @@ class DruidLayoutModel(LayoutModel):
                 "positive_embeddings": cond.caption_pooled,
                 "masks": (cond.valid & (cond.enabled > 0)[:, None]).to(cond.caption_pooled.dtype),
             }
-            masks = spatial_masks(cond, self.config.druid_mask_rows, grid)
+            masks = spatial_masks(cond, self.network.druid_mask_rows, grid)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
-            if x_t.is_cuda and self.config.druid_autocast
+            if x_t.is_cuda and self.network.druid_autocast
             else contextlib.nullcontext()
         )
         with autocast:
@@ -187,7 +210,7 @@ def druid_config(druid_dir: str | Path, base_dir: str | Path) -> TrainConfig:
             )
     downsample = 2 ** (len(json.loads(vae_config.read_text())["block_out_channels"]) - 1)
     config.shift = float(json.loads(scheduler_config.read_text()).get("shift", config.shift))
-    config.model.druid_weights, config.model.base_model = str(druid_dir), str(base_dir)
+    config.model.network["druid_weights"], config.model.base_model = str(druid_dir), str(base_dir)
     config.model.resolution = sample_size * downsample
     return config
 
@@ -215,7 +238,7 @@ def load_druid(
         )
     config = druid_config(druid_dir, base_dir)
     if mask_rows is not None:
-        config.model.druid_mask_rows = mask_rows
+        config.model.network["druid_mask_rows"] = mask_rows
     model = DruidLayoutModel(config.model).to(device).eval()
     return model, druid_sampling(config, benchmark)
 
@@ -229,8 +252,9 @@ BACKBONE = Backbone(
     name="sd3-druid",
     model_class=DruidLayoutModel,
     # only the VAE and text encoders come from an SD3 folder (the backbone from their checkpoint,
-    # model.druid_weights)
+    # model.network.druid_weights)
     base_configs=("vae/config.json", "text_encoder/config.json", "text_encoder_2/config.json"),
+    base_folder=dataclasses.replace(SD3_FOLDER, network=()),
     checkpoint_format=CheckpointFormat(
         what="the I-DRUID authors' model",
         recognise=is_druid_folder,

@@ -29,13 +29,13 @@ from idruid.model_dirs import CLIP_TOKENIZER, T5_TOKENIZER, TRANSFORMERS_MODEL, 
 
 from .text_cache import CachedTextEncoder, TextEmbeddings, default_cache_size
 
-_CLIP_PARTS = (
+CLIP_PARTS = (
     ("text_encoder", TRANSFORMERS_MODEL),
     ("text_encoder_2", TRANSFORMERS_MODEL),
     ("tokenizer", CLIP_TOKENIZER),
     ("tokenizer_2", CLIP_TOKENIZER),
 )
-_T5_PARTS = (("text_encoder_3", TRANSFORMERS_MODEL), ("tokenizer_3", T5_TOKENIZER))
+T5_PARTS = (("text_encoder_3", TRANSFORMERS_MODEL), ("tokenizer_3", T5_TOKENIZER))
 
 
 class SD3TextEncoder(CachedTextEncoder):
@@ -111,7 +111,7 @@ class SD3TextEncoder(CachedTextEncoder):
         use_t5=False skips loading T5 (its 4.7B parameters): the T5 part is zeros of the width
         in text_encoder_3/config.json, else transformer/config.json's joint_attention_dim.
         dtype: of all three models (None: as saved)."""
-        root = check_components(path, _CLIP_PARTS + (_T5_PARTS if use_t5 else ()), "SD3 text encoder")
+        root = check_components(path, CLIP_PARTS + (T5_PARTS if use_t5 else ()), "SD3 text encoder")
         load_kwargs = {} if dtype is None else {"dtype": dtype}
         clips = []
         for subfolder in ("text_encoder", "text_encoder_2"):

@@ -211,9 +211,12 @@ def _defaults() -> dict[str, Any]:
     """Today's TrainConfig defaults, flattened. A key that an older config.yaml lacks is read at
     its default, so runs from before the key existed (e.g. `data`, added with LayoutSAM training)
     group with today's; a key whose default differs from the older behaviour would mix them."""
-    from ..config import TrainConfig, config_to_dict
+    from ..config import FLAT_NETWORK_KEYS, TrainConfig, config_to_dict
 
-    return flatten(config_to_dict(TrainConfig()))
+    # a backbone setting a config leaves out is at its default: the older configs' flat defaults
+    # (today's sd3 / sd15 / sd3-druid defaults are the same values)
+    network = {f"model.network.{key}": value for key, value in FLAT_NETWORK_KEYS.items()}
+    return network | flatten(config_to_dict(TrainConfig()))
 
 
 def load_runs(paths: Sequence[str | Path], labels: dict[Path, str] | None = None) -> list[Run]:
