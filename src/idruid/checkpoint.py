@@ -256,8 +256,6 @@ def _load_weights(model, path: Path) -> None:
         state = load_file(str(file))
     except (SafetensorError, OSError) as err:  # truncated, or not a safetensors file at all
         raise CheckpointError(f"{file}: unreadable safetensors file ({err})") from None
-    # an older idruid also saved the parameters that never get a gradient: they are ignored
-    state = {k: v for k, v in state.items() if not k.startswith(model.unused_prefixes)}
     expected = model.trainable_state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

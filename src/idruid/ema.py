@@ -6,15 +6,7 @@ one; it knows only tensors, so either may import it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-
-
-def without_rows(items: list, rows: Sequence[int]) -> list:
-    """``items`` less the positions ``rows``."""
-    drop = set(rows)
-    return [item for row, item in enumerate(items) if row not in drop]
 
 
 class EMA:
@@ -24,7 +16,6 @@ class EMA:
         self.decay = decay
         self.parameters = list(parameters)
         self.shadow = [p.detach().clone() for p in self.parameters]
-        self.older_rows: list[int] = []  # rows of an older idruid's saved shadow to drop (train_state)
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -42,10 +33,7 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.decay = state["decay"]
-        saved_rows = state["shadow"]
-        if len(saved_rows) == len(self.shadow) + len(self.older_rows):
-            saved_rows = without_rows(saved_rows, self.older_rows)
-        for shadow, saved in zip(self.shadow, saved_rows, strict=True):
+        for shadow, saved in zip(self.shadow, state["shadow"], strict=True):
             shadow.copy_(saved)
 
 

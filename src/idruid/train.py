@@ -34,7 +34,6 @@ from .rl.stage import RLStage, RLStats, mean_rl_stats
 from .stage1 import collate, paired_dataset, paired_losses
 from .train_log import gradient_norms, mean_over_processes, plot_losses
 from .train_state import (
-    accept_older_states,
     find_resumable,
     load_training_state,
     resumed_batches,
@@ -96,7 +95,6 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> Pa
     folder = config.model.base_model
     base = describe_base(folder, config.model.backbone) if folder is not None else None
     save_trainable_state_only(accelerator, model, base)  # no frozen backbone or text encoders
-    accept_older_states(model, optimizer, ema)  # states that also held the unused parameters
     rl = config.rl
     ranks = Ranks.of(accelerator)
     stage = RLStage(config, model, accelerator.device, ranks) if rl.algorithm != "none" else None

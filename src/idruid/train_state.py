@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from .atomic import PARTIAL_SUFFIX, partial_path, replace_dir
-from .ema import EMA, without_rows
 from .errors import CheckpointError
 from .faults import crash_point
 
 if TYPE_CHECKING:
-    from .models.base import LayoutModel
+    pass
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -63,13 +62,9 @@ def write_manifest(folder: Path, step: int) -> None:
 
 
 def incomplete_reason(folder: Path, hashes: bool = True) -> str | None:
-    """Why ``folder`` cannot be resumed from (None: complete); ``hashes=False`` checks sizes only.
-    A folder saved before manifests existed counts as complete once its ``progress.json``
-    (written after the state) is there."""
+    """Why ``folder`` cannot be resumed from (None: complete); ``hashes=False`` checks sizes only."""
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        if (folder / PROGRESS).is_file() and _progress_step(folder) is not None:
-            return None  # an older idruid's checkpoint: progress.json was its last file
         return "no manifest.json (the write was interrupted)"
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -197,7 +192,7 @@ def load_training_state(accelerator, folder: Path) -> None:
         accelerator.load_state(str(folder), **kwargs)
     except CheckpointError:
         raise
-    except Exception as err:  # an older idruid's checkpoint (no manifest), or another model config
+    except Exception as err:  # another model config's
         raise CheckpointError(
             f"{folder}: cannot resume from it ({type(err).__name__}: {err}); "
             "move it away to resume from an older one"
@@ -228,49 +223,6 @@ def _without_rng_draw(batches: Iterable) -> Iterator:
 
 
 BASE_RECORD = "base.json"
-
-
-def unused_rows(model: LayoutModel) -> list[int]:
-    """Where the unused parameters (``LayoutModel.unused_prefixes``) sat in the trainable-parameter
-    list of an older idruid, which trained them too: the rows of its optimiser and EMA states that
-    this model has no parameter for."""
-    from .models.base import FROZEN
-
-    unused = model.unused_prefixes
-    if not unused:
-        return []
-    older = [
-        name
-        for name, param in model.named_parameters()
-        if not name.startswith(FROZEN) and (param.requires_grad or name.startswith(unused))
-    ]
-    return [row for row, name in enumerate(older) if name.startswith(unused)]
-
-
-def accept_older_states(model: LayoutModel, optimizer: torch.optim.Optimizer, ema: EMA) -> None:
-    """Resume a state saved by an older idruid, whose optimiser and EMA also held the unused
-    parameters (``unused_rows``): their rows are dropped as it loads (its model file holds their
-    weights too, which ``load_state(strict=False)`` loads into the unused parameters, harmlessly).
-    ``optimizer``: the torch optimiser or accelerate's wrapper of it (whose ``optimizer`` it is)."""
-    rows = unused_rows(model)
-    ema.older_rows = rows
-    if not rows:
-        return
-
-    def drop_rows(_: torch.optim.Optimizer, state: dict) -> dict | None:
-        indices = [i for group in state["param_groups"] for i in group["params"]]  # in list order
-        if len(indices) != len(ema.shadow) + len(rows):
-            return None  # this idruid's state (or another model's, which load_state_dict refuses)
-        renumber = {old: new for new, old in enumerate(without_rows(indices, rows))}
-        return {
-            "state": {renumber[i]: value for i, value in state["state"].items() if i in renumber},
-            "param_groups": [
-                {**group, "params": [renumber[i] for i in group["params"] if i in renumber]}
-                for group in state["param_groups"]
-            ],
-        }
-
-    getattr(optimizer, "optimizer", optimizer).register_load_state_dict_pre_hook(drop_rows)
 
 
 def save_trainable_state_only(accelerator, model, base: dict | None) -> None:

@@ -377,8 +377,7 @@ class LayoutModel(nn.Module):
     def unused_prefixes(self) -> tuple[str, ...]:
         """Name prefixes of parameters that no output depends on, so they never get a gradient:
         the adapter's caption-token modules when ``caption_max_length`` is 0 (6.3 M parameters at
-        SD3-medium size). They stay frozen at their initial values, unsaved; checkpoints of an
-        older idruid that hold them load with those keys ignored."""
+        SD3-medium size). They stay frozen at their initial values, unsaved."""
         if self.config.caption_max_length or not isinstance(getattr(self, "adapter", None), LayoutAdapter):
             return ()  # sd3-druid has no LayoutAdapter
         return tuple(f"adapter.{module}." for module in CAPTION_TOKEN_MODULES)

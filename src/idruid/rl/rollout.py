@@ -80,9 +80,7 @@ class Rollout:
         from ..layout import layout_from_dict
 
         layouts = [layout_from_dict(item) for item in state["layouts"]]
-        state = {("times" if k == "sigmas" else k): v for k, v in state.items()}  # older checkpoints
-        known = {f.name for f in fields(cls)} - {"layouts"}  # older ones also kept group advantages
-        return cls(**{k: v for k, v in state.items() if k in known}, layouts=layouts)
+        return cls(**{k: v for k, v in state.items() if k != "layouts"}, layouts=layouts)
 
 
 class _RecordingStep:

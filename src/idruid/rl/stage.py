@@ -423,13 +423,9 @@ class RLStage:
                 f"resume with the same count (accelerate launch --num_processes {saved_by})"
             )
         self.iteration, self.critic_updates = state["iteration"], state["critic_updates"]
-        self.batches = state.get("batches", self.iteration)  # older states: one batch per iteration
-        self.gate_open = state.get("gate_open", self.critic_updates >= self.rl.critic_warmup)
-        if "pool" in state:  # an older idruid's checkpoint (one process) kept the rollouts here
-            self._load_rollouts(state)
+        self.batches, self.gate_open = state["batches"], state["gate_open"]
         self.reference = state.get("reference")
-        if "window_generator" in state:
-            self.window_generator.set_state(state["window_generator"])
+        self.window_generator.set_state(state["window_generator"])
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
@@ -446,13 +442,8 @@ class RLStage:
         torch.save(state, self.rollouts_file(output_dir))
 
     def load_rollouts(self, models, input_dir: str) -> None:
-        """accelerate's load-state hook (every rank): this rank's rollouts, where the checkpoint has
-        them (an older one holds them in the shared state, read by ``load_state_dict``)."""
-        path = self.rollouts_file(input_dir)
-        if path.is_file():
-            self._load_rollouts(torch.load(path, map_location="cpu", weights_only=False))
-
-    def _load_rollouts(self, state: dict) -> None:
+        """accelerate's load-state hook (every rank): this rank's rollouts."""
+        state = torch.load(self.rollouts_file(input_dir), map_location="cpu", weights_only=False)
         self.pool.load_state_dict(state["pool"])
         current = state.get("current")
         self.current = None if current is None else Rollout.from_state_dict(current)
