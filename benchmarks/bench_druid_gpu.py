@@ -23,9 +23,9 @@ import torch
 from bench_architectures import SD3_MEDIUM, SD3_PROMPT_TOKENS, RealTextWidths, inputs, layout_model
 from diffusers import AutoencoderKL
 
+from idruid.conditioning import Conditioning
 from idruid.config import ModelConfig
 from idruid.models import base, sd3_druid
-from idruid.models.base import Conditioning
 from idruid.models.druid_arch import DruidSD3Transformer
 from idruid.sampling import guided_prediction, layout_steps
 

@@ -34,7 +34,8 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 LAYERS: dict[str, tuple[str, ...]] = {
     # the user-facing errors: imported by every layer, importing nothing
     "errors": ("idruid.errors",),
-    # layouts, boxes, configs, files, the shapes world and the dataset readers, format conversion
+    # layouts, boxes, configs, files, the conditioning tensors, the shapes world and the dataset
+    # readers, format conversion
     "base": (
         "idruid.layout",
         "idruid.boxes",
@@ -45,6 +46,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "idruid.faults",
         "idruid.model_dirs",
         "idruid.ranks",
+        "idruid.conditioning",
         "idruid.data",
         "idruid.convert",
     ),
@@ -266,7 +268,7 @@ def test_the_graph_reader_sees_every_kind_of_import():
     assert "idruid.scorers" not in graph["idruid.scorers.sam"]  # its own package is already running
     assert "idruid.boxes" in graph["idruid.rl.stage"]  # from ..boxes import (a parent package)
     assert "idruid.scorers.protocols" in graph["idruid.metrics.checks"]  # under TYPE_CHECKING
-    assert "idruid.models.base" in graph["idruid.sampling"]  # under TYPE_CHECKING
+    assert "idruid.scorers.protocols" in graph["idruid.metrics.levels"]  # under TYPE_CHECKING
     assert ("idruid.scorers.registry", "idruid.scorers.sam") in in_functions  # inside a function
     assert ("idruid.cli.generate", "idruid.loader") in in_functions
     assert ("idruid.checkpoint", "idruid.config") not in in_functions  # at module level

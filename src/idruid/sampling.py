@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .conditioning import Conditioning
 from .config import SamplingSettings
 from .layout import Layout
-
-if TYPE_CHECKING:
-    from .models.base import Conditioning
 
 # (prediction, x_t, t, t_next) -> x_next, with t and t_next (B,) in the process's time convention
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -17,16 +17,12 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from .atomic import PARTIAL_SUFFIX, partial_path, replace_dir
 from .errors import CheckpointError
 from .faults import crash_point
-
-if TYPE_CHECKING:
-    pass
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
