@@ -2,6 +2,7 @@
 the user-facing config: backbone, text encoders, VAE and noise schedule from the folder; sampling
 decodes latents with the VAE; training encodes images with it; checkpoints hold idruid's weights."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -123,10 +124,26 @@ def test_folder_settings_that_cannot_work_are_refused(folders):
         build_model(ModelConfig(text_encoder="base"))
     with pytest.raises(ConfigError, match="takes 16 input channels but model.codec 'pixels' gives 3"):
         build_model(ModelConfig(base_model=str(folders["sd3"]), text_encoder="base", prompt_max_length=333))
-    # the folder is checked before anything loads, every missing piece named
-    missing = r"not a complete SD1.5 \(diffusers layout\) folder: missing unet/ \(folder\)"
-    with pytest.raises(FileNotFoundError, match=missing):
+    # a folder of another pipeline is refused before anything loads, naming what reads it
+    other = "is a StableDiffusion3Pipeline folder, not the StableDiffusionPipeline folder the sd15 backbone"
+    with pytest.raises(ConfigError, match=f"{other} reads; use the sd3-medium or sd3-druid preset"):
         build_model(config_for("sd15", folders["sd3"]))
+    with pytest.raises(ConfigError, match="use the sd15 preset \\(model.backbone=sd15\\)"):
+        build_model(config_for("sd3", folders["sd15"]))
+
+
+def test_a_folder_of_a_pipeline_no_backbone_reads_is_named(folders, tmp_path):
+    """What a FLUX.1 folder given to the sd3-medium preset did before: diffusers failed deep inside
+    with a shape mismatch; the model_index.json names the pipeline first."""
+    from idruid.config import load_config
+
+    flux = tmp_path / "flux"
+    shutil.copytree(folders["sd3"], flux)
+    (flux / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    config = load_config("sd3-medium", [f"model.base_model={flux}", "model.resolution=32"])
+    named = f"'{flux}' is a FluxPipeline folder, .*; no registered backbone reads it"
+    with pytest.raises(ConfigError, match=named):
+        build_model(config.model)
 
 
 @pytest.mark.parametrize(("preset", "backbone"), [("sd3-medium", "sd3"), ("sd15", "sd15")])

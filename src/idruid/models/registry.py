@@ -22,6 +22,7 @@ What a backbone module declares, and where:
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable
@@ -54,6 +55,9 @@ class BaseFolder:
     ``model.text_encoder=base``."""
 
     what: str  # how errors name the folder: "SD3 (diffusers layout)"
+    # the diffusers pipeline whose folder it is: model_index.json's _class_name (a folder of
+    # another pipeline is refused before anything loads, naming the backbone that reads it)
+    pipeline: str
     network: Components  # the transformer / UNet, and the scheduler its time grid comes from
     codec: Components = ()
     text: Components = ()
@@ -82,13 +86,45 @@ class Backbone:
     # the pieces of a base folder, checked when a model is built on one (None: not checked)
     base_folder: BaseFolder | None = None
     preset: str | None = None  # the embedded world's preset of `idruid train --backbone NAME`
+    folder_presets: tuple[str, ...] = ()  # the presets that take a base folder of it (model.base_model)
     checkpoint_format: CheckpointFormat | None = None
 
     def build(self, config: ModelConfig, text_encoder=None):
         """The layout-to-image model of ``config``, after the check of its base folder."""
         if config.base_model is not None and self.base_folder is not None:
-            self.base_folder.check(config.base_model, config)
+            self.check_base(config)
         return self.model_class(config, text_encoder)
+
+    def check_base(self, config: ModelConfig) -> None:
+        """Refuse a base folder of another pipeline (naming the backbone and presets that read
+        it), then one that lacks a piece ``config`` reads (naming every missing file)."""
+        found = pipeline_of(config.base_model)
+        wanted = self.base_folder.pipeline
+        if found is not None and found != wanted:
+            readers = [b for b in map(backbone, names()) if b.base_folder and b.base_folder.pipeline == found]
+            if readers:
+                presets = [p for b in readers for p in b.folder_presets] or [b.name for b in readers]
+                fits = f"; use the {' or '.join(presets)} preset (model.backbone={readers[0].name})"
+            else:
+                fits = "; no registered backbone reads it"
+            raise ConfigError(
+                f"model.base_model '{config.base_model}' is a {found} folder, not the {wanted} folder "
+                f"the {self.name} backbone reads{fits}"
+            )
+        self.base_folder.check(config.base_model, config)
+
+
+def pipeline_of(folder: str | Path) -> str | None:
+    """The diffusers pipeline class a folder was saved by (model_index.json's ``_class_name``),
+    or None where the folder has no readable model_index.json (a folder of single components)."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (ValueError, AttributeError):
+        return None  # the component check below names what is wrong with the folder
+    return name if isinstance(name, str) else None
 
 
 @dataclass

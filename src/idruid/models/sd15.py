@@ -53,6 +53,7 @@ class SD15Network:
 # A stable-diffusion-v1-5 folder (StableDiffusionPipeline's layout; no safety checker needed)
 SD15_FOLDER = BaseFolder(
     what="SD1.5 (diffusers layout)",
+    pipeline="StableDiffusionPipeline",
     network=(("unet", DIFFUSERS_MODEL), ("scheduler", SCHEDULER)),  # the noise schedule is its own
     codec=(("vae", DIFFUSERS_MODEL),),
     text=(("text_encoder", TRANSFORMERS_MODEL), ("tokenizer", CLIP_TOKENIZER)),  # CLIP-L, no projection
@@ -174,4 +175,5 @@ BACKBONE = Backbone(
     base_configs=("unet/config.json", "scheduler/scheduler_config.json"),
     base_folder=SD15_FOLDER,
     preset="shapes-sd15",
+    folder_presets=("sd15",),
 )

@@ -54,6 +54,7 @@ class SD3Network:
 # A stable-diffusion-3-medium-diffusers folder (StableDiffusion3Pipeline's layout)
 SD3_FOLDER = BaseFolder(
     what="SD3 (diffusers layout)",
+    pipeline="StableDiffusion3Pipeline",
     network=(("transformer", DIFFUSERS_MODEL),),  # the flow grid is idruid's (shift: a sampling setting)
     codec=(("vae", DIFFUSERS_MODEL),),
     text=CLIP_PARTS + T5_PARTS,  # CLIP-L, CLIP-G (with projections) and T5: SD3TextEncoder
@@ -182,4 +183,5 @@ BACKBONE = Backbone(
     base_configs=("transformer/config.json",),
     base_folder=SD3_FOLDER,
     preset="shapes",
+    folder_presets=("sd3-medium",),
 )

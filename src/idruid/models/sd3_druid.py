@@ -255,6 +255,7 @@ BACKBONE = Backbone(
     # model.network.druid_weights)
     base_configs=("vae/config.json", "text_encoder/config.json", "text_encoder_2/config.json"),
     base_folder=dataclasses.replace(SD3_FOLDER, network=()),
+    folder_presets=("sd3-druid",),
     checkpoint_format=CheckpointFormat(
         what="the I-DRUID authors' model",
         recognise=is_druid_folder,
