@@ -152,3 +152,23 @@ def test_rl_probe_direction_mode_measures_slopes_and_leaves_the_weights(tmp_path
     assert again["held_out_reward"] == pytest.approx(result["held_out_reward"], abs=1e-6)
     assert main([*args[:2], "--sizes", "big", "--checkpoint", str(tiny_checkpoint), "--config", "tiny"]) == 2
     assert "--sizes 'big'" in capsys.readouterr().err
+
+
+def test_rl_probe_opens_the_authors_checkpoint_through_the_one_loader(tmp_path):
+    """``--checkpoint`` takes any format ``idruid.loader.open_model`` opens: here the authors'
+    folder on an SD3 folder (``--base``), with 10 rollout steps so that the RL window has steps
+    with their layout branch on (their floor rounding gives it 3 of 10)."""
+    from tiny_models import build_tiny_druid_folder, build_tiny_sd3_folder
+
+    druid, base = build_tiny_druid_folder(tmp_path / "druid"), build_tiny_sd3_folder(tmp_path / "sd3")
+    out = tmp_path / "probe"
+    args = ["rl-probe", "--checkpoint", str(druid), "--base", str(base), "--config", "tiny"]
+    args += ["--out", str(out)]
+    args += ["--iterations", "1", "--held-out", "2", "--threads", "1", "--lr", "1e-2"]
+    args += ["rl.algorithm=ppo", "rl.sampling_steps=10", "rl.batch_size=2", "rl.group_size=2"]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1]
+    assert records[1]["rl_ratio"] == pytest.approx(1.0, abs=1e-4)
+    no_base = [*args[:3], *args[5:7], "--out", str(tmp_path / "no-base"), *args[9:]]
+    assert main(no_base) == 2  # their folder needs its SD3 folder

@@ -47,7 +47,10 @@ def add_rl_probe(sub) -> None:
         "rl-probe",
         help="train a checkpoint on L_rl alone and plot the held-out reward (does the RL estimator learn?)",
     )
-    probe.add_argument("--checkpoint", help="idruid checkpoint folder (default: the embedded shapes model)")
+    probe.add_argument(
+        "--checkpoint", help="a checkpoint folder of any format idruid opens (default: the embedded model)"
+    )
+    probe.add_argument("--base", help="its base folder (the authors' checkpoint's SD3 folder, a moved one)")
     probe.add_argument("--config", default="shapes-rl", help="preset or YAML file whose rl.* settings run")
     probe.add_argument("--out", default="runs/rl-probe", help="folder for probe.jsonl and probe.png")
     probe.add_argument("--iterations", type=int, default=60)
@@ -90,11 +93,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..checkpoint import load_checkpoint
     from ..config import load_config, save_config
     from ..demo import training_summary, write_demo_report
     from ..eval_benchmarks import resolve
     from ..evaluate import evaluate
+    from ..loader import open_model
     from ..train import train
 
     config = load_config(args.config, args.overrides)
@@ -103,7 +106,7 @@ def cmd_demo(args) -> int:
     export = train(config, out)
     save_config(config, out / "config.yaml")
     trained = time.time() - started
-    model = load_checkpoint(export)
+    model, _ = open_model(export)
     results = {}
     for benchmark in ("shapes-sam", "shapes-mig"):
         results[benchmark] = evaluate(
@@ -128,8 +131,8 @@ def cmd_demo(args) -> int:
 def cmd_rl_probe(args) -> int:
     import torch
 
-    from ..checkpoint import load_checkpoint
     from ..config import load_config
+    from ..loader import open_model
     from ..rl.probe import run_probe
 
     if args.threads > 0:
@@ -138,7 +141,7 @@ def cmd_rl_probe(args) -> int:
     from accelerate import PartialState
 
     config = load_config(args.config, [f"seed={args.seed}", *args.overrides])
-    model = load_checkpoint(args.checkpoint)
+    model, _ = open_model(args.checkpoint, args.base)  # any format the loader opens (idruid.loader)
     if args.direction:
         return _direction(args, config, model)
     records = run_probe(
