@@ -3,9 +3,9 @@ caption_max_length=0) are neither optimised nor saved; older checkpoints that ho
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from idruid.checkpoint import load_checkpoint, load_trained_weights, save_checkpoint
+from idruid.checkpoint import save_checkpoint
 from idruid.config import ModelConfig
 from idruid.layout import Instance, Layout
 from idruid.losses import add_noise, flow_matching_loss
@@ -74,17 +74,3 @@ def test_a_training_step_gives_them_no_gradient_and_the_output_does_not_depend_o
     assert torch.equal(again, v_pred.detach())
     for proc in model.transformer.attn_processors.values():
         torch.nn.init.zeros_(proc.to_out.weight)
-
-
-def test_checkpoints_that_hold_them_load_with_them_ignored(model, tmp_path):
-    """An older idruid saved them: load_checkpoint and load_trained_weights ignore those keys."""
-    folder = save_checkpoint(model, tmp_path / "old")
-    file = folder / "model.safetensors"
-    state = load_file(str(file))
-    extra = {n: torch.full_like(p, 7.0) for n, p in model.state_dict().items() if n.startswith(CAPTION)}
-    save_file({**state, **extra}, str(file))
-    loaded = load_checkpoint(folder)
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
-    target = SD3LayoutModel(TINY)
-    load_trained_weights(target, folder)
-    assert all(torch.equal(target.state_dict()[k], v) for k, v in state.items())
