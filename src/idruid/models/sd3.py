@@ -209,5 +209,5 @@ BACKBONE = Backbone(
     base_configs=("transformer/config.json",),
     base_folder=SD3_FOLDER,
     preset="shapes",
-    folder_presets=("sd3-medium",),
+    folder_presets=("sd3-medium", "sd35-medium", "sd35-large"),
 )
