@@ -1,8 +1,10 @@
-"""Real-scale architectures: SD3-medium's MM-DiT and SD1.5's UNet built with random weights on the
-``meta`` device (no download, no memory), their parameter counts, and what idruid's layout adapter
-+ IDM add to each in parameters and in FLOPs per forward: the MM-DiT at 1024x1024 (128x128
-latents, patch 2: 4096 image tokens, 333 prompt tokens, 10 instances), the UNet at 512x512
-(64x64 latents, 77 prompt tokens, 10 instances; IDM at its 8x8 mid block and 16x16 decoder).
+"""Real-scale architectures: SD3-medium's MM-DiT, SD3.5-medium's and SD3.5-large's, and SD1.5's UNet
+built with random weights on the ``meta`` device (no download, no memory), their parameter counts,
+and what idruid's layout adapter + IDM add to each in parameters and in FLOPs per forward: the
+MM-DiTs at 1024x1024 (128x128 latents, patch 2: 4096 image tokens, 333 prompt tokens, 10
+instances), the UNet at 512x512 (64x64 latents, 77 prompt tokens, 10 instances; IDM at its 8x8
+mid block and 16x16 decoder). For SD3.5-medium it also counts the rejected alternative of an IDM
+on the second, image-only attention (attn2) of its 13 dual-attention blocks too.
 
     python benchmarks/bench_architectures.py [--threads 2] [--repeats 3] [--device auto|cpu|cuda]
 
@@ -39,6 +41,24 @@ from idruid.models.adapter import LayoutAdapter
 from idruid.models.druid_arch import IDM_REDUCTION, SD3_MEDIUM, DruidSD3Transformer, is_layout_key
 from idruid.models.processors import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
 
+# transformer/config.json of stabilityai/stable-diffusion-3.5-medium and -3.5-large (the values
+# of Stability's release commits "SD3.5 Medium Public Release" 94b13cc and "SD3.5 Large Public
+# Release" 4c4df3f; -large has no dual_attention_layers key: none)
+SD35_MEDIUM = dict(
+    SD3_MEDIUM,
+    dual_attention_layers=tuple(range(13)),
+    qk_norm="rms_norm",
+    pos_embed_max_size=384,
+)
+SD35_LARGE = dict(
+    SD3_MEDIUM,
+    num_layers=38,
+    num_attention_heads=38,
+    caption_projection_dim=2432,
+    qk_norm="rms_norm",
+)
+SD35 = {"SD3.5-medium": SD35_MEDIUM, "SD3.5-large": SD35_LARGE}
+
 # stable-diffusion-v1-5, unet/config.json
 SD15_UNET = dict(
     sample_size=64,
@@ -67,31 +87,60 @@ class RealTextWidths:
     pooled_size = SD3_MEDIUM["pooled_projection_dim"]
 
 
-def sd3_transformer(num_layers: int = 24) -> SD3Transformer2DModel:
-    return SD3Transformer2DModel(**{**SD3_MEDIUM, "num_layers": num_layers})
+def sd3_transformer(num_layers: int | None = None, arch: dict = SD3_MEDIUM) -> SD3Transformer2DModel:
+    """The MM-DiT of ``arch`` (a transformer/config.json), with its first ``num_layers`` blocks."""
+    return SD3Transformer2DModel(**{**arch, "num_layers": num_layers or arch["num_layers"]})
 
 
-def layout_model(num_layers: int = 24, share_query: bool = False) -> sd3.SD3LayoutModel:
-    """idruid's model around an SD3-medium-sized MM-DiT: the adapter and the IDM processors are
-    attached by SD3LayoutModel itself, only the backbone builder is swapped. ``share_query``:
-    the sd3-medium preset's setting (the branch reuses the backbone's image queries)."""
+def layout_model(
+    num_layers: int | None = None, share_query: bool = False, arch: dict = SD3_MEDIUM
+) -> sd3.SD3LayoutModel:
+    """idruid's model around an MM-DiT of ``arch`` (SD3-medium's by default): the adapter and the
+    IDM processors are attached by SD3LayoutModel itself, only the backbone builder is swapped.
+    ``share_query``: the presets' setting (the branch reuses the backbone's image queries)."""
+    num_layers = num_layers or arch["num_layers"]
     config = ModelConfig(
-        resolution=SD3_MEDIUM["sample_size"] * VAE_FACTOR,
-        in_channels=SD3_MEDIUM["in_channels"],
+        resolution=arch["sample_size"] * VAE_FACTOR,
+        in_channels=arch["in_channels"],
         share_query=share_query,
         network=dict(
-            patch_size=SD3_MEDIUM["patch_size"],
+            patch_size=arch["patch_size"],
             num_layers=num_layers,
-            num_heads=SD3_MEDIUM["num_attention_heads"],
-            head_dim=SD3_MEDIUM["attention_head_dim"],
+            num_heads=arch["num_attention_heads"],
+            head_dim=arch["attention_head_dim"],
             output="velocity",
         ),
     )
     with (
-        mock.patch.object(sd3, "build_transformer", lambda *_: sd3_transformer(num_layers)),
-        mock.patch.object(base, "build_codec", lambda _: Latents(SD3_MEDIUM["in_channels"])),
+        mock.patch.object(sd3, "build_transformer", lambda *_: sd3_transformer(num_layers, arch)),
+        mock.patch.object(base, "build_codec", lambda _: Latents(arch["in_channels"])),
     ):
         return sd3.SD3LayoutModel(config, text_encoder=RealTextWidths())
+
+
+def with_idm_in_attn2(model: sd3.SD3LayoutModel) -> sd3.SD3LayoutModel:
+    """The rejected alternative on SD3.5-medium: an IDM processor on the image-only attn2 of each
+    dual-attention block too (what set_attn_processor on every processor gave), built like the
+    joint attention's."""
+    first = next(m for m in model.transformer.modules() if isinstance(m, LayoutJointAttnProcessor))
+    cfg, config = model.transformer.config, model.config
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    device = next(first.parameters()).device
+    with torch.device(device):
+        for i in cfg.dual_attention_layers:
+            model.transformer.transformer_blocks[i].attn2.set_processor(
+                LayoutJointAttnProcessor(
+                    inner,
+                    cfg.num_attention_heads,
+                    inner,
+                    config.use_idm,
+                    config.idm_hidden,
+                    cfg.patch_size,
+                    config.geometry_rank,
+                    config.share_query,
+                )  # fmt: skip
+            )
+    return model
 
 
 def sd15_unet() -> UNet2DConditionModel:
@@ -159,51 +208,67 @@ def param_counts(model: sd3.SD3LayoutModel) -> ParamCounts:
 
 
 # ---------------------------------------------------------------------- analytic FLOPs
-def backbone_flops(image_tokens: int, text_tokens: int, num_layers: int) -> int:
-    """Matrix-product FLOPs of one SD3 MM-DiT forward (batch 1), block by block.
+def backbone_flops(image_tokens: int, text_tokens: int, num_layers: int, arch: dict = SD3_MEDIUM) -> int:
+    """Matrix-product FLOPs of one SD3 / SD3.5 MM-DiT forward (batch 1), block by block.
 
     Every block but the last: AdaLN-zero modulations (6D each stream), q/k/v of both streams,
     one attention over image + text tokens, the output projections and two 4x MLPs. The last
-    block is context_pre_only: a 2D modulation of the text stream, no text output or MLP.
+    block is context_pre_only: a 2D modulation of the text stream, no text output or MLP. A
+    dual-attention block of SD3.5-medium (among its first ``num_layers``) modulates the image
+    stream with 9D and adds an image-only attention (q/k/v, attention, output). The q/k
+    rms-norms of SD3.5 are elementwise: no matrix product.
     """
-    c = SD3_MEDIUM
+    c = arch
     d, p_img, t = c["num_attention_heads"] * c["attention_head_dim"], image_tokens, text_tokens
     patch_in = c["in_channels"] * c["patch_size"] ** 2
     patch_out = c["out_channels"] * c["patch_size"] ** 2
     s = p_img + t
     embed = 2 * (
         p_img * patch_in * d  # patch embedding (a stride-p convolution)
-        + TIMESTEP_CHANNELS * d + d * d  # timestep MLP
-        + c["pooled_projection_dim"] * d + d * d  # pooled text MLP
+        + TIMESTEP_CHANNELS * d
+        + d * d  # timestep MLP
+        + c["pooled_projection_dim"] * d
+        + d * d  # pooled text MLP
         + t * c["joint_attention_dim"] * d  # context embedder
     )
     attention = 2 * 3 * (p_img + t) * d * d + 4 * s * s * d + 2 * p_img * d * d  # qkv, softmax(QK)V, out
     block = 2 * 2 * 6 * d * d + attention + 2 * t * d * d + 2 * 2 * 4 * d * d * (p_img + t)
     last = 2 * (6 + 2) * d * d + attention + 2 * 2 * 4 * d * d * p_img
     head = 2 * 2 * d * d + 2 * p_img * d * patch_out  # final AdaLN and projection to patches
-    return embed + (num_layers - 1) * block + last + head
+    dual = sum(i < num_layers for i in c.get("dual_attention_layers", ()))
+    second = 2 * 3 * d * d + 2 * 3 * p_img * d * d + 4 * p_img * p_img * d + 2 * p_img * d * d
+    return embed + (num_layers - 1) * block + last + head + dual * second
 
 
-def branch_flops(image_tokens: int, instances: int, num_layers: int, model_config: ModelConfig) -> int:
+def branch_flops(
+    image_tokens: int, instances: int, num_layers: int, model_config: ModelConfig, arch: dict = SD3_MEDIUM
+) -> int:
     """Matrix-product FLOPs the layout adapter + IDM add to one forward (batch 1; tokens
-    [null, layout] per instance, the default two-token path of LayoutBranch)."""
+    [null, layout] per instance, the default two-token path of LayoutBranch); ``num_layers``
+    counts the IDM layers."""
     if model_config.caption_max_length != 0 or not model_config.use_idm:
         raise ValueError("branch_flops counts the default two-token IDM path only")
-    d = SD3_MEDIUM["num_attention_heads"] * SD3_MEDIUM["attention_head_dim"]
+    d = arch["num_attention_heads"] * arch["attention_head_dim"]
     p, n, h, r = image_tokens, instances, model_config.idm_hidden, model_config.geometry_rank
     fourier = 4 * 2 * model_config.fourier_freqs
-    pixels_per_token = SD3_MEDIUM["patch_size"] ** 2
+    pixels_per_token = arch["patch_size"] ** 2
     adapter = 2 * n * ((fourier + RealTextWidths.pooled_size) * d + d * d + fourier * d)
     projections = 1 if model_config.share_query else 2  # to_out, and to_q unless the query is shared
-    per_block = 2 * (
-        projections * p * d * d  # to_q on the image tokens (unless shared), to_out
-        + 2 * n * d * 3 * d  # keys, values and refined keys of the 2 tokens of each instance
-        + p * d * n  # each pixel's logit for each instance's layout token
-        + n * p * d  # the global feature's mean inside each box
-        + (n + 1) * (3 * d * h + h * h + 3 * h * h + h * h + h * d)  # IDM: describe, interact, alpha
-        + p * 2 * n * d  # composing the instance values with the masks
-        + n * d * r + n * p * 6 * pixels_per_token * r + p * r * d  # pixel geometry, gated
-    ) + 4 * (n + 1) ** 2 * h  # IDM's self-attention over the n + 1 features
+    per_block = (
+        2
+        * (
+            projections * p * d * d  # to_q on the image tokens (unless shared), to_out
+            + 2 * n * d * 3 * d  # keys, values and refined keys of the 2 tokens of each instance
+            + p * d * n  # each pixel's logit for each instance's layout token
+            + n * p * d  # the global feature's mean inside each box
+            + (n + 1) * (3 * d * h + h * h + 3 * h * h + h * h + h * d)  # IDM: describe, interact, alpha
+            + p * 2 * n * d  # composing the instance values with the masks
+            + n * d * r
+            + n * p * 6 * pixels_per_token * r
+            + p * r * d  # pixel geometry, gated
+        )
+        + 4 * (n + 1) ** 2 * h
+    )  # IDM's self-attention over the n + 1 features
     return adapter + num_layers * per_block
 
 
@@ -357,7 +422,8 @@ def druid_branch_flops(image_tokens: int, slots: int, num_layers: int) -> int:
         + 4 * (n + k) ** 2 * d  # softmax(QK)V over image + layout tokens
         + 2 * 2 * k * d * d  # add_k_proj_ip, add_v_proj_ip
         + 4 * n * k * d  # the ip attention
-        + 2 * n * d + 2 * 2 * d * (d // IDM_REDUCTION)  # IDM pooling, fc1, fc2
+        + 2 * n * d
+        + 2 * 2 * d * (d // IDM_REDUCTION)  # IDM pooling, fc1, fc2
         + 2 * 3 * n * d * d  # ip_adapter, to_out.0, bbox_forward
     )
     modulation = 2 * d * 6 * d * (num_layers - 1) + 2 * d * 2 * d
@@ -398,6 +464,98 @@ def druid_report(image_tokens: int) -> None:
     check("authors' layout branch (1024 px, 10 slots)", analytic, added)
     print(f"  FLOPs: backbone {flops[0.0] / 1e9:.1f} GFLOP; their layout branch adds {added / 1e9:.1f} GFLOP "
           f"= {added / flops[0.0]:.1%} per forward with the branch on (first 30% of the steps)")  # fmt: skip
+
+
+@dataclass
+class SD3Row:
+    """One MM-DiT of the SD3 family with idruid's adapter + IDM at 1024 px (batch 1)."""
+
+    name: str
+    backbone_params: int
+    idm_layers: int
+    extra_params: int  # adapter + IDM, share_query (the presets)
+    extra_params_own_q: int  # adapter + IDM with the branch's own to_q
+    backbone_flops: int
+    branch_flops: int
+
+    def markdown(self) -> str:
+        return (
+            f"| {self.name} | {self.backbone_params / 1e9:.3f} B | {self.idm_layers} | "
+            f"{self.extra_params / 1e6:.1f} M ({self.extra_params / self.backbone_params:.1%}) | "
+            f"{self.extra_params_own_q / 1e6:.1f} M ({self.extra_params_own_q / self.backbone_params:.1%}) | "
+            f"{self.backbone_flops / 1e9:.1f} | {self.branch_flops / 1e9:.1f} "
+            f"({self.branch_flops / self.backbone_flops:.1%}) | {self.idm_layers} |"
+        )
+
+
+def sd3_family_row(name: str, arch: dict, side: int, idm_in_attn2: bool = False) -> SD3Row:
+    """Parameters and FLOPs (meta device) of ``arch`` + adapter + IDM, the analytic FLOPs checked
+    against FlopCounterMode; ``idm_in_attn2``: SD3.5-medium's rejected alternative."""
+    tokens = (side // arch["patch_size"]) ** 2
+    layers = arch["num_layers"]
+
+    def build(share_query: bool) -> sd3.SD3LayoutModel:
+        with torch.device("meta"):
+            model = layout_model(share_query=share_query, arch=arch)
+            return with_idm_in_attn2(model) if idm_in_attn2 else model
+
+    with torch.device("meta"):
+        plain = sd3_transformer(arch=arch)
+    model, own = build(True), build(False)
+    params, own_params = param_counts(model), param_counts(own)
+    assert params.backbone == count(plain.parameters())  # attaching idruid leaves the backbone as it is
+    idm_layers = layers + (len(arch.get("dual_attention_layers", ())) if idm_in_attn2 else 0)
+    assert params.blocks == idm_layers
+    analytic = backbone_flops(tokens, SD3_PROMPT_TOKENS, layers, arch)
+    branch = branch_flops(tokens, INSTANCES, idm_layers, model.config, arch)
+    latents, sigma, cond = inputs(side, SD3_PROMPT_TOKENS, INSTANCES, "meta")
+    with untrimmed():
+        if not idm_in_attn2:
+            check(f"{name}, diffusers' attention", analytic, plain_flops(plain, latents, sigma, cond))
+            check(f"{name}, layout branch off", analytic, measured_flops(model, latents, sigma, cond, False))
+        check(
+            f"{name}, adapter + IDM on", analytic + branch, measured_flops(model, latents, sigma, cond, True)
+        )
+    return SD3Row(name, params.backbone, idm_layers, params.extra, own_params.extra, analytic, branch)
+
+
+def sd35_report(side: int, device) -> None:
+    """The SD3 family at 1024 px in one table (SD3-medium for reference), and a real run of an
+    SD3.5-medium-width model (2 blocks, the first a dual-attention block) that checks the
+    dual-attention FLOP count on real tensors."""
+    print(f"\n## The SD3 family + adapter + IDM, 1024x1024 ({(side // 2) ** 2} image tokens, "
+          f"{SD3_PROMPT_TOKENS} text, {INSTANCES} instances; FLOPs checked on the meta device)")  # fmt: skip
+    rows = [sd3_family_row("SD3-medium", SD3_MEDIUM, side)]
+    rows.append(sd3_family_row("SD3.5-medium", SD35_MEDIUM, side))
+    rows.append(sd3_family_row("SD3.5-medium + IDM on attn2 (rejected)", SD35_MEDIUM, side, True))
+    rows.append(sd3_family_row("SD3.5-large", SD35_LARGE, side))
+    small_layers, small_side = 2, 32
+    small_arch = {**SD35_MEDIUM, "dual_attention_layers": (0,)}
+    torch.manual_seed(0)
+    small = layout_model(small_layers, share_query=True, arch=small_arch).to(device)
+    latents, sigma, cond = inputs(small_side, SD3_PROMPT_TOKENS, INSTANCES, device)
+    small_tokens = (small_side // small_arch["patch_size"]) ** 2
+    small_backbone = backbone_flops(small_tokens, SD3_PROMPT_TOKENS, small_layers, small_arch)
+    small_branch = branch_flops(small_tokens, INSTANCES, small_layers, small.config, small_arch)
+    check("SD3.5-medium width, 2 blocks (real tensors)", small_backbone,
+          measured_flops(small, latents, sigma, cond, False))  # fmt: skip
+    check("  + adapter + IDM (real tensors)", small_backbone + small_branch,
+          measured_flops(small, latents, sigma, cond, True))  # fmt: skip
+    del small
+    columns = [
+        "backbone",
+        "MM-DiT params",
+        "IDM layers",
+        "adapter + IDM params (share_query, the presets)",
+        "(own to_q)",
+        "MM-DiT GFLOP / forward",
+        "+ adapter + IDM GFLOP",
+        "L_dis map sets / forward",
+    ]
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print(row.markdown())
 
 
 def sd15_report(latent_side: int) -> None:
@@ -480,8 +638,10 @@ def main() -> None:
         check("idruid model, share_query, adapter + IDM on (meta)", full_backbone + shared_branch,
               measured_flops(shared_model, latents, sigma, cond, layout_on=True))  # fmt: skip
     share = full_branch / full_backbone
-    print(f"  adapter + IDM add {full_branch / 1e9:.1f} GFLOP = {share:.1%} of the backbone; "
-          f"with share_query {shared_branch / 1e9:.1f} GFLOP = {shared_branch / full_backbone:.1%}")
+    print(
+        f"  adapter + IDM add {full_branch / 1e9:.1f} GFLOP = {share:.1%} of the backbone; "
+        f"with share_query {shared_branch / 1e9:.1f} GFLOP = {shared_branch / full_backbone:.1%}"
+    )
     unet_side = 512 // VAE_FACTOR
     with counting() as counter:
         unet(
@@ -494,6 +654,7 @@ def main() -> None:
           f"{unet_flops / 1e9:.1f} GFLOP (FlopCounterMode, meta)")  # fmt: skip
     sd15_report(unet_side)
     druid_report(tokens)
+    sd35_report(side, device)
 
     # ------------------------------------------------------------ a real run at the real widths (CPU)
     small_layers, small_side = 2, 32

@@ -126,7 +126,8 @@ def test_folder_settings_that_cannot_work_are_refused(folders):
         build_model(ModelConfig(base_model=str(folders["sd3"]), text_encoder="base", prompt_max_length=333))
     # a folder of another pipeline is refused before anything loads, naming what reads it
     other = "is a StableDiffusion3Pipeline folder, not the StableDiffusionPipeline folder the sd15 backbone"
-    with pytest.raises(ConfigError, match=f"{other} reads; use the sd3-medium or sd3-druid preset"):
+    presets = "sd3-medium or sd35-medium or sd35-large or sd3-druid"
+    with pytest.raises(ConfigError, match=f"{other} reads; use the {presets} preset"):
         build_model(config_for("sd15", folders["sd3"]))
     with pytest.raises(ConfigError, match="use the sd15 preset \\(model.backbone=sd15\\)"):
         build_model(config_for("sd3", folders["sd15"]))

@@ -476,3 +476,43 @@ def build_tiny_sd15_folder(path: Path, seed: int = 0) -> Path:
     pipe.save_pretrained(path)
     bpe_tokenizer_files(Path(path) / "tokenizer")
     return Path(path)
+
+
+# the tiny SD3.5 transformers: SD3.5-medium's MMDiT-X (qk rms-norm, a second image-only attention
+# in its first blocks: 13 of 24 there, 1 of 2 here) and SD3.5-large's MM-DiT (qk rms-norm only)
+SD35_VARIANTS = {
+    "medium": dict(qk_norm="rms_norm", dual_attention_layers=(0,)),
+    "large": dict(qk_norm="rms_norm", dual_attention_layers=()),
+}
+
+
+def build_tiny_sd35_folder(path: Path, variant: str = "medium", seed: int = 0) -> Path:
+    """A complete random SD3.5 pipeline (StableDiffusion3Pipeline.save_pretrained): the text
+    encoders, VAE and scheduler of ``build_tiny_sd3_folder`` and a 2-layer MM-DiT with SD3.5's
+    ``qk_norm`` and, for "medium", its dual attention in the first block."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    if variant not in SD35_VARIANTS:
+        raise ValueError(f"variant '{variant}': expected one of {', '.join(SD35_VARIANTS)}")
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2, tokenizer_3 = tiny_clip_tokenizer(), tiny_clip_tokenizer("!"), tiny_t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32,
+        pooled_projection_dim=24 + 40, pos_embed_max_size=16, **SD35_VARIANTS[variant],
+    )  # fmt: skip
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=tiny_vae(16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False),
+        text_encoder=tiny_clip(tokenizer, hidden=32, projection=24),
+        tokenizer=tokenizer,
+        text_encoder_2=tiny_clip(tokenizer_2, hidden=48, projection=40, heads=3, act="gelu"),
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=tiny_t5(tokenizer_3, width=96),
+        tokenizer_3=tokenizer_3,
+    )
+    pipe.save_pretrained(path)
+    for subfolder in ("tokenizer", "tokenizer_2"):
+        bpe_tokenizer_files(Path(path) / subfolder)
+    return Path(path)

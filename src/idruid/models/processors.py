@@ -2,6 +2,9 @@
 
 - ``LayoutJointAttnProcessor``: on every joint-attention block of the MM-DiT (paper 4.1); the
   image part of the joint attention's output is the global-prompt-enhanced feature e_{n+1}.
+- ``ImageAttnProcessor``: the second, image-only attention (``attn2``) of SD3.5-medium's
+  dual-attention blocks, the plain one: its output attended to no prompt token, so it is no
+  global-prompt-enhanced e_{n+1} for an IDM to refine.
 - ``LayoutCrossAttnProcessor``: on the 8x8 mid-block and 16x16 decoder cross-attention layers of
   the SD1.5 UNet (appendix B); the prompt cross-attention's output is e_{n+1}.
 - ``PromptAttnProcessor``: every other UNet attention layer, the plain one, conditioned on the
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
 
 from .idm import LayoutBranch
 
@@ -161,3 +164,12 @@ class PromptAttnProcessor(AttnProcessor2_0):
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, layout=None
     ):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+class ImageAttnProcessor(JointAttnProcessor2_0):
+    """diffusers' own attention for SD3.5-medium's image-only ``attn2``; it names ``layout`` so
+    that the layout passed to every attention of a block through ``joint_attention_kwargs`` is
+    dropped without a warning (diffusers warns on a keyword its processor does not name)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, layout=None):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask)

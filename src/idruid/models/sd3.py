@@ -2,8 +2,11 @@
 
 The calling contract shared with the UNet (models/base.py): ``model(x_t, sigma, cond)`` returns
 the velocity v = noise - x_0 ("flow" process, t = sigma, 1 = noise) and the attention maps for
-L_dis. The same class builds the tiny embedded backbone or loads the transformer of a local SD3
-diffusers folder (``ModelConfig.base_model``). IDM sits on every joint-attention block (4.1).
+L_dis. The same class builds the tiny embedded backbone or loads the transformer of a local SD3,
+SD3.5-medium or SD3.5-large diffusers folder (``ModelConfig.base_model``; presets sd3-medium,
+sd35-medium, sd35-large). IDM sits on every joint-attention block (4.1), one per block: the
+second, image-only attention of SD3.5-medium's first blocks (``attn2``, MMDiT-X) keeps diffusers'
+own attention (``ImageAttnProcessor``), since its output attended to no prompt token.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import torch
 from diffusers import SD3Transformer2DModel
+from diffusers.models.attention_processor import Attention
 
 from ..config import ModelConfig
 from ..diffusion import FlowProcess
@@ -20,12 +24,20 @@ from ..errors import ConfigError
 from ..model_dirs import DIFFUSERS_MODEL, load_diffusers_model
 from .adapter import LayoutAdapter
 from .base import Conditioning, LayoutModel
-from .processors import LayoutJointAttnProcessor
+from .processors import ImageAttnProcessor, LayoutJointAttnProcessor
 from .registry import Backbone, BaseFolder
 from .sd3_text import CLIP_PARTS, T5_PARTS, SD3TextEncoder
 from .text_encoder import CachedTextEncoder
 
-__all__ = ["SD3LayoutModel", "SD3Network", "Conditioning", "build_transformer", "LORA_TARGETS", "BACKBONE"]
+__all__ = [
+    "SD3LayoutModel",
+    "SD3Network",
+    "Conditioning",
+    "build_transformer",
+    "joint_attention_processors",
+    "LORA_TARGETS",
+    "BACKBONE",
+]
 
 SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by
 OUTPUTS = ("velocity", "x0")
@@ -97,13 +109,24 @@ def transformer_kwargs(
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
+def joint_attention_processors(transformer: SD3Transformer2DModel) -> list[str]:
+    """The processor names of the joint attentions (those that also take the prompt tokens: one
+    per block), where IDM goes; SD3.5-medium's image-only ``attn2`` is not one of them."""
+    return [
+        f"{name}.processor"
+        for name, module in transformer.named_modules()
+        if isinstance(module, Attention) and module.added_kv_proj_dim is not None
+    ]
+
+
 def sd3_text_encoders(folder: Path) -> CachedTextEncoder:
     """SD3's three text encoders (CLIP-L, CLIP-G, T5) from its diffusers folder."""
     return SD3TextEncoder.from_pretrained(folder)
 
 
 class SD3LayoutModel(LayoutModel):
-    """SD3 (MM-DiT, rectified flow) with the layout adapter and IDM on every joint-attention block."""
+    """SD3 / SD3.5 (MM-DiT, rectified flow) with the layout adapter and IDM on every joint-attention
+    block; any other attention (SD3.5-medium's ``attn2``) stays diffusers' own."""
 
     backbone_attr = "transformer"
     base_text_encoder = staticmethod(sd3_text_encoders)
@@ -119,6 +142,7 @@ class SD3LayoutModel(LayoutModel):
         )
         inner = self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
         self.adapter = LayoutAdapter(text_dim, inner, config.fourier_freqs, self.text_encoder.pooled_size)
+        joint = set(joint_attention_processors(self.transformer))
         self.transformer.set_attn_processor(
             {
                 name: LayoutJointAttnProcessor(
@@ -131,6 +155,8 @@ class SD3LayoutModel(LayoutModel):
                     config.geometry_rank,
                     config.share_query,
                 )
+                if name in joint
+                else ImageAttnProcessor()
                 for name in self.transformer.attn_processors
             }
         )
@@ -183,5 +209,5 @@ BACKBONE = Backbone(
     base_configs=("transformer/config.json",),
     base_folder=SD3_FOLDER,
     preset="shapes",
-    folder_presets=("sd3-medium",),
+    folder_presets=("sd3-medium", "sd35-medium", "sd35-large"),
 )
