@@ -33,3 +33,6 @@ def test_train_config_and_checkpoints_read_the_same_settings():
     assert checkpoint_sampling() == SamplingSettings.from_dict(saved)
     # the embedded model predates the distilled guidance setting (None: a network without one)
     assert checkpoint_sampling().to_dict() == {**saved, "guidance": None}
+    # FLUX.1-dev: its distilled guidance in one row, no two-row CFG
+    flux = load_config("flux-dev").sampling_settings()
+    assert flux == SamplingSettings(steps=28, cfg=1.0, layout_fraction=0.3, guidance=3.5)
