@@ -142,6 +142,20 @@ def test_text_encoder_is_fluxpipelines(folders):
     torch.testing.assert_close(caption.pooled, out.pooled[:1] * 0 + pipe.encode_prompt(["a red circle"])[1])
 
 
+def test_the_vae_factors_apply_both_ways_as_flux_uses_them(models):
+    """Decoding (FluxPipeline): z = latents / 0.3611 + 0.1159; encoding (diffusers' FLUX training
+    scripts): latents = (z - 0.1159) * 0.3611, z the posterior mean."""
+    model = models["dev"]
+    vae = model.codec.vae
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    latents = torch.randn(2, *model.latent_shape)
+    with torch.no_grad():
+        expected = (vae.encode(images).latent_dist.mean - 0.1159) * 0.3611
+        torch.testing.assert_close(model.encode_images(images), expected)
+        decoded = vae.decode(latents / 0.3611 + 0.1159).sample.clamp(-1, 1)
+        torch.testing.assert_close(model.decode_latents(latents), decoded)
+
+
 @pytest.mark.parametrize(("scheduler", "tokens"), [(FLUX_DEV_SCHEDULER, 4096), (FLUX_DEV_SCHEDULER, 64),
                                                     (FLUX_SCHNELL_SCHEDULER, 4096)])  # fmt: skip
 def test_the_time_grid_is_the_schedulers_as_fluxpipeline_sets_it(scheduler, tokens):
@@ -264,6 +278,44 @@ def test_single_blocks_setting(folders, single, layers):
         idc_loss(maps, cond.boxes, cond.valid).backward()
         branch = model.transformer.single_transformer_blocks[0].attn.processor
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in branch.idm.parameters())
+
+
+def test_caption_word_tokens_come_from_t5(folders):
+    """model.caption_max_length > 0: each caption's first T5 states (T5 run at that length) become
+    word tokens after [null, layout], and the IDM takes its general path."""
+    torch.manual_seed(0)
+    model = build_model(config_for(folders["dev"], caption_max_length=4))
+    cond = model.encode_text(SCENES)
+    assert cond.caption_hidden.shape == (2, 10, 4, 48) and cond.caption_mask[0, :2].all()
+    expected = model.text_encoder.encode(["a red circle"], length=4).hidden[0]
+    torch.testing.assert_close(cond.caption_hidden[0, 0], expected)
+    assert not cond.caption_mask[0, 2:].any()  # padded instance slots hold no words
+    _, maps = model(
+        torch.randn(2, *model.latent_shape), torch.tensor([0.8, 0.3]), cond, record_attention=True
+    )
+    assert len(maps) == 1 and maps[0][0].shape == (2, 2, 2, 64)
+
+
+def test_checkpointed_blocks_give_the_same_loss_and_gradients(folders):
+    """Gradient checkpointing (the flux presets' setting) on both block kinds, L_dis included."""
+    torch.manual_seed(0)
+    model = trained_branches(build_model(config_for(folders["dev"], network={"single_blocks": "idm"})), 0.05)
+    x_t, sigma = torch.randn(2, *model.latent_shape), torch.tensor([0.3, 0.8])
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        cond = model.encode_text(SCENES)
+        v_pred, maps = model(x_t, sigma, cond, record_attention=True)
+        loss = (v_pred**2).mean() + idc_loss(maps, cond.boxes, cond.valid)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.trainable_parameters()]
+
+    loss, grads = loss_and_grads()
+    model.transformer.enable_gradient_checkpointing()
+    loss_ckpt, grads_ckpt = loss_and_grads()
+    torch.testing.assert_close(loss, loss_ckpt)
+    for a, b in zip(grads, grads_ckpt, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_bad_single_block_settings_are_refused(folders):
