@@ -484,7 +484,9 @@ def test_a_flux_folder_given_to_sd3_is_refused_naming_the_flux_presets(folders, 
     sd3 = tmp_path / "sd3"  # an SD3 folder given to a FLUX preset: only its model_index.json is read
     sd3.mkdir()
     (sd3 / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
-    with pytest.raises(ConfigError, match="use the sd3-medium or sd3-druid preset"):
+    with pytest.raises(
+        ConfigError, match="not the FluxPipeline folder the flux backbone reads; use the sd3-medium"
+    ):
         build_model(load_config("flux-dev", [f"model.base_model={sd3}"]).model)
 
 
