@@ -258,22 +258,22 @@ def test_packed_token_box_masks_against_a_per_pixel_loop(models):
     assert ((masks[0] > 0) & (masks[0] < 1)).any()  # the first box cuts through tokens
 
 
-@pytest.mark.parametrize(("single", "layers"), [("none", 1), ("layout", 1), ("idm", 2)])
-def test_single_blocks_setting(folders, single, layers):
+@pytest.mark.parametrize(
+    ("single", "use_idm", "layers"),
+    [("none", True, 1), ("layout", True, 1), ("idm", True, 2), ("layout", False, 2)],
+)
+def test_single_blocks_setting(folders, single, use_idm, layers):
+    """The branch on the single-stream blocks; attention maps (L_dis's input) come from branches of
+    the double-stream blocks' kind only: an adapter-only branch beside IDM records none (its R+ and
+    R- are one map, a constant term that would dilute L_dis), beside adapter-only ones it does."""
     torch.manual_seed(0)
-    model = build_model(config_for(folders["schnell"], network={"single_blocks": single}))
+    model = build_model(config_for(folders["schnell"], use_idm=use_idm, network={"single_blocks": single}))
     kinds = {type(p) for n, p in model.transformer.attn_processors.items() if n.startswith("single")}
-    assert kinds == {
-        {"none": FluxPlainProcessor, "layout": FluxLayoutSingleProcessor, "idm": FluxLayoutSingleProcessor}[
-            single
-        ]
-    }
+    assert kinds == {FluxPlainProcessor if single == "none" else FluxLayoutSingleProcessor}
     cond = model.encode_text(SCENES)
-    _, maps = model(
-        torch.randn(2, *model.latent_shape), torch.tensor([0.8, 0.3]), cond, record_attention=True
-    )
-    assert len(maps) == layers + (single == "layout")  # the adapter-only branch records maps too
-    assert maps[0][0].shape == (2, 2, 2, 64) and maps[0][2] == (8, 8)
+    x, sigma = torch.randn(2, *model.latent_shape), torch.tensor([0.8, 0.3])
+    _, maps = model(x, sigma, cond, record_attention=True)
+    assert len(maps) == layers and all(m[0].shape == (2, 2, 2, 64) and m[2] == (8, 8) for m in maps)
     if single == "idm":
         idc_loss(maps, cond.boxes, cond.valid).backward()
         branch = model.transformer.single_transformer_blocks[0].attn.processor

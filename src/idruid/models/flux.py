@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -293,7 +293,14 @@ class FluxLayoutJointProcessor(LayoutBranch):
 class FluxLayoutSingleProcessor(LayoutBranch):
     """A single-stream block's attention over [text; image] + the layout branch on the image
     tokens, the last h * w of the sequence; the block's proj_out projects the sum (its attention
-    has no output projection of its own)."""
+    has no output projection of its own).
+
+    ``record_maps`` False: an adapter-only branch beside IDM branches records no attention maps,
+    which L_dis would average in as constant terms (R+ = R- there), diluting the IDM layers'."""
+
+    def __init__(self, *args, record_maps: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.record_maps = record_maps
 
     def __call__(
         self,
@@ -324,7 +331,8 @@ class FluxLayoutSingleProcessor(LayoutBranch):
             return features
         text = features.shape[1] - layout.grid[0] * layout.grid[1]
         image = features[:, text:]
-        image = _add_branch(self, hidden_states[:, text:], image, image, layout, query[:, :, text:])
+        view = layout if self.record_maps else replace(layout, record_attention=False, attention_maps=[])
+        image = _add_branch(self, hidden_states[:, text:], image, image, view, query[:, :, text:])
         return torch.cat([features[:, :text], image], dim=1)
 
 
@@ -419,27 +427,21 @@ class FluxLayoutModel(LayoutModel):
         single-stream ones as ``single_blocks`` says."""
         config, heads = self.config, self.transformer.config.num_attention_heads
 
-        def branch(kind: type, use_idm: bool) -> LayoutBranch:
-            return kind(
-                inner,
-                heads,
-                inner,
-                use_idm,
-                config.idm_hidden,
-                PACK,
-                config.geometry_rank,
-                config.share_query,
-            )
+        def branch(kind: type, use_idm: bool, **extra) -> LayoutBranch:
+            sizes = (inner, heads, inner, use_idm, config.idm_hidden, PACK, config.geometry_rank)
+            return kind(*sizes, config.share_query, **extra)
 
         single = self.network.single_blocks
+        single_idm = single == "idm"
         processors = {}
         for name in self.transformer.attn_processors:
             if name.startswith("transformer_blocks."):
                 processors[name] = branch(FluxLayoutJointProcessor, config.use_idm)
             elif single == "none":
                 processors[name] = FluxPlainProcessor()
-            else:
-                processors[name] = branch(FluxLayoutSingleProcessor, single == "idm")
+            else:  # maps only from branches of the double-stream blocks' kind (L_dis reads IDM maps)
+                record = single_idm == config.use_idm
+                processors[name] = branch(FluxLayoutSingleProcessor, single_idm, record_maps=record)
         return processors
 
     @property
