@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "idruid"
 # ModelConfig.backbone's default names the backbone a config builds when it names none
 ALLOWED = {("config.py", "sd3")}
 # a backbone's own modules, which only the registry names
-BACKBONE_MODULES = {"sd3", "sd15", "sd3_druid", "druid_weights", "druid_arch"}
+BACKBONE_MODULES = {"sd3", "sd15", "sd3_druid", "druid_weights", "druid_arch", "flux", "flux_text"}
 
 
 def outside_models() -> list[Path]:

@@ -134,15 +134,16 @@ def test_folder_settings_that_cannot_work_are_refused(folders):
 
 
 def test_a_folder_of_a_pipeline_no_backbone_reads_is_named(folders, tmp_path):
-    """What a FLUX.1 folder given to the sd3-medium preset did before: diffusers failed deep inside
-    with a shape mismatch; the model_index.json names the pipeline first."""
+    """What a FLUX.1 folder given to the sd3-medium preset did before the flux backbone (its
+    refusal naming the flux presets: tests/models/test_flux.py): diffusers failed deep inside with
+    a shape mismatch; the model_index.json names the pipeline first."""
     from idruid.config import load_config
 
-    flux = tmp_path / "flux"
-    shutil.copytree(folders["sd3"], flux)
-    (flux / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
-    config = load_config("sd3-medium", [f"model.base_model={flux}", "model.resolution=32"])
-    named = f"'{flux}' is a FluxPipeline folder, .*; no registered backbone reads it"
+    other = tmp_path / "other"
+    shutil.copytree(folders["sd3"], other)
+    (other / "model_index.json").write_text('{"_class_name": "KandinskyV22Pipeline"}')
+    config = load_config("sd3-medium", [f"model.base_model={other}", "model.resolution=32"])
+    named = f"'{other}' is a KandinskyV22Pipeline folder, .*; no registered backbone reads it"
     with pytest.raises(ConfigError, match=named):
         build_model(config.model)
 

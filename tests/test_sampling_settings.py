@@ -10,7 +10,9 @@ from idruid.config import SamplingSettings, TrainConfig, load_config
 
 def test_defaults_round_trip_and_overrides():
     settings = SamplingSettings()
-    assert settings.to_dict() == {"steps": 20, "cfg": 3.0, "layout_fraction": 0.3, "shift": 1.0}
+    assert settings.to_dict() == {
+        "steps": 20, "cfg": 3.0, "layout_fraction": 0.3, "shift": 1.0, "guidance": None,
+    }  # fmt: skip
     assert SamplingSettings.from_dict(settings.to_dict()) == settings
     assert SamplingSettings.from_dict(None) == settings == SamplingSettings.from_dict({})
     # a newer checkpoint may store more: unknown keys are ignored
@@ -29,4 +31,8 @@ def test_train_config_and_checkpoints_read_the_same_settings():
     assert config.sampling_settings() == SamplingSettings(steps=28, cfg=7.5, layout_fraction=0.3, shift=3.0)
     saved = read_checkpoint_meta(EMBEDDED_CHECKPOINT)["sampling"]
     assert checkpoint_sampling() == SamplingSettings.from_dict(saved)
-    assert checkpoint_sampling().to_dict() == saved
+    # the embedded model predates the distilled guidance setting (None: a network without one)
+    assert checkpoint_sampling().to_dict() == {**saved, "guidance": None}
+    # FLUX.1-dev: its distilled guidance in one row, no two-row CFG
+    flux = load_config("flux-dev").sampling_settings()
+    assert flux == SamplingSettings(steps=28, cfg=1.0, layout_fraction=0.3, guidance=3.5)

@@ -5,8 +5,9 @@
 - a tiny SAM (64 px input): COCO-MIG's segmenter;
 - a tiny Llava (CLIP vision tower + Llama) with a word-level tokenizer and a Llava-1.5 chat
   template: the VLM judge of LayoutSAM-eval (idruid.scorers.vlm_judge.VlmJudge);
-- complete SD3 and SD1.5 folders in diffusers layout (pipeline save_pretrained): the base models
-  of the two backbones, their text encoders (idruid.models.sd3_text) and VAEs (idruid.models.vae).
+- complete SD3, SD1.5 and FLUX.1 (dev and schnell) folders in diffusers layout (pipeline
+  save_pretrained): the base models of the backbones, their text encoders (idruid.models.sd3_text,
+  idruid.models.flux_text) and VAEs (idruid.models.vae).
 
 Each is loaded by the user-facing code as a real local folder would be. Random weights test
 plumbing only.
@@ -515,4 +516,44 @@ def build_tiny_sd35_folder(path: Path, variant: str = "medium", seed: int = 0) -
     pipe.save_pretrained(path)
     for subfolder in ("tokenizer", "tokenizer_2"):
         bpe_tokenizer_files(Path(path) / subfolder)
+
+
+# ----------------------------------------------------------------------------- FLUX.1 folders
+
+# FLUX.1's scheduler/scheduler_config.json: dev shifts by resolution, schnell does not
+FLUX_DEV_SCHEDULER = dict(
+    num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+    base_image_seq_len=256, max_image_seq_len=4096,
+)  # fmt: skip
+FLUX_SCHNELL_SCHEDULER = {**FLUX_DEV_SCHEDULER, "shift": 1.0, "use_dynamic_shifting": False}
+
+
+def build_tiny_flux_folder(path: Path, guidance_embeds: bool, seed: int = 0) -> Path:
+    """A complete random FLUX.1 pipeline saved in diffusers layout (FluxPipeline.save_pretrained):
+    FLUX.1-dev's shape with ``guidance_embeds`` (its scheduler shifting by resolution), schnell's
+    without (its scheduler at shift 1). CLIP-L without projection (32 wide: the pooled input),
+    T5 (48 wide: the token input), a 16-channel VAE with FLUX's scaling 0.3611 and shift 0.1159
+    and no quant convs, and a transformer of one double- and one single-stream block (2 heads of
+    16, rotary axes 4 / 6 / 6) on 2x2-packed latents (64 channels)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6),
+    )  # fmt: skip
+    scheduler = FLUX_DEV_SCHEDULER if guidance_embeds else FLUX_SCHNELL_SCHEDULER
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**scheduler),
+        vae=tiny_vae(16, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False),
+        text_encoder=tiny_clip(tokenizer, hidden=32, projection=None),
+        tokenizer=tokenizer,
+        text_encoder_2=tiny_t5(tokenizer_2, width=48),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(path)
+    bpe_tokenizer_files(Path(path) / "tokenizer")
     return Path(path)

@@ -1,6 +1,7 @@
 """What a layout-to-image model is conditioned on, as tensors: the frozen text encoder's outputs
-for the prompt and the captions, the boxes, which instance slots are real and whether the layout
-is on. Below the models, the sampler and the RL stage, which all pass it around.
+for the prompt and the captions, the boxes, which instance slots are real, whether the layout
+is on and, for a guidance-distilled network (FLUX.1-dev), the guidance scale it is given as an
+input. Below the models, the sampler and the RL stage, which all pass it around.
 """
 
 from __future__ import annotations
@@ -24,21 +25,35 @@ class Conditioning:
     boxes: torch.Tensor  # (B, N, 4)
     valid: torch.Tensor  # (B, N) bool
     enabled: torch.Tensor  # (B,) float: 0 drops the layout (classifier-free guidance, dropout)
+    # (B,) float: the distilled guidance scale a guidance-distilled network takes as an input, one
+    # per row so that it travels with the rows through CFG stacking, layout splits and RL batches;
+    # None: not given (the network's own default, or a network without such an input)
+    guidance: torch.Tensor | None = None
 
     def to(self, device) -> Conditioning:
-        return Conditioning(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return Conditioning(
+            **{f.name: _apply(getattr(self, f.name), lambda v: v.to(device)) for f in fields(self)}
+        )
 
     @staticmethod
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
-        return Conditioning(
-            **{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])}
-        )
+        """The rows of ``parts`` stacked; ``guidance`` stays None only when no part carries one."""
+        values = {}
+        for f in fields(parts[0]):
+            column = [getattr(p, f.name) for p in parts]
+            given = [v for v in column if v is not None]
+            if given and len(given) < len(column):
+                raise ValueError(f"Conditioning.cat: some parts carry {f.name} and some do not")
+            values[f.name] = torch.cat(given) if given else None
+        return Conditioning(**values)
 
     def rows(self, index: torch.Tensor | slice) -> Conditioning:
         """The conditioning of the batch rows ``index`` (an index tensor or a slice)."""
         if isinstance(index, torch.Tensor):
             index = index.to(self.valid.device)
-        return Conditioning(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return Conditioning(
+            **{f.name: _apply(getattr(self, f.name), lambda v: v[index]) for f in fields(self)}
+        )
 
     def trimmed(self) -> Conditioning:
         """Drop instance slots and caption tokens that no sample of the batch uses.
@@ -57,7 +72,13 @@ class Conditioning:
             boxes=self.boxes[:, :num],
             valid=self.valid[:, :num],
             enabled=self.enabled,
+            guidance=self.guidance,
         )
 
     def __len__(self) -> int:
         return self.prompt_hidden.shape[0]
+
+
+def _apply(value: torch.Tensor | None, fn):
+    """``fn(value)``, or None for a field that is not set (``guidance``)."""
+    return None if value is None else fn(value)

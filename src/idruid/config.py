@@ -34,6 +34,10 @@ class SamplingSettings:
     # share of the steps with the layout branch (adapter + IDM) on, the first ones (paper 4.1)
     layout_fraction: float = 0.3
     shift: float = 1.0  # flow-matching timestep shift of the schedule (eps backbones: 1 only)
+    # the distilled guidance scale a guidance-distilled network (FLUX.1-dev: 3.5) takes as an
+    # input, in one row (cfg 1); None: the network's own default, or a network without that input
+    # (giving one to such a network is refused)
+    guidance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint's ``sampling`` entry."""
@@ -311,11 +315,18 @@ class TrainConfig:
     eval_cfg: float = SamplingSettings.cfg
     layout_fraction: float = SamplingSettings.layout_fraction
     shift: float = SamplingSettings.shift
+    # the distilled guidance scale of a guidance-distilled backbone (FLUX.1-dev), also given to the
+    # RL stage's rollouts and their re-scoring; None: the backbone's default, or none at all
+    guidance: float | None = SamplingSettings.guidance
 
     def sampling_settings(self) -> SamplingSettings:
         """The sampling settings of this run (what its checkpoint records)."""
         return SamplingSettings(
-            steps=self.eval_steps, cfg=self.eval_cfg, layout_fraction=self.layout_fraction, shift=self.shift
+            steps=self.eval_steps,
+            cfg=self.eval_cfg,
+            layout_fraction=self.layout_fraction,
+            shift=self.shift,
+            guidance=self.guidance,
         )
 
 

@@ -159,6 +159,8 @@ def evaluate(
         "seed": seed,
         "layout_fraction": settings.layout_fraction,
         "shift": settings.shift,
+        # a distilled guidance scale only where one was given (earlier evaluations had none)
+        **({} if settings.guidance is None else {"guidance": settings.guidance}),
         "mig_protocol": run.mig_protocol,
         "processes": state.num_processes,
         "detector": specs.detector,

@@ -72,8 +72,9 @@ class IDruidPipeline(DiffusionPipeline):
     (``phrases``) and one box each.
 
     ``scheduler``: a diffusers scheduler, ``FlowMatchEulerDiscreteScheduler`` for flow models
-    (SD3 and the embedded model), ``DDIMScheduler`` for eps models (SD1.5). It gives the time
-    grid: the sigmas (flow) or timesteps (eps) of ``scheduler.set_timesteps(steps)``. The update
+    (SD3, FLUX and the embedded model), ``DDIMScheduler`` for eps models (SD1.5). It gives the
+    time grid: the sigmas (flow) or timesteps (eps) of ``scheduler.set_timesteps(steps)`` (FLUX's
+    process calls it as FluxPipeline does: its sigmas and the resolution's ``mu``). The update
     stays idruid's (Euler on the flow ODE, DDIM with eta = 0 on the model's own alpha_bar), so
     swapping the scheduler changes where the steps fall, not how a step is taken: another
     ``shift``, Karras or exponential sigmas of ``FlowMatchEulerDiscreteScheduler``, another
@@ -293,14 +294,18 @@ class IDruidPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         return_dict: bool = True,
         layouts: Layout | dict | Sequence[Layout | dict] | None = None,
+        distilled_guidance_scale: float | None = None,
     ):
         """Generate one image per layout and ``num_images_per_prompt``.
 
         ``prompt`` (str or list), ``phrases`` (the instance captions: a list, or a list of lists
         in a batch) and ``boxes`` (``[x0, y0, x1, y1]`` normalised to [0, 1], one per phrase), or
         ``layouts``: idruid Layouts or layout dicts. Layouts of a batch may hold different numbers
-        of instances. ``num_inference_steps``, ``guidance_scale`` and ``layout_fraction`` None take
-        the checkpoint's settings (``self.sampling``). ``negative_prompt`` replaces the empty
+        of instances. ``num_inference_steps``, ``guidance_scale`` (two-row classifier-free
+        guidance, 1 = off), ``layout_fraction`` and ``distilled_guidance_scale`` (the scale a
+        guidance-distilled backbone such as FLUX.1-dev takes as an input, FluxPipeline's
+        ``guidance_scale``; refused by other backbones) None take the checkpoint's settings
+        (``self.sampling``). ``negative_prompt`` replaces the empty
         prompt of the guidance's unconditional branch (which never sees the layout).
         ``callback_on_step_end(pipe, i, t, {"latents": x})`` runs after every step, t being the
         scheduler's timestep; a returned ``"latents"`` replaces x. ``output_type``: "pil", "np"
@@ -318,7 +323,10 @@ class IDruidPipeline(DiffusionPipeline):
             )
         batch = self._layouts(prompt, phrases, boxes, layouts)
         settings = self.sampling.override(
-            steps=num_inference_steps, cfg=guidance_scale, layout_fraction=layout_fraction
+            steps=num_inference_steps,
+            cfg=guidance_scale,
+            layout_fraction=layout_fraction,
+            guidance=distilled_guidance_scale,
         )
         rows = [layout for layout in batch for _ in range(num_images_per_prompt)]
         copy_index = [j for _ in batch for j in range(num_images_per_prompt)]

@@ -1,7 +1,8 @@
 """One sampling loop for inference, evaluation and RL rollouts.
 
 The loop walks the time grid of the model's diffusion process (idruid.diffusion: Euler on the
-flow-matching ODE for SD3, DDIM for SD1.5) with classifier-free guidance and the layout branch
+flow-matching ODE for SD3 and FLUX, DDIM for SD1.5) with classifier-free guidance (or, for a
+guidance-distilled network, its distilled scale as an input of one row) and the layout branch
 (adapter + IDM) active for the first ``layout_fraction`` of the steps only, vanilla attention
 after (paper 4.1, after CreatiLayout). The step functions (idruid.diffusion: ``euler_step``,
 ``ddim_step``) are plain functions on tensors so that RL swaps in one that also records
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .conditioning import Conditioning
 from .config import SamplingSettings
+from .errors import ConfigError
 from .layout import Layout
 
 # (prediction, x_t, t, t_next) -> x_next, with t and t_next (B,) in the process's time convention
@@ -67,10 +69,19 @@ def guidance_conditioning(
     cfg: float,
     device,
     negative_prompts: Sequence[str] | None = None,
+    guidance: float | None = None,
 ) -> Conditioning:
     """The text conditioning of a batch; with guidance, its unconditional partner stacked below
-    (the empty prompt, or ``negative_prompts``, one per layout)."""
+    (the empty prompt, or ``negative_prompts``, one per layout). ``guidance``: the distilled scale
+    of a guidance-distilled network, carried by every row (``Conditioning.guidance``)."""
     cond = model.encode_text(layouts).to(device)
+    if guidance is not None:
+        if "distilled" not in model.guidance:
+            raise ConfigError(
+                f"guidance={guidance}: this model takes no distilled guidance scale (leave it unset; "
+                "cfg is its guidance)"
+            )
+        cond.guidance = torch.full((len(cond),), float(guidance), device=cond.valid.device)
     if cfg == 1.0:
         return cond
     if "cfg" not in model.guidance:
@@ -133,7 +144,7 @@ def sample(
     steps, cfg = settings.steps, settings.cfg
     device = torch.device(device) if device is not None else next(model.parameters()).device
     x = (initial_noise(layouts, model.latent_shape, seed) if x_init is None else x_init).to(device)
-    cond = guidance_conditioning(model, layouts, cfg, device, negative_prompts)
+    cond = guidance_conditioning(model, layouts, cfg, device, negative_prompts, settings.guidance)
     times = (model.process.times(steps, settings.shift) if times is None else times).to(device)
     if len(times) != steps + 1:
         raise ValueError(f"a time grid of {steps} steps has {steps + 1} times, got {len(times)}")

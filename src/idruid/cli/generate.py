@@ -37,6 +37,12 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cfg", type=float, help="classifier-free guidance scale (default: the checkpoint's, else 3)"
     )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        help="distilled guidance scale of a guidance-distilled backbone, given to it as an input in one "
+        "row (FLUX.1-dev: 3.5, with --cfg 1; default: the checkpoint's, else the backbone's)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for layouts without their own")
     parser.add_argument(
         "--layout-fraction",
@@ -138,7 +144,11 @@ def _load_model(args):
     benchmark = getattr(args, "benchmark", None)
     model, saved = open_model(args.checkpoint, args.base, args.device, benchmark, mask_rows=args.mask_rows)
     settings = saved.override(
-        steps=args.steps, cfg=args.cfg, layout_fraction=args.layout_fraction, shift=args.shift
+        steps=args.steps,
+        cfg=args.cfg,
+        layout_fraction=args.layout_fraction,
+        shift=args.shift,
+        guidance=args.guidance,
     )
     return model, settings
 

@@ -107,7 +107,9 @@ class LayoutModel(nn.Module):
     base_text_encoder: Callable[[Path], CachedTextEncoder] | None = None
     network_class: type = NoSettings  # the dataclass of the backbone's own settings (model.network)
     # the guidance the network takes: "cfg" (two rows, conditional and unconditional, combined
-    # with the sampling setting cfg); a guidance-distilled network would take its scale as an input
+    # with the sampling setting cfg) and "distilled" (a guidance-distilled network, FLUX.1-dev,
+    # given the sampling setting guidance as an input: one row, Conditioning.guidance); a model
+    # whose backbone decides at load time sets it on the instance
     guidance: tuple[str, ...] = ("cfg",)
     # the layout branch's step count from layout_fraction * steps (idruid.sampling.layout_steps):
     # "ceil" (idruid: 6 / 9 / 15 of 20 / 28 / 50 steps at 0.3) or "floor" (the authors': 6 / 8 / 15)
@@ -163,7 +165,7 @@ class LayoutModel(nn.Module):
         if x_t.dtype == dtype and cond.prompt_hidden.dtype == dtype:
             return x_t, cond
         cast = {
-            f.name: value.to(dtype) if value.is_floating_point() else value
+            f.name: value.to(dtype) if value is not None and value.is_floating_point() else value
             for f in fields(cond)
             for value in [getattr(cond, f.name)]
         }
@@ -222,11 +224,17 @@ class LayoutModel(nn.Module):
     def prediction_type(self) -> str:
         return self.process.prediction_type
 
+    @property
+    def backbone_channels(self) -> int:
+        """The latent channels the backbone takes (its ``in_channels``; FLUX packs 2x2 latent pixels
+        into one token of 4x as many)."""
+        return self.backbone.config.in_channels
+
     def _finish_backbone(self) -> None:
         """After the processors are set: LoRA (which must not adapt them) and freezing. Real
         weights, and any backbone under LoRA, stay frozen; idruid trains adapter + IDM (+ LoRA).
         This also undoes peft's freezing of everything but LoRA, which would catch the processors."""
-        backbone_channels = self.backbone.config.in_channels
+        backbone_channels = self.backbone_channels
         if backbone_channels != self.codec.latent_channels:
             raise ConfigError(
                 f"the backbone takes {backbone_channels} input channels but model.codec "
@@ -263,8 +271,9 @@ class LayoutModel(nn.Module):
         prompts = [
             "" if drop else layout.prompt for layout, drop in zip(layouts, drop_prompt.tolist(), strict=True)
         ]
-        prompt = self.text_encoder.encode(prompts)
         length = self.config.prompt_max_length
+        # the length the prompt is read at: FLUX's T5 runs at it (FluxPipeline's max_sequence_length)
+        prompt = self.text_encoder.encode(prompts, length=length)
         boxes, valid = boxes_tensor(layouts, cap)
         captions = [c for layout in layouts for c in layout.captions[:cap]]
         where = valid.nonzero(as_tuple=True)  # (b, n) of every kept instance, in order
@@ -299,7 +308,7 @@ class LayoutModel(nn.Module):
         if negative_prompts is not None and len(negative_prompts) != batch:
             raise ValueError(f"{len(negative_prompts)} negative prompts for a batch of {batch}")
         texts = [""] if negative_prompts is None else list(negative_prompts)
-        empty = self.text_encoder.encode(texts)
+        empty = self.text_encoder.encode(texts, length=cond.prompt_hidden.shape[1])
         device = cond.prompt_hidden.device
         return Conditioning(
             prompt_hidden=empty.hidden[:, : cond.prompt_hidden.shape[1]]
@@ -313,6 +322,7 @@ class LayoutModel(nn.Module):
             boxes=cond.boxes,
             valid=cond.valid,
             enabled=torch.zeros_like(cond.enabled),
+            guidance=cond.guidance,  # both rows of true CFG get the distilled scale, as FluxPipeline's
         )
 
     # ------------------------------------------------------------------ parameters

@@ -1,6 +1,6 @@
 """The one seam for backbones: what idruid needs to know about each, and the registry of them.
 
-A backbone is one module that declares a ``Backbone`` (models/sd3.py, sd15.py, sd3_druid.py) and
+A backbone is one module that declares a ``Backbone`` (models/sd3.py, sd15.py, sd3_druid.py, flux.py) and
 one line of ``REGISTRY`` naming that module; everything outside models/ asks ``backbone(name)``
 or ``own_format(path)`` instead of branching on a name or a checkpoint format. Entries are module
 paths so that the CLI's start-up imports no diffusers model; ``register`` adds a ``Backbone``
@@ -189,6 +189,7 @@ REGISTRY: dict[str, str | Backbone] = {
     "sd3": "idruid.models.sd3",
     "sd15": "idruid.models.sd15",
     "sd3-druid": "idruid.models.sd3_druid",
+    "flux": "idruid.models.flux",
 }
 
 

@@ -185,7 +185,8 @@ def policy_log_probs(
     x_next = recorded.x_next.to(device).flatten(0, 1)
     t = recorded.times[:-1].to(device).repeat_interleave(batch)
     t_next = recorded.times[1:].to(device).repeat_interleave(batch)
-    cond = guidance_conditioning(model, recorded.layouts * num_steps, cfg, device)  # step-major, as x_t
+    # step-major, as x_t; the distilled guidance scale the rollout was sampled with, on every row
+    cond = guidance_conditioning(model, recorded.layouts * num_steps, cfg, device, guidance=settings.guidance)
     step_index = recorded.first_step + torch.arange(num_steps)
     layout_on = step_index.repeat_interleave(batch) < with_layout
     prediction = torch.empty_like(x_t)
