@@ -516,6 +516,7 @@ def build_tiny_sd35_folder(path: Path, variant: str = "medium", seed: int = 0) -
     pipe.save_pretrained(path)
     for subfolder in ("tokenizer", "tokenizer_2"):
         bpe_tokenizer_files(Path(path) / subfolder)
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- FLUX.1 folders
