@@ -13,6 +13,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from PIL import Image
+from safetensors.torch import load_file
 from tiny_models import FLUX_DEV_SCHEDULER, FLUX_SCHNELL_SCHEDULER, build_tiny_flux_folder
 
 from idruid.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -517,3 +518,30 @@ def test_the_miniature_presets_build_the_real_code_paths(preset):
     assert all(p.use_idm == config.model.use_idm for p in model.transformer.attn_processors.values()
                if isinstance(p, FluxLayoutJointProcessor))  # fmt: skip
     assert (config.rl.algorithm == "ppo") == (preset == "shapes-flux-full")
+
+
+def test_lora_adapts_the_backbones_attention_and_round_trips(folders, tmp_path):
+    """LoRA (peft) on a FLUX folder: the double-stream blocks' projections (image and text streams)
+    and the single-stream blocks' q/k/v (they have no to_out), never the layout processors; the
+    checkpoint stores the layout branch and LoRA only, and reloads to the same prediction."""
+    torch.manual_seed(0)
+    model = build_model(config_for(folders["dev"], lora_rank=2)).eval()
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in model.named_parameters() if ".lora_A" in name}
+    double = {n for n in adapted if ".transformer_blocks." in n}
+    single = {n for n in adapted if ".single_transformer_blocks." in n}
+    blocks = len(model.transformer.transformer_blocks)
+    singles = len(model.transformer.single_transformer_blocks)
+    assert len(double) == blocks * 8 and len(single) == singles * 3 and adapted == double | single
+    assert not any(".processor." in n for n in adapted)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n.startswith("adapter.") or ".processor." in n for n in trainable)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    saved = save_checkpoint(model, tmp_path / "lora")
+    stored = set(load_file(str(saved / "model.safetensors")))
+    assert any("lora_B" in k for k in stored) and not any("base_layer" in k for k in stored)
+    x, sigma, cond = torch.randn(2, *model.latent_shape), torch.tensor([0.7, 0.2]), model.encode_text(SCENES)
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(saved)(x, sigma, cond)[0], model(x, sigma, cond)[0])
