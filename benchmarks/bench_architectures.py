@@ -1,42 +1,54 @@
-"""Real-scale architectures: SD3-medium's MM-DiT, SD3.5-medium's and SD3.5-large's, and SD1.5's UNet
-built with random weights on the ``meta`` device (no download, no memory), their parameter counts,
-and what idruid's layout adapter + IDM add to each in parameters and in FLOPs per forward: the
-MM-DiTs at 1024x1024 (128x128 latents, patch 2: 4096 image tokens, 333 prompt tokens, 10
-instances), the UNet at 512x512 (64x64 latents, 77 prompt tokens, 10 instances; IDM at its 8x8
-mid block and 16x16 decoder). For SD3.5-medium it also counts the rejected alternative of an IDM
-on the second, image-only attention (attn2) of its 13 dual-attention blocks too.
+"""Real-scale architectures: SD3-medium's MM-DiT, SD3.5-medium's and SD3.5-large's, FLUX.1-dev's
+transformer and SD1.5's UNet built with random weights on the ``meta`` device (no download, no
+memory), their parameter counts, and what idruid's layout adapter + IDM add to each in parameters
+and in FLOPs per forward: the MM-DiTs at 1024x1024 (128x128 latents, patch 2: 4096 image tokens,
+333 prompt tokens, 10 instances), FLUX.1-dev at 1024x1024 (4096 image tokens after FluxPipeline's
+2x2 packing, 512 T5 tokens, 10 instances; one row per ``single_blocks`` setting: none, layout,
+idm), the UNet at 512x512 (64x64 latents, 77 prompt tokens, 10 instances; IDM at its 8x8 mid
+block and 16x16 decoder). For SD3.5-medium it also counts the rejected alternative of an IDM on
+the second, image-only attention (attn2) of its 13 dual-attention blocks too.
 
     python benchmarks/bench_architectures.py [--threads 2] [--repeats 3] [--device auto|cpu|cuda]
+        [--mini-batch 8] [--mini-repeats 30]
 
 FLOPs count matrix products only (2 per multiply-add; linear layers, convolutions, attention),
 the convention of ``torch.utils.flop_counter.FlopCounterMode``; elementwise work is left out. The
-analytic count (``backbone_flops``, ``branch_flops``) is checked against FlopCounterMode twice:
-at full size on the meta device, and on a smaller model with the real widths (2 blocks, 32x32
-latents) that really runs (on the CPU, or the GPU if there is one). The script stops if a count
-disagrees.
+analytic count (``backbone_flops``, ``branch_flops``, ``flux_backbone_flops``,
+``flux_branch_flops``) is checked against FlopCounterMode twice: at full size on the meta device,
+and on a smaller model with the real widths (SD3: 2 blocks, FLUX: 1 double- + 1 single-stream
+block; 32x32 latents) that really runs (on the CPU, or the GPU if there is one). The script stops
+if a count disagrees.
 
-On a GPU it also times a training step at the paper's resolutions (SD3: 1024, SD1.5: 512; bf16
-autocast, AdamW) with its peak memory; on the CPU it times the small real-width model instead.
-Results go into BENCHMARKS.md by hand.
+It also times the embedded miniatures (``shapes-flux``, and ``shapes`` for reference) on the CPU:
+a forward with the layout branch off and on, at 2, 6 and 10 instances (interleaved, the fastest
+of ``--mini-repeats``).
+
+On a GPU it also times a training step at the paper's resolutions (SD3 and FLUX.1-dev: 1024,
+SD1.5: 512; bf16 autocast, AdamW) with its peak memory; on the CPU it times the small real-width
+SD3 model instead. Results go into BENCHMARKS.md by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from unittest import mock
 
+import numpy as np
 import torch
-from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from idruid.config import ModelConfig
+from idruid.config import ModelConfig, load_config
+from idruid.data.shapes import sample_scene, scene_to_layout
 from idruid.losses import add_noise, flow_matching_loss, idc_loss
-from idruid.models import base, sd3, sd15
+from idruid.models import base, build_model, flux, sd3, sd15
 from idruid.models.adapter import LayoutAdapter
 from idruid.models.druid_arch import IDM_REDUCTION, SD3_MEDIUM, DruidSD3Transformer, is_layout_key
 from idruid.models.processors import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
@@ -58,6 +70,26 @@ SD35_LARGE = dict(
     qk_norm="rms_norm",
 )
 SD35 = {"SD3.5-medium": SD35_MEDIUM, "SD3.5-large": SD35_LARGE}
+
+# transformer/config.json of black-forest-labs/FLUX.1-dev (diffusers layout; it sets patch_size,
+# in_channels, num_layers, num_single_layers, attention_head_dim, num_attention_heads,
+# joint_attention_dim, pooled_projection_dim and guidance_embeds; out_channels is left to be
+# in_channels and axes_dims_rope to diffusers' default, FLUX's (16, 56, 56): BFL's flux-dev params
+# axes_dim). 3072 wide; the 64 input values are a 2x2 block of the 16-channel VAE's latents
+FLUX_DEV = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,  # T5-XXL's token states
+    pooled_projection_dim=768,  # CLIP-L's pooled output
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+FLUX_PROMPT_TOKENS = 512  # T5 at FluxPipeline's max_sequence_length for FLUX.1-dev (the preset's)
+FLUX_SINGLE_BLOCKS = ("none", "layout", "idm")  # model.network.single_blocks, the default first
 
 # stable-diffusion-v1-5, unet/config.json
 SD15_UNET = dict(
@@ -154,7 +186,7 @@ class SD15TextWidths:
 
 
 class Latents:
-    """Stands in for a VAE (SD3's: 16 latent channels, SD1.5's: 4), downsampling 8x."""
+    """Stands in for a VAE (SD3's and FLUX's: 16 latent channels, SD1.5's: 4), downsampling 8x."""
 
     def __init__(self, channels: int):
         self.latent_channels, self.downsample = channels, VAE_FACTOR
@@ -168,6 +200,58 @@ def sd15_layout_model() -> sd15.LayoutUNetModel:
         mock.patch.object(base, "build_codec", lambda _: Latents(SD15_UNET["in_channels"])),
     ):
         return sd15.LayoutUNetModel(config, text_encoder=SD15TextWidths())
+
+
+@dataclass(frozen=True)
+class TextWidths:
+    """Stands in for a text encoder: the widths of its token states and of its pooled output."""
+
+    hidden_size: int
+    pooled_size: int
+
+
+def flux_text(arch: dict = FLUX_DEV) -> TextWidths:
+    """FLUX's text encoders (T5-XXL token states, CLIP-L pooled), also assumed for the instance
+    captions, as wide as ``arch`` reads them."""
+    return TextWidths(arch["joint_attention_dim"], arch["pooled_projection_dim"])
+
+
+def flux_transformer(arch: dict = FLUX_DEV) -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(**arch)
+
+
+def flux_layout_model(
+    single_blocks: str = "none",
+    arch: dict = FLUX_DEV,
+    latent_side: int = 1024 // VAE_FACTOR,
+    transformer: FluxTransformer2DModel | None = None,
+) -> flux.FluxLayoutModel:
+    """idruid's model around a FLUX.1 transformer of ``arch`` (FLUX.1-dev's by default) with the
+    flux-dev preset's settings (share_query, IDM on the double-stream blocks) and ``single_blocks``:
+    the adapter and the processors are attached by FluxLayoutModel itself, only the transformer
+    builder and the codec are swapped. ``transformer``: this one instead of a new one (its
+    processors are replaced)."""
+    preset = load_config("flux-dev").model
+    config = dataclasses.replace(
+        preset,
+        resolution=latent_side * VAE_FACTOR,
+        in_channels=arch["in_channels"] // flux.PACK**2,
+        network={**preset.network, "single_blocks": single_blocks},
+    )
+    build = (lambda *_: transformer) if transformer is not None else (lambda *_: flux_transformer(arch))
+    with (
+        mock.patch.object(flux, "build_transformer", build),
+        mock.patch.object(base, "build_codec", lambda _: Latents(config.in_channels)),
+    ):
+        return flux.FluxLayoutModel(config, text_encoder=flux_text(arch))
+
+
+def freeze_backbone(model) -> None:
+    """Freeze the transformer's own weights, as a model on a base folder has them (LayoutModel.
+    _finish_backbone): the real-weight presets train the adapter and the processors only."""
+    for name, param in model.named_parameters():
+        if name.startswith(model.backbone_attr + ".") and ".processor." not in name:
+            param.requires_grad_(False)
 
 
 # ---------------------------------------------------------------------- parameters
@@ -240,21 +324,27 @@ def backbone_flops(image_tokens: int, text_tokens: int, num_layers: int, arch: d
     return embed + (num_layers - 1) * block + last + head + dual * second
 
 
-def branch_flops(
-    image_tokens: int, instances: int, num_layers: int, model_config: ModelConfig, arch: dict = SD3_MEDIUM
-) -> int:
-    """Matrix-product FLOPs the layout adapter + IDM add to one forward (batch 1; tokens
-    [null, layout] per instance, the default two-token path of LayoutBranch); ``num_layers``
-    counts the IDM layers."""
+def two_token_path(model_config: ModelConfig) -> None:
     if model_config.caption_max_length != 0 or not model_config.use_idm:
-        raise ValueError("branch_flops counts the default two-token IDM path only")
-    d = arch["num_attention_heads"] * arch["attention_head_dim"]
-    p, n, h, r = image_tokens, instances, model_config.idm_hidden, model_config.geometry_rank
+        raise ValueError("the analytic branch FLOPs count the default two-token IDM path only")
+
+
+def adapter_flops(instances: int, dim: int, pooled: int, model_config: ModelConfig) -> int:
+    """The layout adapter (once per forward): the layout token MLP of each instance's Fourier box
+    and pooled caption (``pooled`` wide), and box_proj (run although no caption token uses it)."""
     fourier = 4 * 2 * model_config.fourier_freqs
-    pixels_per_token = arch["patch_size"] ** 2
-    adapter = 2 * n * ((fourier + RealTextWidths.pooled_size) * d + d * d + fourier * d)
+    return 2 * instances * ((fourier + pooled) * dim + dim * dim + fourier * dim)
+
+
+def idm_layer_flops(
+    image_tokens: int, instances: int, dim: int, patch: int, model_config: ModelConfig
+) -> int:
+    """One IDM layer (``LayoutBranch._two_token_idm``, tokens [null, layout] per instance) on
+    ``image_tokens`` tokens of ``patch`` x ``patch`` latent pixels."""
+    d, p, n = dim, image_tokens, instances
+    h, r = model_config.idm_hidden, model_config.geometry_rank
     projections = 1 if model_config.share_query else 2  # to_out, and to_q unless the query is shared
-    per_block = (
+    return (
         2
         * (
             projections * p * d * d  # to_q on the image tokens (unless shared), to_out
@@ -264,22 +354,108 @@ def branch_flops(
             + (n + 1) * (3 * d * h + h * h + 3 * h * h + h * h + h * d)  # IDM: describe, interact, alpha
             + p * 2 * n * d  # composing the instance values with the masks
             + n * d * r
-            + n * p * 6 * pixels_per_token * r
+            + n * p * 6 * patch * patch * r
             + p * r * d  # pixel geometry, gated
         )
         + 4 * (n + 1) ** 2 * h
     )  # IDM's self-attention over the n + 1 features
-    return adapter + num_layers * per_block
+
+
+def adapter_only_layer_flops(image_tokens: int, instances: int, dim: int, model_config: ModelConfig) -> int:
+    """One adapter-only branch (``LayoutBranch._adapter_only``: ablation row 1, FLUX's
+    ``single_blocks: layout``): one attention of the image tokens to the 2 tokens of every instance."""
+    d, p, n = dim, image_tokens, instances
+    projections = 1 if model_config.share_query else 2
+    return 2 * (
+        projections * p * d * d  # to_q (unless shared), to_out
+        + 2 * n * d * 2 * d  # keys and values of the 2 tokens of each instance
+        + 2 * p * 2 * n * d  # softmax(QK)V over the 2n tokens
+    )
+
+
+def branch_flops(
+    image_tokens: int, instances: int, num_layers: int, model_config: ModelConfig, arch: dict = SD3_MEDIUM
+) -> int:
+    """Matrix-product FLOPs the layout adapter + IDM add to one forward of an SD3-family MM-DiT
+    (batch 1; tokens [null, layout] per instance, the default two-token path of LayoutBranch);
+    ``num_layers`` counts the IDM layers."""
+    two_token_path(model_config)
+    d = arch["num_attention_heads"] * arch["attention_head_dim"]
+    adapter = adapter_flops(instances, d, RealTextWidths.pooled_size, model_config)
+    return adapter + num_layers * idm_layer_flops(
+        image_tokens, instances, d, arch["patch_size"], model_config
+    )
+
+
+def flux_backbone_flops(image_tokens: int, text_tokens: int, arch: dict = FLUX_DEV) -> int:
+    """Matrix-product FLOPs of one FLUX.1 transformer forward (batch 1), block by block.
+
+    Embeddings: the packed image tokens (x_embedder), the timestep MLP and (guidance_embeds,
+    FLUX.1-dev) the distilled guidance's, both from 256 sinusoidal features, the pooled CLIP MLP
+    and the context embedder on the T5 tokens. A double-stream block: AdaLN-zero modulations (6D
+    each stream), q/k/v of both streams, one attention over text + image tokens, both output
+    projections and two 4x MLPs (every block has them: FLUX has no context_pre_only block). A
+    single-stream block over the S = text + image tokens: a 3D modulation, q/k/v, attention, the
+    MLP's input projection (4D) and proj_out from the concatenated attention and MLP (5D -> D).
+    The head: a 2D modulation and the projection to the packed latents. The rotary embedding and
+    the q/k RMS norms are elementwise: no matrix product.
+    """
+    c = arch
+    d, p, t = c["num_attention_heads"] * c["attention_head_dim"], image_tokens, text_tokens
+    s = p + t
+    patch_out = (c.get("out_channels") or c["in_channels"]) * c["patch_size"] ** 2
+    time_mlps = 2 if c["guidance_embeds"] else 1
+    embed = 2 * (
+        p * c["in_channels"] * d
+        + time_mlps * (TIMESTEP_CHANNELS * d + d * d)
+        + c["pooled_projection_dim"] * d
+        + d * d
+        + t * c["joint_attention_dim"] * d
+    )
+    attention = 4 * s * s * d  # softmax(QK)V
+    double = 2 * 2 * 6 * d * d + 2 * 3 * s * d * d + attention + 2 * s * d * d + 2 * 2 * 4 * d * d * s
+    single = 2 * 3 * d * d + 2 * 3 * s * d * d + attention + 2 * s * d * 4 * d + 2 * s * 5 * d * d
+    head = 2 * 2 * d * d + 2 * p * d * patch_out
+    return embed + c["num_layers"] * double + c["num_single_layers"] * single + head
+
+
+def flux_branch_flops(
+    image_tokens: int, instances: int, model_config: ModelConfig, single_blocks: str, arch: dict = FLUX_DEV
+) -> int:
+    """Matrix-product FLOPs the layout adapter + branch add to one FLUX.1 forward (batch 1): an
+    IDM layer on each double-stream block, and on each single-stream block as ``single_blocks``
+    says (nothing, an adapter-only branch or an IDM layer); the IDM's box geometry per pixel of
+    a packed token's 2x2 latent pixels."""
+    two_token_path(model_config)
+    d = arch["num_attention_heads"] * arch["attention_head_dim"]
+    idm = idm_layer_flops(image_tokens, instances, d, flux.PACK, model_config)
+    single = {
+        "none": 0,
+        "layout": adapter_only_layer_flops(image_tokens, instances, d, model_config),
+        "idm": idm,
+    }[single_blocks]
+    adapter = adapter_flops(instances, d, arch["pooled_projection_dim"], model_config)
+    return adapter + arch["num_layers"] * idm + arch["num_single_layers"] * single
 
 
 # ---------------------------------------------------------------------- measured FLOPs
-def inputs(image_side: int, text_tokens: int, instances: int, device, dtype=torch.float32):
-    """Latents (1, 16, side, side), sigma and a Conditioning with instances boxes in a row."""
-    latents = torch.randn(1, SD3_MEDIUM["in_channels"], image_side, image_side, device=device, dtype=dtype)
+def inputs(
+    image_side: int,
+    text_tokens: int,
+    instances: int,
+    device,
+    dtype=torch.float32,
+    text=None,
+    channels: int = SD3_MEDIUM["in_channels"],
+):
+    """Latents (1, 16, side, side), sigma and a Conditioning with instances boxes in a row;
+    ``text``: the text encoder's widths (SD3's by default; ``flux_text``)."""
+    latents = torch.randn(1, channels, image_side, image_side, device=device, dtype=dtype)
     sigma = torch.full((1,), 0.7, device=device)
     x0s = torch.arange(instances, dtype=torch.float32) / instances
     boxes = torch.stack([x0s, x0s * 0.5, x0s + 1.0 / instances, x0s * 0.5 + 0.5], dim=-1)[None]
-    width, pooled = RealTextWidths.hidden_size, RealTextWidths.pooled_size
+    text = text or RealTextWidths
+    width, pooled = text.hidden_size, text.pooled_size
     cond = sd3.Conditioning(
         prompt_hidden=torch.randn(1, text_tokens, width),
         prompt_pooled=torch.randn(1, pooled),
@@ -290,11 +466,7 @@ def inputs(image_side: int, text_tokens: int, instances: int, device, dtype=torc
         valid=torch.ones(1, instances, dtype=torch.bool),
         enabled=torch.ones(1),
     )
-    if torch.device(device).type == "meta":
-        cond = sd3.Conditioning(**{k: torch.empty_like(v, device="meta") for k, v in vars(cond).items()})
-    else:
-        cond = cond.to(device)
-    return latents, sigma, cond
+    return latents, sigma, cond.to(device)  # on the meta device: shapes only (guidance stays None)
 
 
 @contextmanager
@@ -327,6 +499,24 @@ def plain_flops(transformer: SD3Transformer2DModel, latents, sigma, cond) -> int
             encoder_hidden_states=cond.prompt_hidden,
             pooled_projections=cond.prompt_pooled,
             timestep=sigma * 1000.0,
+        )
+    return counter.get_total_flops()
+
+
+def flux_plain_flops(transformer: FluxTransformer2DModel, latents, sigma, cond) -> int:
+    """FLOPs of diffusers' FLUX transformer with its default attention processors, given what
+    FluxPipeline gives it (packed latents, rotary ids, the distilled guidance)."""
+    grid = (latents.shape[-2] // flux.PACK, latents.shape[-1] // flux.PACK)
+    guidance = torch.full((1,), 3.5, device=latents.device) if transformer.config.guidance_embeds else None
+    with counting() as counter:
+        transformer(
+            hidden_states=flux.pack_latents(latents),
+            encoder_hidden_states=cond.prompt_hidden,
+            pooled_projections=cond.prompt_pooled,
+            timestep=sigma,
+            img_ids=flux.image_ids(grid, latents.device),
+            txt_ids=flux.text_ids(cond.prompt_hidden.shape[1], latents.device),
+            guidance=guidance,
         )
     return counter.get_total_flops()
 
@@ -405,6 +595,121 @@ def time_sd15_gpu(repeats: int) -> tuple[float, float]:
 
     seconds = fastest({"train step": train_step}, repeats, "cuda")["train step"]
     return seconds, torch.cuda.max_memory_allocated() / 2**30
+
+
+@dataclass
+class StepTimes:
+    """Seconds per forward (no_grad) and per training step, and the peak memory (GiB, CUDA only)
+    of one configuration; ``error`` when it did not run (out of memory)."""
+
+    name: str
+    forward: float | None = None
+    train_step: float | None = None
+    peak_gib: float | None = None
+    error: str | None = None
+
+    def line(self, resolution: int) -> str:
+        parts = [f"forward {self.forward:.3f} s" if self.forward is not None else None,
+                 f"train step {self.train_step:.3f} s" if self.train_step is not None else None,
+                 f"peak {self.peak_gib:.1f} GiB" if self.peak_gib is not None else None,
+                 self.error]  # fmt: skip
+        return f"  {self.name:<44} {resolution}: " + ", ".join(p for p in parts if p)
+
+
+def peak_gib(device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else None
+
+
+def flux_step_times(
+    arch: dict, latent_side: int, text_tokens: int, repeats: int, device, dtype=torch.bfloat16
+) -> list[StepTimes]:
+    """FLUX.1 + idruid as the flux-dev preset trains it: the transformer frozen (real weights),
+    gradient checkpointing, autocast to ``dtype`` over float32 weights (accelerate's mixed
+    precision), AdamW over the adapter and the branches (L_ldm + L_dis); batch 1, 10 instances.
+    For each single_blocks setting a forward and a training step with the branch on; for the
+    transformer alone a forward only (none of its weights train). A configuration that runs out
+    of memory is reported as such and the next one still runs."""
+    rows = []
+    for single_blocks in FLUX_SINGLE_BLOCKS:
+        gc.collect()
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        named = {f"+ adapter + IDM, single_blocks {single_blocks}": True}
+        if single_blocks == FLUX_SINGLE_BLOCKS[0]:
+            named = {"transformer alone (branch off)": False, **named}
+        model = calls = None
+        try:
+            torch.manual_seed(0)
+            with torch.device(device):
+                model = flux_layout_model(single_blocks, arch, latent_side)
+            freeze_backbone(model)
+            model.transformer.enable_gradient_checkpointing()
+            latents, sigma, cond = inputs(latent_side, text_tokens, INSTANCES, device, text=flux_text(arch),
+                                          channels=arch["in_channels"] // flux.PACK**2)  # fmt: skip
+            calls = {}
+            for name, layout_on in named.items():
+                steps = sd3_steps(model, latents, sigma, cond, layout_on, dtype)
+                calls[f"{name}|forward"] = steps["forward"]
+                if layout_on:  # the branch off, nothing would get a gradient
+                    calls[f"{name}|train step"] = steps["train step"]
+            seconds = fastest(calls, repeats, device)
+            peak = peak_gib(device)
+            for name in named:
+                rows.append(
+                    StepTimes(name, seconds[f"{name}|forward"], seconds.get(f"{name}|train step"), peak)
+                )
+        except torch.OutOfMemoryError:
+            rows += [StepTimes(name, peak_gib=peak_gib(device), error="out of memory") for name in named]
+        del model, calls
+    return rows
+
+
+MINIATURES = {"shapes-flux": "FLUX miniature", "shapes": "MM-DiT miniature (SD3)"}
+INSTANCE_COUNTS = (2, 6, 10)
+
+
+def miniature_times(batch: int, repeats: int) -> dict[tuple[str, int, bool], float]:
+    """Seconds per forward (no_grad) of the embedded miniatures (``MINIATURES``' presets, their
+    own resolution) with the layout branch off and on, for batches of ``batch`` shapes layouts of
+    each of ``INSTANCE_COUNTS`` instances: all of them interleaved, the fastest of ``repeats``."""
+    calls = {}
+    for preset in MINIATURES:
+        torch.manual_seed(0)
+        model = build_model(load_config(preset).model).eval()
+        x_t = torch.randn(batch, *model.latent_shape)
+        sigma = torch.full((batch,), 0.5)
+        for instances in INSTANCE_COUNTS:
+            rng = np.random.default_rng(instances)
+            layouts = [scene_to_layout(sample_scene(rng, instances), "detailed", rng) for _ in range(batch)]
+            cond = model.encode_text(layouts)
+            assert cond.valid.sum(1).tolist() == [instances] * batch
+            for layout_on in (False, True):
+
+                def forward(model=model, x_t=x_t, sigma=sigma, cond=cond, layout_on=layout_on):
+                    with torch.no_grad():
+                        model(x_t, sigma, cond, layout_on=layout_on)
+
+                calls[preset, instances, layout_on] = forward
+    return fastest(calls, repeats, "cpu")
+
+
+def miniature_report(batch: int, repeats: int) -> None:
+    seconds = miniature_times(batch, repeats)
+    threads = torch.get_num_threads()
+    print(f"\n## The miniatures' forward, layout branch off / on, by instance count (CPU, "
+          f"{threads} thread(s), batch {batch}, fastest of {repeats}, interleaved)")  # fmt: skip
+    columns = ["instances"]
+    for preset, name in MINIATURES.items():
+        columns += [f"{name} (`{preset}`) off ms", "on ms", "on / off"]
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for instances in INSTANCE_COUNTS:
+        cells = [str(instances)]
+        for preset in MINIATURES:
+            off, on = seconds[preset, instances, False], seconds[preset, instances, True]
+            cells += [f"{off * 1e3:.1f}", f"{on * 1e3:.1f}", f"{on / off:.2f}x"]
+        print("| " + " | ".join(cells) + " |")
 
 
 def druid_branch_flops(image_tokens: int, slots: int, num_layers: int) -> int:
@@ -558,6 +863,146 @@ def sd35_report(side: int, device) -> None:
         print(row.markdown())
 
 
+@dataclass
+class FluxParams:
+    backbone: int
+    adapter: int
+    double_branch: int  # one double-stream block's processor (IDM)
+    single_branch: int  # one single-stream block's (0: diffusers' own attention)
+    double_layers: int
+    single_layers: int  # single-stream blocks with a branch
+    unused: int  # the adapter's caption-token modules: unused at caption_max_length 0, never trained
+
+    @property
+    def branches(self) -> int:
+        return self.double_layers * self.double_branch + self.single_layers * self.single_branch
+
+    @property
+    def extra(self) -> int:
+        return self.adapter + self.branches
+
+
+def flux_param_counts(model: flux.FluxLayoutModel) -> FluxParams:
+    named = dict(model.transformer.named_parameters())
+    backbone = count(p for n, p in named.items() if ".processor." not in n)
+    per_kind = []
+    for kind in (flux.FluxLayoutJointProcessor, flux.FluxLayoutSingleProcessor):
+        sizes = [count(m.parameters()) for m in model.transformer.modules() if isinstance(m, kind)]
+        assert len(set(sizes)) <= 1, f"{kind.__name__}s of different sizes"
+        per_kind.append((sizes[0] if sizes else 0, len(sizes)))
+    (double, doubles), (single, singles) = per_kind
+    assert doubles == model.transformer.config.num_layers
+    assert singles in (0, model.transformer.config.num_single_layers)
+    unused = count(p for n, p in model.named_parameters() if n.startswith(model.unused_prefixes))
+    adapter = count(model.adapter.parameters())
+    params = FluxParams(backbone, adapter, double, single, doubles, singles, unused)
+    assert backbone + params.branches == count(named.values()), "a processor is missing from the count"
+    return params
+
+
+@dataclass
+class FluxRow:
+    """FLUX.1-dev + idruid at 1024 px (batch 1) with one ``single_blocks`` setting."""
+
+    single_blocks: str
+    params: FluxParams
+    map_sets: int  # attention map sets L_dis reads per forward
+    backbone_flops: int
+    branch_flops: int
+
+    def markdown(self) -> str:
+        p = self.params
+        single = f"{p.single_layers} x {p.single_branch / 1e6:.1f} M" if p.single_layers else "-"
+        return (
+            f"| {self.single_blocks} | {p.backbone / 1e9:.3f} B | {p.adapter / 1e6:.1f} M | "
+            f"{p.double_layers} x {p.double_branch / 1e6:.1f} M | {single} | "
+            f"{p.extra / 1e9:.3f} B ({p.extra / p.backbone:.1%}) | {(p.extra - p.unused) / 1e9:.3f} B | "
+            f"{self.backbone_flops / 1e9:.1f} | "
+            f"{self.branch_flops / 1e9:.1f} ({self.branch_flops / self.backbone_flops:.1%}) | "
+            f"{self.map_sets} |"
+        )
+
+
+def flux_row(single_blocks: str, latent_side: int, plain_params: int) -> FluxRow:
+    """Parameters and FLOPs (meta device) of FLUX.1-dev + adapter + branch with ``single_blocks``,
+    the analytic FLOPs checked against FlopCounterMode with the branch off and on."""
+    with torch.device("meta"):
+        model = flux_layout_model(single_blocks, latent_side=latent_side)
+    params = flux_param_counts(model)
+    assert params.backbone == plain_params  # attaching idruid leaves the transformer as it is
+    tokens = (latent_side // flux.PACK) ** 2
+    backbone = flux_backbone_flops(tokens, FLUX_PROMPT_TOKENS)
+    branch = flux_branch_flops(tokens, INSTANCES, model.config, single_blocks)
+    latents, sigma, cond = inputs(latent_side, FLUX_PROMPT_TOKENS, INSTANCES, "meta", text=flux_text())
+    with untrimmed():
+        name = f"FLUX.1-dev {single_blocks}"
+        check(f"{name}, branch off", backbone, measured_flops(model, latents, sigma, cond, False))
+        check(
+            f"{name}, adapter + branch on",
+            backbone + branch,
+            measured_flops(model, latents, sigma, cond, True),
+        )
+        with torch.no_grad():
+            maps = model(latents, sigma, cond, layout_on=True, record_attention=True)[1]
+    return FluxRow(single_blocks, params, len(maps), backbone, branch)
+
+
+def flux_small_check(device, layers: int = 1, latent_side: int = 32) -> None:
+    """The FLUX counts on real tensors: a transformer at FLUX.1-dev's width with ``layers``
+    double- and single-stream blocks, under every single_blocks setting (one transformer, its
+    processors replaced)."""
+    arch = {**FLUX_DEV, "num_layers": layers, "num_single_layers": layers}
+    tokens = (latent_side // flux.PACK) ** 2
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    transformer = flux_transformer(arch).to(device)
+    latents, sigma, cond = inputs(latent_side, FLUX_PROMPT_TOKENS, INSTANCES, device, text=flux_text(arch))
+    backbone = flux_backbone_flops(tokens, FLUX_PROMPT_TOKENS, arch)
+    check(f"FLUX.1-dev width, {layers} + {layers} blocks (real tensors)", backbone,
+          flux_plain_flops(transformer, latents, sigma, cond))  # fmt: skip
+    for single_blocks in FLUX_SINGLE_BLOCKS:
+        model = flux_layout_model(single_blocks, arch, latent_side, transformer).to(device)
+        if single_blocks == FLUX_SINGLE_BLOCKS[0]:
+            check("  idruid model, branch off (real tensors)", backbone,
+                  measured_flops(model, latents, sigma, cond, False))  # fmt: skip
+        branch = flux_branch_flops(tokens, INSTANCES, model.config, single_blocks, arch)
+        check(f"  + adapter + branch, single_blocks {single_blocks}", backbone + branch,
+              measured_flops(model, latents, sigma, cond, True))  # fmt: skip
+    print(f"  built and counted in {time.perf_counter() - started:.1f} s")
+
+
+def flux_report(device) -> None:
+    """FLUX.1-dev + idruid at 1024 px, one row per single_blocks setting (meta device), and the
+    counts checked on real tensors at FLUX.1-dev's width."""
+    side = 1024 // VAE_FACTOR
+    tokens = (side // flux.PACK) ** 2
+    print(f"\n## FLUX.1-dev + adapter + IDM, 1024x1024 ({tokens} image tokens after 2x2 packing, "
+          f"{FLUX_PROMPT_TOKENS} T5 tokens, {INSTANCES} instances; share_query as flux-dev)")  # fmt: skip
+    with torch.device("meta"):
+        plain = flux_transformer()
+    latents, sigma, cond = inputs(side, FLUX_PROMPT_TOKENS, INSTANCES, "meta", text=flux_text())
+    check("FLUX.1-dev, diffusers' attention (meta)", flux_backbone_flops(tokens, FLUX_PROMPT_TOKENS),
+          flux_plain_flops(plain, latents, sigma, cond))  # fmt: skip
+    rows = [flux_row(single_blocks, side, count(plain.parameters())) for single_blocks in FLUX_SINGLE_BLOCKS]
+    flux_small_check(device)
+    columns = [
+        "single_blocks",
+        "transformer params",
+        "adapter",
+        "double-stream branches (IDM)",
+        "single-stream branches",
+        "adapter + branches (% of transformer)",
+        "trained (no caption-token modules)",
+        "transformer GFLOP / forward",
+        "+ adapter + branches GFLOP",
+        "L_dis map sets / forward",
+    ]
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print(row.markdown())
+
+
 def sd15_report(latent_side: int) -> None:
     """Parameters and FLOPs (FlopCounterMode, meta device) that the adapter + IDM add to SD1.5."""
     with torch.device("meta"):
@@ -596,6 +1041,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mini-batch", type=int, default=8, help="batch of the miniatures' forward")
+    parser.add_argument("--mini-repeats", type=int, default=30, help="runs of the miniatures' forward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -655,6 +1102,7 @@ def main() -> None:
     sd15_report(unet_side)
     druid_report(tokens)
     sd35_report(side, device)
+    flux_report(device)
 
     # ------------------------------------------------------------ a real run at the real widths (CPU)
     small_layers, small_side = 2, 32
@@ -686,9 +1134,10 @@ def main() -> None:
     print(f"  train step backbone {step_base:.3f} s, + adapter + IDM + L_dis {step_idm:.3f} s "
           f"({step_idm / step_base:.2f}x)")  # fmt: skip
     del small
+    miniature_report(args.mini_batch, args.mini_repeats)
 
     if device != "cuda":
-        print("\nNo GPU: training steps at 1024 / 512 and peak memory are not measured.")
+        print("\nNo GPU: training steps at 1024 (SD3, FLUX.1-dev) / 512 and peak memory are not measured.")
         return
     # ------------------------------------------------------------ GPU: the paper's resolutions
     print("\n## GPU training steps (bf16 autocast, AdamW, batch 1)")
@@ -707,6 +1156,10 @@ def main() -> None:
         del full, steps
     step, peak = time_sd15_gpu(args.repeats)
     print(f"  {'SD1.5 UNet':<28} 512: train step {step:.3f} s, peak {peak:.1f} GiB")
+    print("\n## FLUX.1-dev + idruid on the GPU (frozen transformer, gradient checkpointing, bf16 autocast, "
+          "AdamW over adapter + branches, batch 1)")  # fmt: skip
+    for row in flux_step_times(FLUX_DEV, side, FLUX_PROMPT_TOKENS, args.repeats, "cuda"):
+        print(row.line(side * VAE_FACTOR))
 
 
 if __name__ == "__main__":
