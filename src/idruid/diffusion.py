@@ -50,6 +50,21 @@ def ddim_step(
     return a_next.sqrt() * x0_pred + (1.0 - a_next).sqrt() * eps_pred
 
 
+# What a flow network's raw output is (a backbone's network setting ``output``): "velocity" (its
+# own parameterisation: real weights) or "x0" (the clean latents, turned into v = (x_t - x0) /
+# sigma: the embedded miniatures, whose big patches make copying the noise through the network hard)
+FLOW_OUTPUTS = ("velocity", "x0")
+SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by, so that the last steps stay finite
+
+
+def flow_velocity(output: str, raw: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """A flow network's raw output as the velocity v = noise - x0: as is, or (x_t - x0) / sigma
+    for an "x0" output (sigma floored at ``SIGMA_FLOOR``)."""
+    if output == "velocity":
+        return raw
+    return (x_t - raw) / sigma.clamp(min=SIGMA_FLOOR).view(-1, *([1] * (x_t.ndim - 1))).to(raw.dtype)
+
+
 class FlowProcess:
     """Rectified flow with SD3's schedule (``FlowMatchEulerDiscreteScheduler``)."""
 

@@ -172,7 +172,7 @@ def test_init_from_loads_weights_and_refuses_another_config(tmp_path, model):
 def test_x0_output_is_turned_into_the_velocity():
     """With model.output = "x0" the backbone predicts the clean image; the model returns
     v = (x_t - x0_hat) / max(sigma, 0.05), which is noise - x0 when x0_hat is exact."""
-    from idruid.models.sd3 import SIGMA_FLOOR
+    from idruid.diffusion import SIGMA_FLOOR
 
     torch.manual_seed(0)
     net = SD3LayoutModel(

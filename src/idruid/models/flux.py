@@ -38,7 +38,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
 from ..config import ModelConfig
-from ..diffusion import FlowProcess
+from ..diffusion import FLOW_OUTPUTS, FlowProcess, flow_velocity
 from ..errors import ConfigError
 from ..model_dirs import DIFFUSERS_MODEL, SCHEDULER, load_diffusers_model
 from .adapter import LayoutAdapter
@@ -52,8 +52,6 @@ __all__ = ["FluxLayoutModel", "FluxNetwork", "FluxProcess", "pack_latents", "unp
 
 PACK = 2  # latent pixels per token side (FluxPipeline's 2x2 packing)
 SINGLE_BLOCKS = ("idm", "layout", "none")
-OUTPUTS = ("velocity", "x0")
-SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by (as models/sd3.py)
 # FLUX.1-dev's scheduler/scheduler_config.json: the miniature's time grid (schnell's turns
 # use_dynamic_shifting off, at shift 1)
 FLUX_SCHEDULER = {
@@ -95,8 +93,9 @@ class FluxNetwork:
                 f"model.network.single_blocks '{self.single_blocks}': "
                 f"expected one of {', '.join(SINGLE_BLOCKS)}"
             )
-        if self.output not in OUTPUTS:
-            raise ConfigError(f"model.network.output '{self.output}': expected one of {', '.join(OUTPUTS)}")
+        if self.output not in FLOW_OUTPUTS:
+            choices = ", ".join(FLOW_OUTPUTS)
+            raise ConfigError(f"model.network.output '{self.output}': expected one of {choices}")
         if self.head_dim < 8 or self.head_dim % 2:
             raise ConfigError(
                 f"model.network.head_dim must be even and >= 8 (rotary axes), got {self.head_dim}"
@@ -252,8 +251,8 @@ def _add_branch(branch: LayoutBranch, hidden, features, out, layout: LayoutCondi
     return out + layout.enabled.to(added.dtype)[:, None, None] * added
 
 
-class FluxLayoutJointProcessor(LayoutBranch):
-    """A double-stream block's joint attention + the layout branch on its image part."""
+class _FluxBranchProcessor(LayoutBranch):
+    """What both FLUX layout processors share: the call diffusers makes."""
 
     # diffusers passes a joint_attention_kwargs entry (``layout``) to a processor only if its
     # __call__ names it
@@ -269,6 +268,10 @@ class FluxLayoutJointProcessor(LayoutBranch):
         return super().__call__(
             attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, layout
         )
+
+
+class FluxLayoutJointProcessor(_FluxBranchProcessor):
+    """A double-stream block's joint attention + the layout branch on its image part."""
 
     def forward(
         self,
@@ -290,7 +293,7 @@ class FluxLayoutJointProcessor(LayoutBranch):
         return image_out, attn.to_add_out(features[:, :text].contiguous())
 
 
-class FluxLayoutSingleProcessor(LayoutBranch):
+class FluxLayoutSingleProcessor(_FluxBranchProcessor):
     """A single-stream block's attention over [text; image] + the layout branch on the image
     tokens, the last h * w of the sequence; the block's proj_out projects the sum (its attention
     has no output projection of its own).
@@ -301,19 +304,6 @@ class FluxLayoutSingleProcessor(LayoutBranch):
     def __init__(self, *args, record_maps: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.record_maps = record_maps
-
-    def __call__(
-        self,
-        attn,
-        hidden_states,
-        encoder_hidden_states=None,
-        attention_mask=None,
-        image_rotary_emb=None,
-        layout=None,
-    ):
-        return super().__call__(
-            attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, layout
-        )
 
     def forward(
         self,
@@ -500,11 +490,8 @@ class FluxLayoutModel(LayoutModel):
         return cond.guidance.float()
 
     def _velocity(self, out: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The backbone output as a velocity: as is, or v = (x_t - x0) / sigma for an x0 output
-        (sigma floored at SIGMA_FLOOR so that the last steps stay finite)."""
-        if self.network.output == "velocity":
-            return out
-        return (x_t - out) / sigma.clamp(min=SIGMA_FLOOR).view(-1, *([1] * (x_t.ndim - 1))).to(out.dtype)
+        """The backbone output as a velocity (idruid.diffusion.flow_velocity, by ``output``)."""
+        return flow_velocity(self.network.output, out, x_t, sigma)
 
 
 BACKBONE = Backbone(

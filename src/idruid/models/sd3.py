@@ -19,7 +19,7 @@ from diffusers import SD3Transformer2DModel
 from diffusers.models.attention_processor import Attention
 
 from ..config import ModelConfig
-from ..diffusion import FlowProcess
+from ..diffusion import FLOW_OUTPUTS, FlowProcess, flow_velocity
 from ..errors import ConfigError
 from ..model_dirs import DIFFUSERS_MODEL, load_diffusers_model
 from .adapter import LayoutAdapter
@@ -39,8 +39,6 @@ __all__ = [
     "BACKBONE",
 ]
 
-SIGMA_FLOOR = 0.05  # smallest sigma an x0 output is divided by
-OUTPUTS = ("velocity", "x0")
 
 
 @dataclass
@@ -59,8 +57,9 @@ class SD3Network:
     output: str = "velocity"
 
     def __post_init__(self) -> None:
-        if self.output not in OUTPUTS:
-            raise ConfigError(f"model.network.output '{self.output}': expected one of {', '.join(OUTPUTS)}")
+        if self.output not in FLOW_OUTPUTS:
+            choices = ", ".join(FLOW_OUTPUTS)
+            raise ConfigError(f"model.network.output '{self.output}': expected one of {choices}")
 
 
 # A stable-diffusion-3-medium-diffusers folder (StableDiffusion3Pipeline's layout)
@@ -196,11 +195,8 @@ class SD3LayoutModel(LayoutModel):
         return self._velocity(out, x_t, sigma), (layout.attention_maps if layout is not None else [])
 
     def _velocity(self, out: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The backbone output as a velocity: as is, or v = (x_t - x0) / sigma for an x0 output
-        (sigma floored at SIGMA_FLOOR so that the last steps stay finite)."""
-        if self.network.output == "velocity":
-            return out
-        return (x_t - out) / sigma.clamp(min=SIGMA_FLOOR).view(-1, *([1] * (x_t.ndim - 1))).to(out.dtype)
+        """The backbone output as a velocity (idruid.diffusion.flow_velocity, by ``output``)."""
+        return flow_velocity(self.network.output, out, x_t, sigma)
 
 
 BACKBONE = Backbone(
