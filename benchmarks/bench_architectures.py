@@ -694,6 +694,12 @@ def miniature_times(batch: int, repeats: int) -> dict[tuple[str, int, bool], flo
     return fastest(calls, repeats, "cpu")
 
 
+def print_header(columns: list[str]) -> None:
+    """The header and rule of a markdown table (each report prints its rows)."""
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
 def miniature_report(batch: int, repeats: int) -> None:
     seconds = miniature_times(batch, repeats)
     threads = torch.get_num_threads()
@@ -702,8 +708,7 @@ def miniature_report(batch: int, repeats: int) -> None:
     columns = ["instances"]
     for preset, name in MINIATURES.items():
         columns += [f"{name} (`{preset}`) off ms", "on ms", "on / off"]
-    print("\n| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
+    print_header(columns)
     for instances in INSTANCE_COUNTS:
         cells = [str(instances)]
         for preset in MINIATURES:
@@ -857,8 +862,7 @@ def sd35_report(side: int, device) -> None:
         "+ adapter + IDM GFLOP",
         "L_dis map sets / forward",
     ]
-    print("\n| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
+    print_header(columns)
     for row in rows:
         print(row.markdown())
 
@@ -997,8 +1001,7 @@ def flux_report(device) -> None:
         "+ adapter + branches GFLOP",
         "L_dis map sets / forward",
     ]
-    print("\n| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
+    print_header(columns)
     for row in rows:
         print(row.markdown())
 

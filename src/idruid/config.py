@@ -370,12 +370,14 @@ def _renamed(section: str, key: str, where: str, warn: bool) -> str:
         return key
     if warn:
         dotted = f"{section}." if section else ""
-        warnings.warn(
-            f"{where}: config key '{dotted}{key}' is deprecated, read as '{dotted}{new}'",
-            DeprecationWarning,
-            stacklevel=3,
-        )
+        _deprecated(where, f"{dotted}{key}", f"{dotted}{new}", stacklevel=4)
     return new
+
+
+def _deprecated(where: str, old: str, new: str, stacklevel: int) -> None:
+    """The one warning of an older config key read under its current name."""
+    message = f"{where}: config key '{old}' is deprecated, read as '{new}'"
+    warnings.warn(message, DeprecationWarning, stacklevel=stacklevel)
 
 
 def upgrade_keys(data: dict[str, Any], where: str = "config", warn: bool = True) -> dict[str, Any]:
@@ -416,11 +418,7 @@ def upgrade_model_keys(model: dict[str, Any], where: str = "model", warn: bool =
         if key in network:
             raise ConfigError(f"{where}: both 'model.{key}' and its new name 'model.network.{key}' are set")
         if warn:
-            warnings.warn(
-                f"{where}: config key 'model.{key}' is deprecated, read as 'model.network.{key}'",
-                DeprecationWarning,
-                stacklevel=3,
-            )
+            _deprecated(where, f"model.{key}", f"model.network.{key}", stacklevel=4)
         moved[key] = value
     upgraded["network"] = moved
     return upgraded
@@ -485,11 +483,7 @@ def apply_override(config: TrainConfig, item: str) -> None:
     section = ".".join(parts[:-1])
     name = _renamed(section, parts[-1], f"override '{item}'", warn=True)
     if section == "model" and name in FLAT_NETWORK_KEYS:
-        warnings.warn(
-            f"override '{item}': config key 'model.{name}' is deprecated, read as 'model.network.{name}'",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        _deprecated(f"override '{item}'", f"model.{name}", f"model.network.{name}", stacklevel=3)
         target, section = target.network, "model.network"
     if section == "model.network":
         # the backbone's own setting: its type is known where the backbone is (models.registry,
