@@ -238,6 +238,64 @@ def test_processors_with_the_layout_off_are_diffusers_attention(models):
     assert (on_single[:, text:] - plain_single[:, text:]).abs().amax() > 1e-3
 
 
+def _hand_rotation(queries: torch.Tensor, grid: tuple[int, int], axes: tuple[int, ...]) -> torch.Tensor:
+    """FLUX's rotary embedding written out: channel pairs (2j, 2j+1) of each axis k turn by
+    position_k * 10000^(-2j / axes_k) for the token id (0, row, column), as complex products."""
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    positions = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).double()
+    frequencies = [10000.0 ** (-torch.arange(0, size, 2).double() / size) for size in axes]
+    angles = torch.cat([positions[:, [k]] * f for k, f in enumerate(frequencies)], dim=-1)  # (P, d / 2)
+    pairs = torch.complex(queries[..., 0::2].double(), queries[..., 1::2].double()) * torch.polar(
+        torch.ones_like(angles), angles
+    )
+    return torch.stack([pairs.real, pairs.imag], -1).flatten(-2).to(queries.dtype)
+
+
+@pytest.mark.parametrize("block", ["double", "single"])
+def test_rotary_branch_positions_against_a_hand_rotation(folders, block):
+    """branch_positions=rotary: the adapter-only branch's image queries carry FLUX's rotary
+    positions and the instance tokens none (id 0). The branch's share of a processor's output
+    equals a loop over instances and pixels with the rotation written out, and it is not the
+    position-blind branch's (at "none" a token's output does not depend on where it sits)."""
+    torch.manual_seed(2)
+    network = {"single_blocks": "layout", "branch_positions": "rotary"}
+    model = trained_branches(build_model(config_for(folders["schnell"], use_idm=False, network=network)))
+    transformer = model.transformer
+    grid = (3, 4)
+    image, context, rotary = _inputs(transformer, grid=grid)
+    layout = _layout(model, grid=grid)
+    blocks = transformer.transformer_blocks if block == "double" else transformer.single_transformer_blocks
+    attn = blocks[0].attn
+    branch = attn.processor
+
+    def branch_share() -> torch.Tensor:  # the processor's output less diffusers' own, image tokens
+        if block == "double":
+            ours = branch(attn, image, context, None, rotary, layout)[0]
+            return ours - FluxAttnProcessor()(attn, image, context, None, rotary)[0]
+        joint = torch.cat([context, image], dim=1)
+        ours = branch(attn, joint, None, None, rotary, layout)
+        return (ours - FluxAttnProcessor()(attn, joint, None, None, rotary))[:, context.shape[1] :]
+
+    with torch.no_grad():
+        added = branch_share()
+        heads = branch.heads
+        queries = branch.to_q(image).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, h, P, d)
+        queries = _hand_rotation(queries, grid, transformer.config.axes_dims_rope)
+        keys, values = (t.unflatten(-1, (heads, -1)) for t in branch.to_kv(layout.tokens).chunk(2, dim=-1))
+        expected = torch.zeros_like(image)
+        for b in range(len(image)):
+            usable = layout.token_mask[b]  # (N, L): every instance's usable tokens, one softmax
+            k, v = keys[b][usable], values[b][usable]  # (T, h, d)
+            width = v.shape[-1]
+            for pixel in range(image.shape[1]):
+                for head in range(heads):
+                    weights = torch.softmax(k[:, head] @ queries[b, head, pixel] / width**0.5, dim=0)
+                    expected[b, pixel, head * width : (head + 1) * width] = weights @ v[:, head]
+        torch.testing.assert_close(added, branch.to_out(expected), rtol=1e-4, atol=1e-5)
+        branch.rotate_queries = False  # the position-blind branch, same weights
+        assert (branch_share() - added).abs().amax() > 1e-3
+
+
 def test_packed_token_box_masks_against_a_per_pixel_loop(models):
     """The IDM's soft masks on FLUX's 8x8 token grid: each token's share of its 2x2 latent pixels
     (16x16 image pixels at FLUX's VAE) whose centres lie in the box, in the order the tokens are
@@ -326,6 +384,10 @@ def test_bad_single_block_settings_are_refused(folders):
         build_model(config_for(folders["schnell"], network={"single_blocks": "all"}))
     with pytest.raises(ConfigError, match="single_blocks=idm needs model.use_idm=true"):
         build_model(config_for(folders["schnell"], use_idm=False, network={"single_blocks": "idm"}))
+    with pytest.raises(ConfigError, match="branch_positions 'sincos': expected one of none, rotary"):
+        build_model(config_for(folders["schnell"], network={"branch_positions": "sincos"}))
+    with pytest.warns(UserWarning, match="cannot place instances"):
+        build_model(config_for(folders["schnell"], use_idm=False))
 
 
 # ----------------------------------------------------------------------------- distilled guidance

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,6 +53,7 @@ __all__ = ["FluxLayoutModel", "FluxNetwork", "FluxProcess", "pack_latents", "unp
 
 PACK = 2  # latent pixels per token side (FluxPipeline's 2x2 packing)
 SINGLE_BLOCKS = ("idm", "layout", "none")
+BRANCH_POSITIONS = ("none", "rotary")
 # FLUX.1-dev's scheduler/scheduler_config.json: the miniature's time grid (schnell's turns
 # use_dynamic_shifting off, at shift 1)
 FLUX_SCHEDULER = {
@@ -80,6 +82,12 @@ class FluxNetwork:
     # "none": the paper puts IDM on the joint-attention blocks (4.1), which are FLUX's double-stream
     # ones; the 38 single-stream blocks would triple the branch's weights (runs/notes-flux.md)
     single_blocks: str = "none"
+    # what the layout branch's image queries know of their position: "none" (the token's features
+    # only, as the paper's branch on SD3, whose tokens carry sin-cos positions) or "rotary" (FLUX's
+    # own rotary embedding of the token's (0, row, column) id; the instance tokens sit at id 0, as
+    # FLUX's text tokens do). FLUX's image tokens carry no absolute position, so an adapter-only
+    # branch (use_idm false) needs "rotary" to place anything; IDM gets positions from its box masks
+    branch_positions: str = "none"
     # the distilled guidance scale a guidance-embedding transformer gets where the conditioning
     # carries none (stage-1 training; sampling without the setting guidance): FLUX.1-dev's 3.5
     guidance: float = 3.5
@@ -92,6 +100,11 @@ class FluxNetwork:
             raise ConfigError(
                 f"model.network.single_blocks '{self.single_blocks}': "
                 f"expected one of {', '.join(SINGLE_BLOCKS)}"
+            )
+        if self.branch_positions not in BRANCH_POSITIONS:
+            raise ConfigError(
+                f"model.network.branch_positions '{self.branch_positions}': "
+                f"expected one of {', '.join(BRANCH_POSITIONS)}"
             )
         if self.output not in FLOW_OUTPUTS:
             choices = ", ".join(FLOW_OUTPUTS)
@@ -245,14 +258,29 @@ def flux_attention(
     return out.transpose(1, 2).flatten(2).to(query.dtype), own_query
 
 
-def _add_branch(branch: LayoutBranch, hidden, features, out, layout: LayoutCondition, query) -> torch.Tensor:
-    """``out`` (B, P, C) plus the layout branch, for the samples whose layout is on."""
-    added = branch.instance_branch(hidden, features, layout, query)
+def _add_branch(
+    branch: _FluxBranchProcessor, hidden, features, out, layout: LayoutCondition, query, rotary
+) -> torch.Tensor:
+    """``out`` (B, P, C) plus the layout branch, for the samples whose layout is on. ``rotary``:
+    the image tokens' (cos, sin), the last P rows of the rotary embedding diffusers passes."""
+    place = None
+    if branch.rotate_queries:
+        image_rotary = tuple(part[-hidden.shape[1] :] for part in rotary)
+
+        def place(queries: torch.Tensor) -> torch.Tensor:  # (B, h, P, d), FLUX's rotation
+            return apply_rotary_emb(queries, image_rotary, sequence_dim=2)
+
+    added = branch.instance_branch(hidden, features, layout, query, place)
     return out + layout.enabled.to(added.dtype)[:, None, None] * added
 
 
 class _FluxBranchProcessor(LayoutBranch):
-    """What both FLUX layout processors share: the call diffusers makes."""
+    """What both FLUX layout processors share: the call diffusers makes, and where the branch's
+    image queries get their positions (``FluxNetwork.branch_positions``)."""
+
+    def __init__(self, *args, rotate_queries: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rotate_queries = rotate_queries
 
     # diffusers passes a joint_attention_kwargs entry (``layout``) to a processor only if its
     # __call__ names it
@@ -289,7 +317,7 @@ class FluxLayoutJointProcessor(_FluxBranchProcessor):
         image = features[:, text:]  # e_{n+1}: the prompt-enhanced image features
         image_out = attn.to_out[1](attn.to_out[0](image.contiguous()))
         if layout is not None:
-            image_out = _add_branch(self, hidden_states, image, image_out, layout, query)
+            image_out = _add_branch(self, hidden_states, image, image_out, layout, query, image_rotary_emb)
         return image_out, attn.to_add_out(features[:, :text].contiguous())
 
 
@@ -322,7 +350,9 @@ class FluxLayoutSingleProcessor(_FluxBranchProcessor):
         text = features.shape[1] - layout.grid[0] * layout.grid[1]
         image = features[:, text:]
         view = layout if self.record_maps else replace(layout, record_attention=False, attention_maps=[])
-        image = _add_branch(self, hidden_states[:, text:], image, image, view, query[:, :, text:])
+        image = _add_branch(
+            self, hidden_states[:, text:], image, image, view, query[:, :, text:], image_rotary_emb
+        )
         return torch.cat([features[:, :text], image], dim=1)
 
 
@@ -391,6 +421,14 @@ class FluxLayoutModel(LayoutModel):
             )
         if network.single_blocks == "idm" and not config.use_idm:
             raise ConfigError("model.network.single_blocks=idm needs model.use_idm=true (or 'layout')")
+        if not config.use_idm and network.branch_positions == "none":
+            warnings.warn(
+                "an adapter-only layout branch on FLUX with model.network.branch_positions=none "
+                "cannot place instances (FLUX's image tokens carry no absolute position): "
+                "set it to rotary",
+                UserWarning,
+                stacklevel=2,
+            )
         text_dim, pooled_dim = self.text_encoder.hidden_size, self.text_encoder.pooled_size
         self.transformer = build_transformer(config, network, text_dim, pooled_dim)
         self._check_text_widths(text_dim, pooled_dim)
@@ -417,9 +455,11 @@ class FluxLayoutModel(LayoutModel):
         single-stream ones as ``single_blocks`` says."""
         config, heads = self.config, self.transformer.config.num_attention_heads
 
+        rotate = self.network.branch_positions == "rotary"
+
         def branch(kind: type, use_idm: bool, **extra) -> LayoutBranch:
             sizes = (inner, heads, inner, use_idm, config.idm_hidden, PACK, config.geometry_rank)
-            return kind(*sizes, config.share_query, **extra)
+            return kind(*sizes, config.share_query, rotate_queries=rotate, **extra)
 
         single = self.network.single_blocks
         single_idm = single == "idm"

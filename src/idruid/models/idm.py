@@ -28,6 +28,7 @@ image to the tokens of all instances, with no masks and no weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -226,17 +227,23 @@ class LayoutBranch(nn.Module):
         global_features: torch.Tensor,
         layout: LayoutCondition,
         backbone_query: torch.Tensor | None = None,
+        place_queries: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The layout branch's output (B, P, C) to add to the backbone's. ``backbone_query``
         (B, h, P, d): the backbone's own image queries, used instead of ``to_q`` when the
-        processor shares them (``share_query``)."""
+        processor shares them (``share_query``). ``place_queries`` maps the image queries
+        (B, h, P, d) to queries that carry their pixel's position, for a backbone whose image
+        tokens carry none (FLUX: rotary positions only, inside its own attention)."""
         num = layout.valid.shape[1]
         if self.to_q is None:
             if backbone_query is None:
                 raise ValueError("a processor with share_query needs the backbone's queries")
-            query = backbone_query.unsqueeze(1)  # (B, 1, h, P, d)
+            query = backbone_query
         else:
-            query = self._heads(self.to_q(hidden_states)).unsqueeze(1)
+            query = self._heads(self.to_q(hidden_states))
+        if place_queries is not None:
+            query = place_queries(query)
+        query = query.unsqueeze(1)  # (B, 1, h, P, d)
         projected = [
             self._heads(t) for t in self.to_kv(layout.tokens).chunk(3 if self.use_idm else 2, dim=-1)
         ]
