@@ -44,12 +44,12 @@ class RecordingAccelerator(Accelerator):
         torch.save(state, folder / f"{name}-rank{self.process_index}.pt")
 
 
-def train_recording(out: Path, overrides: list[str]) -> None:
-    """Train the tiny preset with ``overrides`` into ``out``, recording weights at checkpoints."""
+def train_recording(out: Path, overrides: list[str], preset: str = "tiny") -> None:
+    """Train ``preset`` with ``overrides`` into ``out``, recording weights at checkpoints."""
     original, threads = train_module.Accelerator, torch.get_num_threads()
     train_module.Accelerator = RecordingAccelerator
     try:
-        train_module.train(load_config("tiny", overrides), out, progress=False)
+        train_module.train(load_config(preset, overrides), out, progress=False)
     finally:
         train_module.Accelerator = original
         torch.set_num_threads(threads)

@@ -173,24 +173,40 @@ def test_launch_file_holds_what_accelerate_reads(name):
         assert "main_process_ip" not in data
 
 
-def test_fsdp_wraps_the_blocks_that_hold_the_idm():
-    """FSDP shards whole transformer blocks by class name (MM-DiT blocks, the UNet's transformer
-    blocks); every IDM processor must sit inside one of them, one per block."""
-    from idruid.models.processors import LayoutCrossAttnProcessor, LayoutJointAttnProcessor
+def _plugin_from_launch_file(path: Path):
+    """The FSDP plugin a process started by ``accelerate launch --config_file PATH`` builds: the
+    launcher's own environment for the file, read by accelerate's plugin."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
 
-    names = {yaml.safe_load((LAUNCH_DIR / n).read_text())["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
-             for n in LAUNCH_FILES if LAUNCH_FILES[n][0] == "FSDP"}  # fmt: skip
-    assert len(names) == 1
-    wrapped = set(names.pop().split(","))
-    for preset in ("tiny", "tiny-sd15"):
+    parsed = launch_command_parser().parse_args(["--config_file", str(path), "x.py"])
+    args = _validate_launch_command(parsed)[0]
+    env = {k: v for k, v in prepare_multi_gpu_env(args).items() if "FSDP" in k}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return FullyShardedDataParallelPlugin()
+
+
+@pytest.mark.parametrize("name", sorted(n for n in LAUNCH_FILES if LAUNCH_FILES[n][0] == "FSDP"))
+def test_fsdp_wraps_the_blocks_that_hold_the_layout_branch_on_every_backbone(name):
+    """FSDP's transformer-based wrap, as accelerate prepares it from the launch file, on the MM-DiT,
+    UNet and FLUX backbones: it finds blocks to shard (a class the file named that one backbone
+    lacks would stop accelerate), and every layout processor sits inside one of them."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    from idruid.models.idm import LayoutBranch
+
+    for preset in ("tiny", "tiny-sd15", "tiny-flux"):
         model = train_module.build_model(load_config(preset).model)
-        blocks = [m for m in model.backbone.modules() if type(m).__name__ in wrapped]
-        processors = [m for m in model.modules() if isinstance(m, LayoutJointAttnProcessor)]
-        assert blocks and processors
-        inside = [p for b in blocks for p in b.modules() if isinstance(p, LayoutJointAttnProcessor)]
-        assert sorted(map(id, inside)) == sorted(map(id, processors))  # each inside exactly one block
-        if preset == "tiny-sd15":
-            assert all(isinstance(p, LayoutCrossAttnProcessor) for p in processors)
+        policy = fsdp2_prepare_auto_wrap_policy(_plugin_from_launch_file(LAUNCH_DIR / name), model)
+        blocks = [m for m in model.modules() if policy(m)]
+        branches = [m for m in model.modules() if isinstance(m, LayoutBranch)]
+        assert blocks and branches, preset
+        inside = {id(p) for b in blocks for p in b.modules() if isinstance(p, LayoutBranch)}
+        assert inside == {id(p) for p in branches}, preset
+        assert not any(policy(m) for m in model.adapter.modules())  # the adapter stays in the root unit
 
 
 if __name__ == "__main__":  # one rank of the two-process run, started by accelerate launch

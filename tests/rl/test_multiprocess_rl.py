@@ -2,9 +2,10 @@
 processes at ``rl.batch_size=B`` roll out, reward, baseline and train like one process at 2B, each
 rank on its own prompts and noise; a run with one rank killed resumes to the same weights.
 
-Run as a script (by the launcher), the file trains the tiny preset with the RL stage from step 0
-and records, per iteration and rank, the rollouts' prompts and rewards, the advantages and the
-critic's weights (``records/``), beside each rank's trained weights at every checkpoint.
+Run as a script (by the launcher), the file trains the tiny preset (tiny-flux for the flux
+variant) with the RL stage from step 0 and records, per iteration and rank, the rollouts'
+prompts and rewards, the advantages and the critic's weights (``records/``), beside each rank's
+trained weights at every checkpoint.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ VARIANTS = {  # name: (overrides, rl.batch_size per process)
     # the paper's literal reading: the actor on rollouts drawn from the action pool (the same
     # entry on every rank), the critic gate holding the actor for the first iteration
     "pool": (["rl.group_size=2", "rl.baseline=critic", "rl.update=pool", "rl.critic_warmup=1"], 4),
+    # the group variant on the FLUX.1 backbone (preset tiny-flux): its time grid, packing and
+    # processors under the same rank rule
+    "flux": (["rl.group_size=4", "rl.baseline=group", "rl.credit=instance"], 6),
 }
+PRESETS = {"flux": "tiny-flux"}  # the variants not run on the tiny MM-DiT
 
 
 def _per_process(variant: str) -> list[str]:
@@ -96,8 +101,8 @@ def _record(run: Path, kind: str, iteration: int, rank: int = 0):
     return torch.load(run / "records" / f"{kind}-{iteration}-rank{rank}.pt", weights_only=False)
 
 
-def _launch(run: Path, overrides: list[str], root: Path, crash: str | None = None):
-    return launch_two([__file__, str(run), *overrides], root, {CRASH_ENV: crash} if crash else None)
+def _launch(run: Path, overrides: list[str], root: Path, crash: str | None = None, preset: str = "tiny"):
+    return launch_two([__file__, str(run), preset, *overrides], root, {CRASH_ENV: crash} if crash else None)
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
@@ -105,11 +110,12 @@ def runs(request, tmp_path_factory):
     """(variant, two-process run, one-process run at the global batch)."""
     root = tmp_path_factory.mktemp(f"rl-{request.param}")
     two = root / "two"
-    done = _launch(two, _per_process(request.param), root)
+    preset = PRESETS.get(request.param, "tiny")
+    done = _launch(two, _per_process(request.param), root, preset=preset)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     one = root / "one"
     with recording_rl(one):
-        train_recording(one, _global(request.param))
+        train_recording(one, _global(request.param), preset)
     return request.param, two, one
 
 
@@ -184,7 +190,7 @@ def test_logged_rl_statistics_and_weights_match_one_process(runs):
 
 def test_every_rank_holds_the_critic_of_one_process(runs):
     variant, two, one = runs
-    if variant == "group":
+    if "rl.baseline=critic" not in VARIANTS[variant][0]:
         pytest.skip("no critic")
     fitted = sorted(int(p.name.split("-")[1]) for p in (two / "records").glob("critic-*-rank0.pt"))
     assert len(fitted) >= 2  # fitted at several iterations
@@ -244,4 +250,4 @@ def test_rl_probe_on_two_processes_probes_like_one_at_the_global_batch(tmp_path)
 if __name__ == "__main__":  # one rank of a two-process run, started by accelerate launch
     out = Path(sys.argv[1])
     with recording_rl(out):
-        train_recording(out, sys.argv[2:])
+        train_recording(out, sys.argv[3:], sys.argv[2])

@@ -145,6 +145,15 @@ class LayoutModel(nn.Module):
         return getattr(self, self.backbone_attr)
 
     @property
+    def _no_split_modules(self) -> list[str]:
+        """The block classes FSDP's transformer-based wrap shards one by one (accelerate reads this
+        attribute of the prepared model): the backbone's, as diffusers declares them (SD3's
+        JointTransformerBlock, FLUX's two block kinds, the UNet's transformer, resnet and up
+        blocks), so the launch files name none and fit every backbone; the layout processors sit
+        inside these blocks."""
+        return list(getattr(self.backbone, "_no_split_modules", None) or [])
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of what the backbone denoises for a ``config.resolution`` image."""
         side = self.config.resolution // self.codec.downsample
