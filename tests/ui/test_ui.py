@@ -299,14 +299,15 @@ def test_config_and_page_are_served(embedded):
     runner.close()
 
 
-def test_a_trained_checkpoint_brings_its_own_settings(tmp_path):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-flux"])  # the MM-DiT and FLUX backbones
+def test_a_trained_checkpoint_brings_its_own_settings(tmp_path, preset):
     pytest.importorskip("flask", reason="the ui tests need Flask: pip install 'idruid[ui]'")
     from idruid.checkpoint import load_checkpoint
     from idruid.config import load_config
     from idruid.train import train
     from idruid.ui.server import checkpoint_runner, create_app
 
-    checkpoint = train(load_config("tiny", ["steps=1"]), tmp_path / "run", progress=False)
+    checkpoint = train(load_config(preset, ["steps=1"]), tmp_path / "run", progress=False)
     saved = read_checkpoint_meta(checkpoint)["sampling"]
     runner, defaults = checkpoint_runner(str(checkpoint))
     assert defaults == {"steps": saved["steps"], "cfg": saved["cfg"], "seed": 0}
