@@ -38,6 +38,21 @@ class SamplingSettings:
     # input, in one row (cfg 1); None: the network's own default, or a network without that input
     # (giving one to such a network is refused)
     guidance: float | None = None
+    # skip-layer guidance (SD3 and SD3.5; StableDiffusion3Pipeline's skip_guidance_layers and its
+    # rule): under CFG, on the steps i with steps * skip_layer_start < i < steps * skip_layer_stop,
+    # the prediction gains skip_layer_scale * (conditional - conditional with these transformer
+    # blocks skipped). None: off (SD3.5-medium's model card suggests blocks 7, 8, 9)
+    skip_layers: tuple[int, ...] | None = None
+    skip_layer_scale: float = 2.8  # diffusers' defaults for the scale and the window
+    skip_layer_start: float = 0.01
+    skip_layer_stop: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.skip_layers is not None:  # a list from a checkpoint's JSON or a flag
+            layers = tuple(int(k) for k in self.skip_layers)
+            if not layers or min(layers) < 0:
+                raise ConfigError(f"skip_layers {list(self.skip_layers)}: give block indices >= 0")
+            object.__setattr__(self, "skip_layers", layers)
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint's ``sampling`` entry."""

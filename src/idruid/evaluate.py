@@ -161,6 +161,7 @@ def evaluate(
         "shift": settings.shift,
         # a distilled guidance scale only where one was given (earlier evaluations had none)
         **({} if settings.guidance is None else {"guidance": settings.guidance}),
+        **_skip_layer_settings(settings),
         "mig_protocol": run.mig_protocol,
         "processes": state.num_processes,
         "detector": specs.detector,
@@ -170,6 +171,14 @@ def evaluate(
     }
     write_outputs(out_dir, benchmark, metrics, images, layouts)
     return metrics
+
+
+def _skip_layer_settings(settings: SamplingSettings) -> dict:
+    """The skip-layer guidance an evaluation ran with, where it ran with any (earlier ones had none)."""
+    if settings.skip_layers is None:
+        return {}
+    keys = ("skip_layer_scale", "skip_layer_start", "skip_layer_stop")
+    return {"skip_layers": list(settings.skip_layers), **{key: getattr(settings, key) for key in keys}}
 
 
 def load_metrics(run_dir: str | Path) -> dict:

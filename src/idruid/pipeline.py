@@ -295,6 +295,10 @@ class IDruidPipeline(DiffusionPipeline):
         return_dict: bool = True,
         layouts: Layout | dict | Sequence[Layout | dict] | None = None,
         distilled_guidance_scale: float | None = None,
+        skip_guidance_layers: list[int] | None = None,
+        skip_layer_guidance_scale: float | None = None,
+        skip_layer_guidance_start: float | None = None,
+        skip_layer_guidance_stop: float | None = None,
     ):
         """Generate one image per layout and ``num_images_per_prompt``.
 
@@ -304,7 +308,9 @@ class IDruidPipeline(DiffusionPipeline):
         of instances. ``num_inference_steps``, ``guidance_scale`` (two-row classifier-free
         guidance, 1 = off), ``layout_fraction`` and ``distilled_guidance_scale`` (the scale a
         guidance-distilled backbone such as FLUX.1-dev takes as an input, FluxPipeline's
-        ``guidance_scale``; refused by other backbones) None take the checkpoint's settings
+        ``guidance_scale``; refused by other backbones) and ``skip_guidance_layers`` with
+        ``skip_layer_guidance_scale`` / ``_start`` / ``_stop`` (StableDiffusion3Pipeline's
+        skip-layer guidance, SD3 and SD3.5 backbones) None take the checkpoint's settings
         (``self.sampling``). ``negative_prompt`` replaces the empty
         prompt of the guidance's unconditional branch (which never sees the layout).
         ``callback_on_step_end(pipe, i, t, {"latents": x})`` runs after every step, t being the
@@ -327,6 +333,10 @@ class IDruidPipeline(DiffusionPipeline):
             cfg=guidance_scale,
             layout_fraction=layout_fraction,
             guidance=distilled_guidance_scale,
+            skip_layers=skip_guidance_layers,
+            skip_layer_scale=skip_layer_guidance_scale,
+            skip_layer_start=skip_layer_guidance_start,
+            skip_layer_stop=skip_layer_guidance_stop,
         )
         rows = [layout for layout in batch for _ in range(num_images_per_prompt)]
         copy_index = [j for _ in batch for j in range(num_images_per_prompt)]

@@ -99,23 +99,45 @@ def guided_prediction(
     cfg: float,
     layout_on: bool,
     detach_uncond: bool = False,
+    skip_layers: Sequence[int] | None = None,
+    skip_layer_scale: float = 0.0,
 ) -> torch.Tensor:
     """The model's prediction (velocity or noise) for x_t (B, ...) at times t (B,) with
     classifier-free guidance at scale ``cfg``; ``cond`` comes from guidance_conditioning (2B
     rows when cfg != 1). ``detach_uncond`` computes the unconditional prediction without a graph,
     so that a policy gradient reaches the weights through the conditional one only (its weight
-    under CFG would be 1 - cfg, pushing the other way; Flow-GRPO does the same)."""
+    under CFG would be 1 - cfg, pushing the other way; Flow-GRPO does the same). ``skip_layers``
+    adds skip-layer guidance, ``skip_layer_scale`` * (conditional - the conditional prediction
+    with those blocks skipped), under CFG only (as StableDiffusion3Pipeline)."""
     if cfg == 1.0:
         return model(x_t, t, cond, layout_on=layout_on)[0]
+    batch = len(x_t)
     if detach_uncond:
-        batch = len(x_t)
         conditional = model(x_t, t, cond.rows(slice(0, batch)), layout_on=layout_on)[0]
         with torch.no_grad():
             unconditional = model(x_t, t, cond.rows(slice(batch, None)), layout_on=layout_on)[0]
     else:
         prediction, _ = model(torch.cat([x_t, x_t]), t.repeat(2), cond, layout_on=layout_on)
         conditional, unconditional = prediction.chunk(2)
-    return unconditional + cfg * (conditional - unconditional)
+    guided = unconditional + cfg * (conditional - unconditional)
+    if skip_layers:
+        rows = cond.rows(slice(0, batch))
+        skipped = model(x_t, t, rows, layout_on=layout_on, skip_layers=skip_layers)[0]
+        guided = guided + skip_layer_scale * (conditional - skipped)
+    return guided
+
+
+def skip_layer_window(settings: SamplingSettings, model) -> Callable[[int], Sequence[int] | None]:
+    """Step index -> the blocks skip-layer guidance skips at that step (None: none): diffusers'
+    window, steps * start < i < steps * stop. A model without skip-layer guidance is refused."""
+    layers = settings.skip_layers
+    if layers is not None and "skip-layer" not in model.guidance:
+        raise ConfigError(
+            f"skip_layers={list(layers)}: this model takes no skip-layer guidance (the SD3 and SD3.5 "
+            "backbones do)"
+        )
+    low, high = settings.steps * settings.skip_layer_start, settings.steps * settings.skip_layer_stop
+    return lambda i: layers if layers is not None and low < i < high else None
 
 
 @torch.no_grad()
@@ -150,10 +172,14 @@ def sample(
         raise ValueError(f"a time grid of {steps} steps has {steps + 1} times, got {len(times)}")
     step_fn = step_fn or model.process.step
     with_layout = model_layout_steps(model, steps, settings.layout_fraction)
+    skipped_at = skip_layer_window(settings, model)
     batch = len(layouts)
     for i in range(steps):
         t = times[i].expand(batch)
-        prediction = guided_prediction(model, x, t, cond, cfg, layout_on=i < with_layout)
+        prediction = guided_prediction(
+            model, x, t, cond, cfg, layout_on=i < with_layout,
+            skip_layers=skipped_at(i), skip_layer_scale=settings.skip_layer_scale,
+        )  # fmt: skip
         x = step_fn(prediction, x, t, times[i + 1].expand(batch))
         if on_step is not None:
             replaced = on_step(i, t, x)

@@ -3,12 +3,13 @@ and SD3.5-large (qk rms-norm) on the sd3 backbone, through their presets, on tin
 saved by StableDiffusion3Pipeline: which attention carries IDM, the attention math against
 diffusers', training, sampling, checkpoints, RL with resume and the diffusers pipeline."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
-from diffusers import SD3Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from diffusers.models import attention_processor
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 from safetensors.torch import load_file
@@ -22,7 +23,7 @@ from idruid.models.processors import ImageAttnProcessor, LayoutJointAttnProcesso
 from idruid.models.registry import backbone
 from idruid.models.sd3 import joint_attention_processors
 from idruid.pipeline import IDruidPipeline
-from idruid.sampling import sample
+from idruid.sampling import guidance_conditioning, sample
 from idruid.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,6 +156,54 @@ def test_the_model_with_its_layout_off_is_the_diffusers_transformer(models, fold
     assert (on - expected).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_skip_layer_guidance_is_stable_diffusion_3_pipelines_loop(models, folders, variant):
+    """Skip-layer guidance (the sampling setting ``skip_layers``) with the layout off: the loop of
+    StableDiffusion3Pipeline written out on the folder's own transformer and scheduler, CFG rows,
+    then on the steps i with steps x start < i < steps x stop the conditional rows again with the
+    blocks skipped, added at the scale. Off, and at cfg 1, it changes nothing."""
+    model, steps, cfg, scale = models[variant], 10, 4.5, 2.8
+    plain = SD3Transformer2DModel.from_pretrained(folders[variant] / "transformer").eval()
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folders[variant] / "scheduler")
+    scheduler.set_timesteps(steps)
+    noise = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(4))
+    settings = SamplingSettings(steps=steps, cfg=cfg, layout_fraction=0.0, shift=scheduler.config.shift,
+                                skip_layers=[1], skip_layer_stop=0.35)  # fmt: skip
+    with torch.no_grad():
+        cond = guidance_conditioning(model, SCENES, cfg, "cpu")  # [conditional; unconditional] rows
+        x, window = noise.clone(), []
+
+        def predict(rows, latents, t, **extra):
+            return plain(hidden_states=latents, timestep=t.expand(len(latents)), return_dict=False,
+                         encoder_hidden_states=cond.prompt_hidden[rows],
+                         pooled_projections=cond.prompt_pooled[rows], **extra)[0]  # fmt: skip
+
+        for i, t in enumerate(scheduler.timesteps):
+            conditional, unconditional = predict(slice(None), torch.cat([x, x]), t).chunk(2)
+            velocity = unconditional + cfg * (conditional - unconditional)
+            if steps * 0.01 < i < steps * 0.35:
+                window.append(i)
+                velocity += scale * (conditional - predict(slice(0, 2), x, t, skip_layers=[1]))
+            x = scheduler.step(velocity, t, x, return_dict=False)[0]
+        ours = sample(model, SCENES, settings, x_init=noise, decode=False)
+        without = dataclasses.replace(settings, skip_layers=None)
+        off = sample(model, SCENES, without, x_init=noise, decode=False)
+        one_row = [sample(model, SCENES, s.override(cfg=1.0), x_init=noise, decode=False)
+                   for s in (settings, without)]  # fmt: skip
+    assert window == [1, 2, 3]
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-5)
+    assert (ours - off).abs().amax() > 1e-3
+    torch.testing.assert_close(*one_row, rtol=0, atol=0)  # diffusers: only under CFG
+
+
+def test_skip_layer_guidance_is_refused_where_a_backbone_has_none():
+    model = build_model(load_config("tiny-flux").model)
+    with pytest.raises(ConfigError, match="skip_layers=\\[7, 8, 9\\]: this model takes no skip-layer"):
+        sample(model, SCENES, SamplingSettings(steps=2, skip_layers=(7, 8, 9)))
+    with pytest.raises(ConfigError, match="block indices >= 0"):
+        SamplingSettings(skip_layers=[])
+
+
 def test_idm_sits_on_the_joint_attention_of_every_block_only(models, monkeypatch):
     """SD3.5-medium: one IDM per block, on ``attn``; ``attn2`` keeps diffusers' attention without
     weights of idruid's, takes the layout keyword without a warning, and L_dis sees one set of
@@ -269,3 +318,8 @@ def test_the_diffusers_pipeline_round_trips(models, variant, tmp_path):
     assert first.shape == (1, 32, 32, 3) and np.isfinite(first).all()
     second = again(*inputs, generator=torch.Generator().manual_seed(0), **kwargs).images
     np.testing.assert_array_equal(second, first)
+    # StableDiffusion3Pipeline's skip-layer guidance arguments reach the sampler
+    kwargs.update(num_inference_steps=4, skip_layer_guidance_stop=0.9)
+    plain = pipe(*inputs, generator=torch.Generator().manual_seed(0), **kwargs).images
+    skipped = pipe(*inputs, generator=torch.Generator().manual_seed(0), skip_guidance_layers=[1], **kwargs)
+    assert np.abs(skipped.images - plain).max() > 1e-4

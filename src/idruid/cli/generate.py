@@ -43,6 +43,22 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
         help="distilled guidance scale of a guidance-distilled backbone, given to it as an input in one "
         "row (FLUX.1-dev: 3.5, with --cfg 1; default: the checkpoint's, else the backbone's)",
     )
+    parser.add_argument(
+        "--skip-layers",
+        type=_block_list,
+        help="skip-layer guidance (SD3 / SD3.5): the transformer blocks left out of its extra "
+        "conditional pass, as 7,8,9 (SD3.5-medium's card); default off",
+    )
+    parser.add_argument(
+        "--skip-layer-scale", type=float, help="skip-layer guidance scale (default 2.8, diffusers')"
+    )
+    parser.add_argument(
+        "--skip-layer-start",
+        type=float,
+        help="skip-layer guidance runs on the steps i with steps x start < i < steps x stop "
+        "(default 0.01)",
+    )
+    parser.add_argument("--skip-layer-stop", type=float, help="see --skip-layer-start (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed for layouts without their own")
     parser.add_argument(
         "--layout-fraction",
@@ -149,8 +165,20 @@ def _load_model(args):
         layout_fraction=args.layout_fraction,
         shift=args.shift,
         guidance=args.guidance,
+        skip_layers=args.skip_layers,
+        skip_layer_scale=args.skip_layer_scale,
+        skip_layer_start=args.skip_layer_start,
+        skip_layer_stop=args.skip_layer_stop,
     )
     return model, settings
+
+
+def _block_list(text: str) -> tuple[int, ...]:
+    """'7,8,9' -> (7, 8, 9)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': expected block indices such as 7,8,9") from None
 
 
 def cmd_generate(args) -> int:

@@ -107,8 +107,9 @@ class LayoutModel(nn.Module):
     base_text_encoder: Callable[[Path], CachedTextEncoder] | None = None
     network_class: type = NoSettings  # the dataclass of the backbone's own settings (model.network)
     # the guidance the network takes: "cfg" (two rows, conditional and unconditional, combined
-    # with the sampling setting cfg) and "distilled" (a guidance-distilled network, FLUX.1-dev,
-    # given the sampling setting guidance as an input: one row, Conditioning.guidance); a model
+    # with the sampling setting cfg), "distilled" (a guidance-distilled network, FLUX.1-dev,
+    # given the sampling setting guidance as an input: one row, Conditioning.guidance), and
+    # "skip-layer" (forward takes ``skip_layers``: the sampling setting of that name); a model
     # whose backbone decides at load time sets it on the instance
     guidance: tuple[str, ...] = ("cfg",)
     # the layout branch's step count from layout_fraction * steps (idruid.sampling.layout_steps):

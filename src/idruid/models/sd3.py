@@ -11,6 +11,7 @@ own attention (``ImageAttnProcessor``), since its output attended to no prompt t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +132,9 @@ class SD3LayoutModel(LayoutModel):
     base_text_encoder = staticmethod(sd3_text_encoders)
     lora_defaults = LORA_TARGETS
     network_class = SD3Network
+    # two-row CFG, and skip-layer guidance (the sampling setting skip_layers: the conditional row
+    # again with some blocks left out, StableDiffusion3Pipeline's skip_guidance_layers)
+    guidance = ("cfg", "skip-layer")
 
     def __init__(self, config: ModelConfig, text_encoder: CachedTextEncoder | None = None):
         super().__init__(config, text_encoder)
@@ -174,11 +178,14 @@ class SD3LayoutModel(LayoutModel):
         cond: Conditioning,
         layout_on: bool = True,
         record_attention: bool = False,
+        skip_layers: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, list]:
         """Predict the velocity for x_t (B, C, H, W) at noise levels sigma (B,).
 
         Returns (v_pred, attention_maps); attention_maps holds one (attn_pos, attn_neg, grid) of
         (B, N, heads, HW) maps per block when ``record_attention`` (for L_dis), else it is empty.
+        ``skip_layers``: transformer blocks to leave out (skip-layer guidance, the sampling
+        setting ``skip_layers``; diffusers' ``skip_layers``).
         """
         x_t, cond = self.backbone_inputs(x_t, cond)
         patch = self.transformer.config.patch_size
@@ -191,6 +198,7 @@ class SD3LayoutModel(LayoutModel):
             timestep=sigma * 1000.0,  # diffusers' SD3 transformer takes the timestep as sigma * 1000
             joint_attention_kwargs=None if layout is None else {"layout": layout},
             return_dict=False,
+            skip_layers=None if skip_layers is None else list(skip_layers),
         )[0]
         return self._velocity(out, x_t, sigma), (layout.attention_maps if layout is not None else [])
 
