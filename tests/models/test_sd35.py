@@ -298,6 +298,18 @@ def test_rl_runs_and_resumes(folders, variant, tmp_path):
     assert load_checkpoint(export).transformer.config.qk_norm == "rms_norm"
 
 
+def test_rl_that_would_train_nothing_is_refused(folders, tmp_path):
+    """A frozen backbone (only the layout branch trains) and rollouts on which the branch never
+    runs (here layout_fraction 0; the authors' model, rounding down, at 0.3 of 3 steps): one line
+    saying so, not a silent RL loss without gradient (training) or torch's "does not require
+    grad" at the backward (rl-probe)."""
+    rl = ["rl.algorithm=ppo", "rl.start_fraction=0", "rl.sampling_steps=3", "rl.prompts=shapes",
+          "rl.detector=analytic", "lambda_dis=0"]  # fmt: skip
+    config = preset("large", folders["large"], *RUN, *rl, "steps=1", "layout_fraction=0.0")
+    with pytest.raises(ConfigError, match="trains nothing: .* layout_fraction 0.0 of rl.sampling_steps 3"):
+        train(config, tmp_path / "run", progress=False)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_diffusers_pipeline_round_trips(models, variant, tmp_path):
     model = models[variant]

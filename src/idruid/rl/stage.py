@@ -44,7 +44,7 @@ from ..config import ConfigError, TrainConfig
 from ..data.shapes import image_to_tensor, prompt_only_layout, render_layout_scene
 from ..layout import Layout, load_layouts
 from ..ranks import SINGLE, Ranks
-from ..sampling import to_uint8
+from ..sampling import model_layout_steps, to_uint8
 from .advantages import clip_advantages, group_means, one_sign, standardise, within_group_variance
 from .critic import Critic, critic_loss
 from .logprob import box_log_probs, front_masks, gaussian_kl
@@ -375,6 +375,14 @@ class RLStage:
         advantage = self._own_rows(global_advantage, cond)
         # ------------------------------------------------ PPO (Eq. 9-10)
         log_prob, mean, scale = self._policy(model, trained, network, rl.detach_uncond)
+        fraction = self.config.layout_fraction
+        if not log_prob.requires_grad and model_layout_steps(model, rl.sampling_steps, fraction) == 0:
+            # torch would say "element 0 of tensors does not require grad" at the backward
+            raise ConfigError(
+                f"the RL stage trains nothing: the model's trained weights are its layout branch, and "
+                f"layout_fraction {fraction} of rl.sampling_steps {rl.sampling_steps} runs it on no "
+                "rollout step; raise either (or train weights outside the branch: LoRA)"
+            )
         old_mean = trained.mean.to(self.device)
         kl = None
         if rl.kl_weight > 0:
