@@ -201,7 +201,7 @@ def test_rl_fine_tuning_of_their_model_runs_and_resumes(tmp_path, model):
         "lambda_dis=0",
         "rl.algorithm=grpo",
         "rl.start_fraction=0",
-        "rl.sampling_steps=3",
+        "rl.sampling_steps=4",  # their floor(0.3 x 4) = 1 layout step: at 3 none, and RL trains nothing
         "rl.batch_size=2",
         "rl.group_size=2",
         "checkpoint_every=1",
@@ -214,6 +214,7 @@ def test_rl_fine_tuning_of_their_model_runs_and_resumes(tmp_path, model):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
     assert all(r.get("l_rl") is not None for r in log)
+    assert any(r.get("rl_grad_rl", 0.0) > 0 for r in log)  # the RL loss reaches the layout branch
     tuned = load_checkpoint(export).transformer.state_dict()
     start = model.transformer.state_dict()
     assert all(torch.equal(tuned[k], v) for k, v in start.items() if not is_layout_key(k))
