@@ -177,8 +177,7 @@ def _skip_layer_settings(settings: SamplingSettings) -> dict:
     """The skip-layer guidance an evaluation ran with, where it ran with any (earlier ones had none)."""
     if settings.skip_layers is None:
         return {}
-    keys = ("skip_layer_scale", "skip_layer_start", "skip_layer_stop")
-    return {"skip_layers": list(settings.skip_layers), **{key: getattr(settings, key) for key in keys}}
+    return {key: value for key, value in settings.to_dict().items() if key.startswith("skip_layer")}
 
 
 def load_metrics(run_dir: str | Path) -> dict:
